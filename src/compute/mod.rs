@@ -1,0 +1,82 @@
+//! The compute stage: turns one row tile of a base weight (16-bit, f32 or bnb 4-bit) plus an
+//! optional LoRA pair into output bytes.
+//!
+//! The arithmetic is PEFT's `merge_and_unload()` on CPU, bit for bit (FORMATS.md §2.4):
+//! ```text
+//! acc[o,i] = fma chain over k = 0..r-1 of B[o,k] * A[k,i], starting at 0     (f32)
+//! delta    = fl32(acc * fl32(s))           then, for 16-bit adapters, rounded to their dtype
+//! W'       = round_out( f32(W) + delta )   one rounding to the output dtype
+//! ```
+//! [`reference`] is the plain scalar specification; [`cpu::CpuBackend`] (rayon + SIMD) and the
+//! CUDA backend must produce the same bytes.
+
+pub mod cpu;
+pub mod cuda;
+pub mod reference;
+mod simd;
+
+use crate::error::Result;
+use crate::options::FloatDtype;
+use crate::quant::bnb::QuantView;
+
+/// Where the base rows of a tile come from.
+#[derive(Debug, Clone, Copy)]
+pub enum BaseRows<'a> {
+    /// 16/32-bit float rows: `rows * cols` elements of `dtype`.
+    Float {
+        /// The bytes of exactly the tile's rows.
+        bytes: &'a [u8],
+        /// Their dtype.
+        dtype: FloatDtype,
+    },
+    /// bitsandbytes 4-bit: the whole weight's view; the tile starts at flat element `row0 * cols`.
+    Bnb(QuantView<'a>),
+}
+
+/// The LoRA update for a tile.
+#[derive(Debug, Clone, Copy)]
+pub struct LoraRows<'a> {
+    /// `A` as f32, `[r, cols]` row-major.
+    pub a: &'a [f32],
+    /// The tile's rows of `B` as f32, `[rows, r]` row-major.
+    pub b: &'a [f32],
+    /// Rank.
+    pub r: usize,
+    /// `fl32(s)`.
+    pub scale: f32,
+    /// The adapter's dtype: 16-bit adapters round the delta to it before the add (PEFT on CPU).
+    pub delta_dtype: FloatDtype,
+}
+
+/// One unit of compute work.
+#[derive(Debug, Clone, Copy)]
+pub struct MergeTile<'a> {
+    /// First row of the tile within the weight.
+    pub row0: u64,
+    /// Rows in the tile.
+    pub rows: usize,
+    /// Columns (`in_features`).
+    pub cols: usize,
+    /// Base rows.
+    pub base: BaseRows<'a>,
+    /// LoRA update, if this weight has one.
+    pub lora: Option<LoraRows<'a>>,
+    /// Output dtype.
+    pub out_dtype: FloatDtype,
+}
+
+impl MergeTile<'_> {
+    /// Output bytes this tile produces.
+    pub fn out_len(&self) -> usize {
+        self.rows * self.cols * self.out_dtype.size()
+    }
+}
+
+/// A compute backend. Implementations must be bit-identical to [`reference::merge_tile`].
+pub trait Backend: Send + Sync {
+    /// A short name for reports (`cpu-avx2`, `cuda`).
+    fn name(&self) -> String;
+    /// Computes `tile` into `out` (`tile.out_len()` bytes). Returns whether every output value
+    /// is finite.
+    fn merge_tile(&self, tile: &MergeTile<'_>, out: &mut [u8]) -> Result<bool>;
+}

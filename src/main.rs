@@ -1,0 +1,202 @@
+//! The `loraweld` command: parses arguments, calls the library, prints one line on error.
+
+use std::path::PathBuf;
+use std::process::ExitCode as ProcessExit;
+
+use clap::{Parser, Subcommand};
+use loraweld::options::parse_size;
+use loraweld::{
+    DeviceChoice, Error, ExitCode, FloatDtype, MemoryBudget, PaddingSide, SaveMethod, SaveOptions, ShardOrder,
+};
+
+const AFTER_HELP: &str = "\
+Examples:
+  # merge a LoRA into its 16-bit or bitsandbytes 4-bit base (base from adapter_config.json)
+  loraweld save my-adapter merged
+
+  # same, with an explicit base, 2 GB shards and fp16 output
+  loraweld save my-adapter merged --base ./Llama-3-8B-bnb-4bit --max-shard-size 2GB --dtype fp16
+
+  # write the adapter itself, with tokenizer files and a model card
+  loraweld save my-adapter out --save-method lora
+
+  # show the plan (tensors merged/copied, output bytes, shard count, free disk) and stop
+  loraweld save my-adapter merged --dry-run
+
+Exit codes:
+  0  success
+  1  runtime failure (I/O error while writing, internal error)
+  2  bad input or usage (malformed file, adapter that does not fit its base, bad flag)
+  3  resources (not enough disk space or memory)";
+
+/// Save fine-tuned models: write a LoRA adapter, or merge it into its base as sharded safetensors.
+#[derive(Parser, Debug)]
+#[command(name = "loraweld", version, about, after_help = AFTER_HELP)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Save an adapter (`lora`) or merge it into its base (`merged_16bit`).
+    #[command(after_help = AFTER_HELP)]
+    Save(SaveArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct SaveArgs {
+    /// PEFT adapter directory (adapter_config.json + adapter_model.safetensors).
+    adapter: PathBuf,
+    /// Output directory; created atomically (staged, then renamed).
+    out: PathBuf,
+    /// Base model directory [default: the adapter's base_model_name_or_path].
+    #[arg(long, value_name = "PATH")]
+    base: Option<PathBuf>,
+    /// What to write: `lora` (the adapter) or `merged_16bit` (merged weights).
+    #[arg(
+        long,
+        default_value = "merged_16bit",
+        value_name = "METHOD",
+        long_help = "What to write, by Unsloth's names:\n  lora          the adapter as is (or cast with --dtype), tokenizer files, a model card\n  merged_16bit  the adapter merged into its base (16-bit or bnb 4-bit), as 16-bit safetensors"
+    )]
+    save_method: String,
+    /// Output dtype: bf16, fp16 or f32 [default: the base's own].
+    #[arg(long, value_name = "DTYPE")]
+    dtype: Option<String>,
+    /// Largest shard, decimal units (5GB = 5,000,000,000 bytes), as transformers.
+    #[arg(
+        long,
+        default_value = "5GB",
+        value_name = "SIZE",
+        long_help = "Largest output shard. Decimal units as transformers and huggingface_hub parse them: KB, MB, GB, TB = 10^3 … 10^12 bytes (GiB is refused there, so here too). A tensor larger than the limit gets a shard of its own."
+    )]
+    max_shard_size: String,
+    /// Memory budget: a fraction of available RAM (0 < x <= 0.95) or a size (1.5GiB).
+    #[arg(long, default_value = "0.9", value_name = "FRACTION|SIZE")]
+    maximum_memory_usage: String,
+    /// Compute threads [default: one per core].
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+    /// Print the plan and exit without writing anything.
+    #[arg(long)]
+    dry_run: bool,
+    /// Print a JSON report on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Weight-file variant: model.<NAME>-00001-of-00002.safetensors, model.safetensors.index.<NAME>.json.
+    #[arg(long, value_name = "NAME")]
+    variant: Option<String>,
+    /// padding_side in tokenizer_config.json: left (inference-ready, default), right, or keep.
+    #[arg(long, default_value = "left", value_name = "SIDE")]
+    padding_side: String,
+    /// Order that assigns tensors to shards: natural (transformers v5) or module (registration order).
+    #[arg(
+        long,
+        default_value = "natural",
+        value_name = "ORDER",
+        long_help = "Order that decides which tensors share a shard (each file is sorted by dtype and name anyway):\n  natural  transformers v5 save_pretrained after from_pretrained (what PEFT merge_and_unload + save_pretrained writes)\n  module   module registration order for Llama-family names (transformers v4; v5 models built from_config)"
+    )]
+    shard_order: String,
+    /// Compute device: auto, cpu or cuda.
+    #[arg(long, default_value = "auto", value_name = "DEVICE")]
+    device: String,
+    /// Where output is staged before the final rename [default: beside OUT].
+    #[arg(long, value_name = "DIR")]
+    temporary_location: Option<PathBuf>,
+    /// Let NaN/Inf produced by a merge through instead of failing.
+    #[arg(long)]
+    allow_nonfinite: bool,
+    /// Replace OUT if it exists.
+    #[arg(long)]
+    force: bool,
+}
+
+impl SaveArgs {
+    fn options(&self) -> Result<SaveOptions, Error> {
+        let mut o = SaveOptions::new(&self.adapter, &self.out);
+        o.base = self.base.clone();
+        o.save_method = SaveMethod::parse(&self.save_method)?;
+        o.dtype = self.dtype.as_deref().map(FloatDtype::parse).transpose()?;
+        o.max_shard_size = parse_size(&self.max_shard_size, false).map_err(|_| {
+            Error::Usage(format!(
+                "--max-shard-size {}: expected a size like 5GB or 500MB (decimal units)",
+                self.max_shard_size
+            ))
+        })?;
+        o.maximum_memory_usage = MemoryBudget::parse(&self.maximum_memory_usage)?;
+        o.threads = self.threads;
+        o.dry_run = self.dry_run;
+        o.variant = self.variant.clone();
+        if let Some(v) = &o.variant {
+            if v.is_empty() || v.contains(['/', '\\']) {
+                return Err(Error::Usage(format!("--variant `{v}`: expected a plain name")));
+            }
+        }
+        o.padding_side = PaddingSide::parse(&self.padding_side)?;
+        o.shard_order = ShardOrder::parse(&self.shard_order)?;
+        o.device = DeviceChoice::parse(&self.device)?;
+        o.temporary_location = self.temporary_location.clone();
+        o.allow_nonfinite = self.allow_nonfinite;
+        o.force = self.force;
+        Ok(o)
+    }
+}
+
+fn run(cli: Cli) -> Result<(), Error> {
+    match cli.command {
+        Command::Save(args) => {
+            let opts = args.options()?;
+            let report = loraweld::save(&opts)?;
+            if args.json {
+                let s = serde_json::to_string_pretty(&report).map_err(|e| Error::Internal(e.to_string()))?;
+                println!("{s}");
+            } else if opts.dry_run {
+                print!("{}", report.plan_text);
+                println!("backend: {}", report.backend);
+            } else {
+                eprintln!(
+                    "loraweld: saved {} ({}: {} merged, {} copied, {} dequantized; {} bytes in {} file(s); {:.2}s; backend {})",
+                    report.out.display(),
+                    report.save_method,
+                    report.counts.merged,
+                    report.counts.copied,
+                    report.counts.dequantized,
+                    report.bytes_written,
+                    report.shards.len(),
+                    report.seconds,
+                    report.backend
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ProcessExit {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { ExitCode::BadInput as u8 } else { 0 };
+            let _ = e.print();
+            return ProcessExit::from(code);
+        }
+    };
+    match run(cli) {
+        Ok(()) => ProcessExit::SUCCESS,
+        Err(e) => {
+            let mut msg = e.to_string();
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                let t = s.to_string();
+                if !msg.contains(&t) {
+                    msg.push_str(": ");
+                    msg.push_str(&t);
+                }
+                src = s.source();
+            }
+            eprintln!("loraweld: error: {msg}");
+            ProcessExit::from(e.exit_code() as u8)
+        }
+    }
+}

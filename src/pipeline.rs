@@ -1,0 +1,434 @@
+//! Execute a [`Plan`]: three stages joined by bounded channels.
+//!
+//! ```text
+//! reader ──(Work)──► compute ──(Packed)──► packer
+//! slices of the maps   tiles → bytes        shard files, blake3
+//! ```
+//! * **reader** walks the plan in output-file order and hands out zero-copy slices of the
+//!   mapped inputs and row tiles, asking the kernel to read ahead (`MADV_WILLNEED`).
+//! * **compute** turns each tile into output bytes through a [`Backend`], reusing pooled buffers.
+//! * **packer** writes each shard front to back (header first), hashes it with blake3, syncs it,
+//!   and releases consumed input pages.
+//!
+//! Memory is bounded by the channel depth × the tile size, not by the model. The first error
+//! wins; "channel closed" errors in other stages are its consequences and are dropped.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+
+use crate::checkpoint::mmap::MappedFile;
+use crate::checkpoint::{Adapter, Checkpoint};
+use crate::compute::{Backend, BaseRows, LoraRows, MergeTile};
+use crate::error::{Error, Result};
+use crate::plan::{BaseSrc, FileRef, Op, Plan, QuantSrc, Src};
+use crate::quant::bnb::{AbsmaxRef, QuantView};
+use crate::quant::dtype::{decode_into, float_of};
+
+/// The mapped inputs a plan reads from.
+#[derive(Clone, Copy)]
+pub struct Inputs<'a> {
+    /// The base checkpoint (absent for a `lora` save).
+    pub base: Option<&'a Checkpoint>,
+    /// The adapter.
+    pub adapter: &'a Adapter,
+}
+
+impl<'a> Inputs<'a> {
+    fn file(&self, f: FileRef) -> &'a MappedFile {
+        match f {
+            FileRef::Adapter => &self.adapter.weights.file,
+            FileRef::Base(i) => &self.base.expect("plan names a base shard, so a base exists").shards[i].file,
+        }
+    }
+
+    fn abs(&self, src: &Src) -> usize {
+        let start = match src.file {
+            FileRef::Adapter => self.adapter.weights.header.data_start,
+            FileRef::Base(i) => self.base.expect("plan names a base shard").shards[i].header.data_start,
+        };
+        (start + src.info.offsets.0) as usize
+    }
+
+    /// The bytes of a source tensor.
+    pub fn data(&self, src: &Src) -> &'a [u8] {
+        let s = self.abs(src);
+        &self.file(src.file).bytes()[s..s + src.info.nbytes() as usize]
+    }
+
+    fn quant_view(&self, q: &QuantSrc) -> QuantView<'a> {
+        let absmax = match &q.nested {
+            Some((na, nm)) => AbsmaxRef::Nested {
+                codes: self.data(&q.absmax),
+                nested_absmax: self.data(na),
+                nested_map: self.data(nm),
+                nested_blocksize: q.state.nested.map(|n| n.0).unwrap_or(256),
+                offset: q.state.nested.map(|n| n.1).unwrap_or(0.0),
+            },
+            None => AbsmaxRef::Plain(self.data(&q.absmax)),
+        };
+        QuantView {
+            codes: self.data(&q.codes),
+            absmax,
+            quant_map: self.data(&q.quant_map),
+            blocksize: q.state.blocksize,
+            dtype: q.state.dtype,
+        }
+    }
+}
+
+/// Tuning derived from the memory budget.
+#[derive(Debug, Clone, Copy)]
+pub struct ExecConfig {
+    /// Target bytes per work item.
+    pub tile_bytes: usize,
+    /// Capacity of each channel.
+    pub depth: usize,
+    /// Let NaN/Inf through.
+    pub allow_nonfinite: bool,
+}
+
+impl ExecConfig {
+    /// Derives tile size and depth from a budget in bytes: about a sixteenth of the budget per
+    /// tile, between 1 MiB and 64 MiB, with two items in flight per channel.
+    pub fn from_budget(budget: u64, allow_nonfinite: bool) -> Self {
+        let tile = (budget / 16).clamp(1 << 20, 64 << 20) as usize;
+        ExecConfig {
+            tile_bytes: tile,
+            depth: 2,
+            allow_nonfinite,
+        }
+    }
+}
+
+/// One written shard.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ShardResult {
+    /// File name.
+    pub file: String,
+    /// File bytes.
+    pub bytes: u64,
+    /// blake3 of the whole file, hex.
+    pub blake3: String,
+}
+
+/// Busy time per stage.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct StageTimes {
+    /// Reader busy seconds.
+    pub read_s: f64,
+    /// Compute busy seconds.
+    pub compute_s: f64,
+    /// Packer busy seconds (writing + hashing + syncing).
+    pub pack_s: f64,
+}
+
+enum Work<'a> {
+    StartShard(usize),
+    Copy {
+        data: &'a [u8],
+        file: &'a MappedFile,
+        abs: usize,
+    },
+    Tile {
+        tensor: usize,
+        row0: u64,
+        rows: usize,
+    },
+    EndShard(usize),
+}
+
+enum Packed<'a> {
+    StartShard(usize),
+    Borrowed {
+        data: &'a [u8],
+        file: &'a MappedFile,
+        abs: usize,
+    },
+    Owned(Vec<u8>),
+    EndShard(usize),
+}
+
+/// Runs the plan, writing every shard into `dir`.
+pub fn execute(
+    plan: &Plan,
+    inputs: Inputs<'_>,
+    backend: &dyn Backend,
+    dir: &Path,
+    cfg: ExecConfig,
+) -> Result<(Vec<ShardResult>, StageTimes)> {
+    let (work_tx, work_rx) = bounded::<Work>(cfg.depth);
+    let (pack_tx, pack_rx) = bounded::<Packed>(cfg.depth);
+    let (pool_tx, pool_rx) = bounded::<Vec<u8>>(cfg.depth * 2 + 2);
+    std::thread::scope(|s| {
+        let reader = s.spawn(|| read_stage(plan, inputs, cfg, work_tx));
+        let compute = s.spawn(|| compute_stage(plan, inputs, backend, cfg, work_rx, pack_tx, pool_rx));
+        let packer = s.spawn(|| pack_stage(plan, dir, pack_rx, pool_tx));
+        let join = |h: std::thread::ScopedJoinHandle<'_, Result<Duration>>| {
+            h.join()
+                .unwrap_or_else(|_| Err(Error::Internal("a pipeline stage panicked".into())))
+        };
+        let r = join(reader);
+        let c = join(compute);
+        let p = packer
+            .join()
+            .unwrap_or_else(|_| Err(Error::Internal("the packer panicked".into())));
+        // The first real error wins: compute and reader errors cause the packer's "stopped early".
+        let c = c?;
+        let r = r?;
+        let (shards, pt) = p?;
+        Ok((
+            shards,
+            StageTimes {
+                read_s: r.as_secs_f64(),
+                compute_s: c.as_secs_f64(),
+                pack_s: pt.as_secs_f64(),
+            },
+        ))
+    })
+}
+
+fn read_stage<'a>(plan: &Plan, inputs: Inputs<'a>, cfg: ExecConfig, tx: Sender<Work<'a>>) -> Result<Duration> {
+    let mut busy = Duration::ZERO;
+    for (si, shard) in plan.shards.iter().enumerate() {
+        if tx.send(Work::StartShard(si)).is_err() {
+            return Ok(busy);
+        }
+        for &ti in &shard.tensors {
+            let t0 = Instant::now();
+            let t = &plan.tensors[ti];
+            let mut items = Vec::new();
+            match &t.op {
+                Op::Copy(src) => {
+                    let data = inputs.data(src);
+                    let file = inputs.file(src.file);
+                    let abs = inputs.abs(src);
+                    let mut off = 0;
+                    while off < data.len() || (data.is_empty() && off == 0) {
+                        let end = (off + cfg.tile_bytes).min(data.len());
+                        items.push(Work::Copy {
+                            data: &data[off..end],
+                            file,
+                            abs: abs + off,
+                        });
+                        if data.is_empty() {
+                            break;
+                        }
+                        off = end;
+                    }
+                }
+                Op::Compute { .. } => {
+                    let row_bytes = (t.cols as usize * 4).max(1);
+                    let rows_per = (cfg.tile_bytes / row_bytes).max(1) as u64;
+                    let mut r = 0;
+                    while r < t.rows {
+                        let n = rows_per.min(t.rows - r);
+                        items.push(Work::Tile {
+                            tensor: ti,
+                            row0: r,
+                            rows: n as usize,
+                        });
+                        r += n;
+                    }
+                }
+            }
+            busy += t0.elapsed();
+            for it in items {
+                if tx.send(it).is_err() {
+                    return Ok(busy);
+                }
+            }
+        }
+        if tx.send(Work::EndShard(si)).is_err() {
+            return Ok(busy);
+        }
+    }
+    Ok(busy)
+}
+
+/// LoRA tensors of the tensor being computed, decoded to f32 once per tensor.
+struct Current {
+    tensor: usize,
+    a: Vec<f32>,
+    b: Vec<f32>,
+}
+
+fn compute_stage<'a>(
+    plan: &Plan,
+    inputs: Inputs<'a>,
+    backend: &dyn Backend,
+    cfg: ExecConfig,
+    rx: Receiver<Work<'a>>,
+    tx: Sender<Packed<'a>>,
+    pool: Receiver<Vec<u8>>,
+) -> Result<Duration> {
+    let mut busy = Duration::ZERO;
+    let mut cur: Option<Current> = None;
+    for w in rx {
+        let out = match w {
+            Work::StartShard(i) => Packed::StartShard(i),
+            Work::EndShard(i) => Packed::EndShard(i),
+            Work::Copy { data, file, abs } => Packed::Borrowed { data, file, abs },
+            Work::Tile { tensor, row0, rows } => {
+                let t0 = Instant::now();
+                let t = &plan.tensors[tensor];
+                let Op::Compute { base, lora } = &t.op else {
+                    return Err(Error::Internal(format!("tile for copied tensor `{}`", t.name)));
+                };
+                let out_dtype =
+                    float_of(t.dtype).ok_or_else(|| Error::Internal(format!("`{}` is not a float output", t.name)))?;
+                if let Some(l) = lora {
+                    if cur.as_ref().map(|c| c.tensor) != Some(tensor) {
+                        let mut a = vec![0f32; l.a.numel() as usize];
+                        let mut b = vec![0f32; l.b.numel() as usize];
+                        let ad = inputs.data(&Src {
+                            file: FileRef::Adapter,
+                            info: l.a.clone(),
+                        });
+                        let bd = inputs.data(&Src {
+                            file: FileRef::Adapter,
+                            info: l.b.clone(),
+                        });
+                        decode_into(ad, l.dtype, &mut a);
+                        decode_into(bd, l.dtype, &mut b);
+                        cur = Some(Current { tensor, a, b });
+                    }
+                }
+                let cols = t.cols as usize;
+                let (base_rows, release) = match base {
+                    BaseSrc::Float(src, dt) => {
+                        let data = inputs.data(src);
+                        let rb = cols * dt.size();
+                        let s = row0 as usize * rb;
+                        let e = s + rows * rb;
+                        let abs = inputs.abs(src);
+                        (
+                            BaseRows::Float {
+                                bytes: &data[s..e],
+                                dtype: *dt,
+                            },
+                            (inputs.file(src.file), abs + s, abs + e),
+                        )
+                    }
+                    BaseSrc::Bnb(q) => {
+                        let abs = inputs.abs(&q.codes);
+                        let k0 = row0 as usize * cols;
+                        let k1 = k0 + rows * cols;
+                        (
+                            BaseRows::Bnb(inputs.quant_view(q)),
+                            (inputs.file(q.codes.file), abs + k0 / 2, abs + k1 / 2),
+                        )
+                    }
+                };
+                let lora_rows = match (lora, &cur) {
+                    (Some(l), Some(c)) => Some(LoraRows {
+                        a: &c.a,
+                        b: &c.b[row0 as usize * l.r..(row0 as usize + rows) * l.r],
+                        r: l.r,
+                        scale: l.scale,
+                        delta_dtype: l.dtype,
+                    }),
+                    _ => None,
+                };
+                let tile = MergeTile {
+                    row0,
+                    rows,
+                    cols,
+                    base: base_rows,
+                    lora: lora_rows,
+                    out_dtype,
+                };
+                let mut buf = pool.try_recv().unwrap_or_default();
+                buf.clear();
+                buf.resize(tile.out_len(), 0);
+                let finite = backend.merge_tile(&tile, &mut buf)?;
+                if !finite && !cfg.allow_nonfinite {
+                    return Err(Error::NonFinite { tensor: t.name.clone() });
+                }
+                release.0.release(release.1, release.2);
+                busy += t0.elapsed();
+                Packed::Owned(buf)
+            }
+        };
+        if tx.send(out).is_err() {
+            return Ok(busy);
+        }
+    }
+    Ok(busy)
+}
+
+fn pack_stage(
+    plan: &Plan,
+    dir: &Path,
+    rx: Receiver<Packed<'_>>,
+    pool: Sender<Vec<u8>>,
+) -> Result<(Vec<ShardResult>, Duration)> {
+    let mut busy = Duration::ZERO;
+    let mut results = Vec::with_capacity(plan.shards.len());
+    let mut open: Option<(usize, File, blake3::Hasher, u64)> = None;
+    for p in rx {
+        let t0 = Instant::now();
+        match p {
+            Packed::StartShard(i) => {
+                let sh = &plan.shards[i];
+                let path = dir.join(&sh.file_name);
+                let mut f = File::create(&path).map_err(|e| Error::io(&path, e))?;
+                f.write_all(&sh.header).map_err(|e| Error::io(&path, e))?;
+                let mut h = blake3::Hasher::new();
+                h.update(&sh.header);
+                open = Some((i, f, h, sh.header.len() as u64));
+            }
+            Packed::Borrowed { data, file, abs } => {
+                let (i, f, h, n) = open
+                    .as_mut()
+                    .ok_or_else(|| Error::Internal("data before shard start".into()))?;
+                let path = dir.join(&plan.shards[*i].file_name);
+                f.write_all(data).map_err(|e| Error::io(&path, e))?;
+                h.update(data);
+                *n += data.len() as u64;
+                file.release(abs, abs + data.len());
+            }
+            Packed::Owned(buf) => {
+                let (i, f, h, n) = open
+                    .as_mut()
+                    .ok_or_else(|| Error::Internal("data before shard start".into()))?;
+                let path = dir.join(&plan.shards[*i].file_name);
+                f.write_all(&buf).map_err(|e| Error::io(&path, e))?;
+                h.update(&buf);
+                *n += buf.len() as u64;
+                let _ = pool.try_send(buf);
+            }
+            Packed::EndShard(i) => {
+                let (oi, f, h, n) = open
+                    .take()
+                    .ok_or_else(|| Error::Internal("shard end without start".into()))?;
+                let sh = &plan.shards[i];
+                let path = dir.join(&sh.file_name);
+                if oi != i || n != sh.file_len {
+                    return Err(Error::Internal(format!(
+                        "{}: wrote {n} bytes, planned {}",
+                        path.display(),
+                        sh.file_len
+                    )));
+                }
+                f.sync_data().map_err(|e| Error::io(&path, e))?;
+                crate::sys::drop_cache(&f);
+                results.push(ShardResult {
+                    file: sh.file_name.clone(),
+                    bytes: n,
+                    blake3: h.finalize().to_hex().to_string(),
+                });
+            }
+        }
+        busy += t0.elapsed();
+    }
+    if results.len() != plan.shards.len() {
+        return Err(Error::Internal(
+            "the pipeline stopped before every shard was written".into(),
+        ));
+    }
+    Ok((results, busy))
+}

@@ -1,0 +1,868 @@
+//! The plan: every output tensor, its operation, its shard and byte offset, computed from
+//! headers and JSON only, before any heavy work. Refuses early and lists every adapter tensor
+//! that does not fit the base.
+
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use crate::checkpoint::adapter::{parse_key, AdapterTensorKind};
+use crate::checkpoint::safetensors::{Dtype, TensorInfo};
+use crate::checkpoint::{Adapter, Checkpoint, TensorLoc};
+use crate::error::{Error, Result};
+use crate::options::{FloatDtype, ShardOrder};
+use crate::quant::bnb::QuantState;
+use crate::quant::dtype::{float_of, parse_torch_dtype, st_dtype};
+
+/// Which mapped file a source tensor lives in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileRef {
+    /// A shard of the base checkpoint.
+    Base(usize),
+    /// The adapter's weights file.
+    Adapter,
+}
+
+/// A source tensor: file and header entry.
+#[derive(Debug, Clone)]
+pub struct Src {
+    /// Which file.
+    pub file: FileRef,
+    /// Its header entry.
+    pub info: TensorInfo,
+}
+
+impl Src {
+    fn base(loc: &TensorLoc) -> Self {
+        Src {
+            file: FileRef::Base(loc.shard),
+            info: loc.info.clone(),
+        }
+    }
+}
+
+/// The tensors of one bitsandbytes 4-bit weight.
+#[derive(Debug, Clone)]
+pub struct QuantSrc {
+    /// Packed codes.
+    pub codes: Src,
+    /// Per-block absmax (u8 with double quant, else f32).
+    pub absmax: Src,
+    /// 16-entry code table.
+    pub quant_map: Src,
+    /// `(nested_absmax, nested_quant_map)` with double quant.
+    pub nested: Option<(Src, Src)>,
+    /// Parsed quant state.
+    pub state: QuantState,
+}
+
+/// The base side of a computed tensor.
+#[derive(Debug, Clone)]
+pub enum BaseSrc {
+    /// A 16/32-bit float tensor.
+    Float(Src, FloatDtype),
+    /// A 4-bit weight.
+    Bnb(Box<QuantSrc>),
+}
+
+/// A LoRA pair to add.
+#[derive(Debug, Clone)]
+pub struct LoraSrc {
+    /// `lora_A` `[r, in]`.
+    pub a: TensorInfo,
+    /// `lora_B` `[out, r]`.
+    pub b: TensorInfo,
+    /// Rank.
+    pub r: usize,
+    /// PEFT's scale as f32.
+    pub scale: f32,
+    /// The adapter tensors' dtype.
+    pub dtype: FloatDtype,
+}
+
+/// What produces an output tensor.
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// Bytes copied unchanged.
+    Copy(Src),
+    /// Decoded (and maybe dequantized), maybe LoRA-merged, rounded once.
+    Compute {
+        /// The base rows.
+        base: BaseSrc,
+        /// The update.
+        lora: Option<LoraSrc>,
+    },
+}
+
+/// One tensor of the output.
+#[derive(Debug, Clone)]
+pub struct OutTensor {
+    /// Name.
+    pub name: String,
+    /// Output dtype.
+    pub dtype: Dtype,
+    /// Output shape.
+    pub shape: Vec<u64>,
+    /// Output bytes.
+    pub nbytes: u64,
+    /// Rows (first dim, or 1 for scalars) and columns (the rest) for tiling.
+    pub rows: u64,
+    /// Elements per row.
+    pub cols: u64,
+    /// How it is produced.
+    pub op: Op,
+    /// Shard index.
+    pub shard: usize,
+    /// Offset in the shard's data section.
+    pub offset: u64,
+}
+
+/// One output file.
+#[derive(Debug, Clone)]
+pub struct ShardPlan {
+    /// File name.
+    pub file_name: String,
+    /// Tensor indices in file order.
+    pub tensors: Vec<usize>,
+    /// The full header: 8-byte length + padded JSON.
+    pub header: Vec<u8>,
+    /// Total file bytes.
+    pub file_len: u64,
+}
+
+/// Counts of what the plan does.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct PlanCounts {
+    /// LoRA merges.
+    pub merged: usize,
+    /// Byte copies.
+    pub copied: usize,
+    /// 4-bit weights dequantized without a LoRA.
+    pub dequantized: usize,
+    /// Dtype casts without a LoRA.
+    pub converted: usize,
+    /// 4-bit helper tensors consumed.
+    pub consumed_quant_helpers: usize,
+}
+
+/// The whole output layout.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Output tensors.
+    pub tensors: Vec<OutTensor>,
+    /// Output files.
+    pub shards: Vec<ShardPlan>,
+    /// Index file name when sharded.
+    pub index_name: Option<String>,
+    /// Sum of tensor data bytes (`total_size`).
+    pub total_size: u64,
+    /// Sum of element counts (`total_parameters`).
+    pub total_parameters: u64,
+    /// Output model dtype for `config.json`.
+    pub model_dtype: Option<FloatDtype>,
+    /// Counts.
+    pub counts: PlanCounts,
+}
+
+impl Plan {
+    /// Bytes of all planned files.
+    pub fn file_bytes(&self) -> u64 {
+        self.shards.iter().map(|s| s.file_len).sum()
+    }
+}
+
+const QUANT_SUFFIXES: [&str; 5] = [
+    ".absmax",
+    ".quant_map",
+    ".nested_absmax",
+    ".nested_quant_map",
+    ".quant_state.",
+];
+
+/// Finds bnb 4-bit weights: `P.weight` → its sources.
+fn find_quantized(ck: &Checkpoint) -> Result<BTreeMap<String, QuantSrc>> {
+    let mut out = BTreeMap::new();
+    for (name, loc) in &ck.tensors {
+        let (prefix, qt) = if let Some(p) = name.strip_suffix(".quant_state.bitsandbytes__nf4") {
+            (p, "nf4")
+        } else if let Some(p) = name.strip_suffix(".quant_state.bitsandbytes__fp4") {
+            (p, "fp4")
+        } else {
+            continue;
+        };
+        let path = ck.path_of(loc);
+        let bad = |what: String| Error::QuantState {
+            path: path.to_path_buf(),
+            tensor: prefix.to_string(),
+            what,
+        };
+        let state = QuantState::parse(path, prefix, ck.data(loc))?;
+        if state.quant_type.as_str() != qt {
+            return Err(bad(format!(
+                "key says {qt} but quant_type is {}",
+                state.quant_type.as_str()
+            )));
+        }
+        let get = |suffix: &str| -> Result<&TensorLoc> {
+            ck.get(&format!("{prefix}{suffix}"))
+                .ok_or_else(|| bad(format!("missing `{prefix}{suffix}`")))
+        };
+        let codes = get("")?;
+        let absmax = get(".absmax")?;
+        let quant_map = get(".quant_map")?;
+        let n = state.numel();
+        let nb = state.blocks();
+        if codes.info.nbytes() < n.div_ceil(2) {
+            return Err(bad(format!(
+                "{} packed bytes for {n} elements, expected {}",
+                codes.info.nbytes(),
+                n.div_ceil(2)
+            )));
+        }
+        if quant_map.info.dtype != Dtype::F32 || quant_map.info.numel() != 16 {
+            return Err(bad("quant_map must be F32[16]".into()));
+        }
+        let nested = match state.nested {
+            Some((nbs, _)) => {
+                let na = get(".nested_absmax")?;
+                let nm = get(".nested_quant_map")?;
+                if absmax.info.dtype != Dtype::U8 || absmax.info.numel() != nb {
+                    return Err(bad(format!("absmax must be U8[{nb}] with double quant")));
+                }
+                if na.info.dtype != Dtype::F32 || na.info.numel() != nb.div_ceil(nbs) {
+                    return Err(bad(format!("nested_absmax must be F32[{}]", nb.div_ceil(nbs))));
+                }
+                if nm.info.dtype != Dtype::F32 || nm.info.numel() != 256 {
+                    return Err(bad("nested_quant_map must be F32[256]".into()));
+                }
+                Some((Src::base(na), Src::base(nm)))
+            }
+            None => {
+                if absmax.info.dtype != Dtype::F32 || absmax.info.numel() != nb {
+                    return Err(bad(format!("absmax must be F32[{nb}] without double quant")));
+                }
+                None
+            }
+        };
+        out.insert(
+            prefix.to_string(),
+            QuantSrc {
+                codes: Src::base(codes),
+                absmax: Src::base(absmax),
+                quant_map: Src::base(quant_map),
+                nested,
+                state,
+            },
+        );
+    }
+    Ok(out)
+}
+
+fn is_quant_helper(name: &str, quantized: &BTreeMap<String, QuantSrc>) -> bool {
+    QUANT_SUFFIXES.iter().any(|s| {
+        name.find(s)
+            .map(|i| quantized.contains_key(&name[..i]))
+            .unwrap_or(false)
+    })
+}
+
+fn rows_cols(shape: &[u64]) -> (u64, u64) {
+    match shape.split_first() {
+        None => (1, 1),
+        Some((r, rest)) => (*r, rest.iter().product()),
+    }
+}
+
+/// Groups the adapter's LoRA pairs by module; lists every tensor that is not a LoRA pair.
+fn lora_pairs(
+    adapter: &Adapter,
+    problems: &mut Vec<String>,
+) -> BTreeMap<String, (Option<TensorInfo>, Option<TensorInfo>)> {
+    let mut pairs: BTreeMap<String, (Option<TensorInfo>, Option<TensorInfo>)> = BTreeMap::new();
+    for t in &adapter.weights.header.tensors {
+        let key = parse_key(&t.name);
+        match key.kind {
+            AdapterTensorKind::LoraA => pairs.entry(key.module).or_default().0 = Some(t.clone()),
+            AdapterTensorKind::LoraB => pairs.entry(key.module).or_default().1 = Some(t.clone()),
+            AdapterTensorKind::Other(what) => {
+                problems.push(format!("adapter tensor `{}`: {what} is not supported yet", t.name))
+            }
+            AdapterTensorKind::Full => problems.push(format!(
+                "adapter tensor `{}`: full-module replacement (modules_to_save) is not supported yet",
+                t.name
+            )),
+        }
+    }
+    pairs
+}
+
+/// Plans a `merged_16bit` save.
+pub fn plan_merged(
+    ck: &Checkpoint,
+    adapter: &Adapter,
+    dtype: Option<FloatDtype>,
+    max_shard_size: u64,
+    order: ShardOrder,
+    variant: Option<&str>,
+) -> Result<Plan> {
+    let quantized = find_quantized(ck)?;
+    let cfg_dtype = ck.config_dtype().and_then(parse_torch_dtype);
+    let mut problems = Vec::new();
+    let pairs = lora_pairs(adapter, &mut problems);
+    let mut loras: BTreeMap<String, LoraSrc> = BTreeMap::new();
+    for (module, (a, b)) in pairs {
+        let (a, b) = match (a, b) {
+            (Some(a), Some(b)) => (a, b),
+            (Some(a), None) => {
+                problems.push(format!("adapter tensor `{}` has no matching lora_B", a.name));
+                continue;
+            }
+            (None, Some(b)) => {
+                problems.push(format!("adapter tensor `{}` has no matching lora_A", b.name));
+                continue;
+            }
+            (None, None) => continue,
+        };
+        let wname = format!("{module}.weight");
+        let base_shape: Option<Vec<u64>> = if let Some(q) = quantized.get(&wname) {
+            Some(q.state.shape.clone())
+        } else {
+            ck.get(&wname).map(|l| l.info.shape.clone())
+        };
+        let Some(base_shape) = base_shape else {
+            problems.push(format!("adapter tensor `{}`: base has no tensor `{wname}`", a.name));
+            continue;
+        };
+        let adt = match (float_of(a.dtype), float_of(b.dtype)) {
+            (Some(x), Some(y)) if x == y => x,
+            _ => {
+                problems.push(format!(
+                    "`{module}`: lora_A is {} and lora_B is {}, expected matching BF16/F16/F32",
+                    a.dtype, b.dtype
+                ));
+                continue;
+            }
+        };
+        let ok = a.shape.len() == 2
+            && b.shape.len() == 2
+            && base_shape.len() == 2
+            && a.shape[0] == b.shape[1]
+            && a.shape[0] > 0
+            && a.shape[1] == base_shape[1]
+            && b.shape[0] == base_shape[0];
+        if !ok {
+            problems.push(format!(
+                "`{module}`: lora_A {:?} and lora_B {:?} do not fit base `{wname}` {:?}",
+                a.shape, b.shape, base_shape
+            ));
+            continue;
+        }
+        let r = a.shape[0];
+        loras.insert(
+            wname,
+            LoraSrc {
+                scale: adapter.config.scale(r) as f32,
+                r: r as usize,
+                a,
+                b,
+                dtype: adt,
+            },
+        );
+    }
+    if !problems.is_empty() {
+        return Err(Error::Coverage {
+            adapter: adapter.dir.clone(),
+            base: ck.dir.clone(),
+            problems,
+        });
+    }
+
+    let mut counts = PlanCounts::default();
+    let mut tensors = Vec::new();
+    for (name, loc) in &ck.tensors {
+        if is_quant_helper(name, &quantized) {
+            counts.consumed_quant_helpers += 1;
+            continue;
+        }
+        let lora = loras.remove(name);
+        let (base, shape, own_dtype) = if let Some(q) = quantized.get(name) {
+            let own = cfg_dtype.unwrap_or(q.state.dtype);
+            (BaseSrc::Bnb(Box::new(q.clone())), q.state.shape.clone(), Some(own))
+        } else {
+            let fd = float_of(loc.info.dtype);
+            match fd {
+                Some(fd) => (BaseSrc::Float(Src::base(loc), fd), loc.info.shape.clone(), Some(fd)),
+                None => {
+                    if lora.is_some() {
+                        return Err(Error::Dtype {
+                            path: ck.path_of(loc).to_path_buf(),
+                            tensor: name.clone(),
+                            dtype: loc.info.dtype.to_string(),
+                            op: "a LoRA merge",
+                        });
+                    }
+                    // Integer/bool buffers pass through untouched.
+                    (
+                        BaseSrc::Float(Src::base(loc), FloatDtype::F32),
+                        loc.info.shape.clone(),
+                        None,
+                    )
+                }
+            }
+        };
+        let out_dt = match own_dtype {
+            Some(own) => dtype.unwrap_or(own),
+            None => FloatDtype::F32,
+        };
+        let op = match (&base, &lora, own_dtype) {
+            (BaseSrc::Float(src, fd), None, Some(_)) if *fd == out_dt => {
+                counts.copied += 1;
+                Op::Copy(src.clone())
+            }
+            (BaseSrc::Float(src, _), None, None) => {
+                counts.copied += 1;
+                Op::Copy(src.clone())
+            }
+            (BaseSrc::Float(..), None, Some(_)) => {
+                counts.converted += 1;
+                Op::Compute { base, lora: None }
+            }
+            (BaseSrc::Bnb(_), None, _) => {
+                counts.dequantized += 1;
+                Op::Compute { base, lora: None }
+            }
+            (_, Some(_), _) => {
+                counts.merged += 1;
+                Op::Compute { base, lora }
+            }
+        };
+        let out_dtype = match &op {
+            Op::Copy(src) => src.info.dtype,
+            Op::Compute { .. } => st_dtype(out_dt),
+        };
+        let numel: u64 = shape.iter().product();
+        let (rows, cols) = rows_cols(&shape);
+        tensors.push(OutTensor {
+            name: name.clone(),
+            dtype: out_dtype,
+            nbytes: numel * out_dtype.bits() / 8,
+            shape,
+            rows,
+            cols,
+            op,
+            shard: 0,
+            offset: 0,
+        });
+    }
+    let model_dtype = dtype
+        .or(cfg_dtype)
+        .or_else(|| quantized.values().next().map(|q| q.state.dtype));
+    Ok(layout(
+        tensors,
+        max_shard_size,
+        order,
+        "model",
+        variant,
+        model_dtype,
+        counts,
+    ))
+}
+
+/// Plans the adapter file of a `lora` save (cast when `dtype` is given).
+pub fn plan_adapter(adapter: &Adapter, dtype: Option<FloatDtype>) -> Plan {
+    let mut counts = PlanCounts::default();
+    let tensors = adapter
+        .weights
+        .header
+        .tensors
+        .iter()
+        .map(|t| {
+            let src = Src {
+                file: FileRef::Adapter,
+                info: t.clone(),
+            };
+            let (op, dt) = match (float_of(t.dtype), dtype) {
+                (Some(fd), Some(want)) if fd != want => {
+                    counts.converted += 1;
+                    (
+                        Op::Compute {
+                            base: BaseSrc::Float(src, fd),
+                            lora: None,
+                        },
+                        st_dtype(want),
+                    )
+                }
+                _ => {
+                    counts.copied += 1;
+                    (Op::Copy(src), t.dtype)
+                }
+            };
+            let (rows, cols) = rows_cols(&t.shape);
+            OutTensor {
+                name: t.name.clone(),
+                dtype: dt,
+                shape: t.shape.clone(),
+                nbytes: t.numel() * dt.bits() / 8,
+                rows,
+                cols,
+                op,
+                shard: 0,
+                offset: 0,
+            }
+        })
+        .collect();
+    layout(
+        tensors,
+        u64::MAX,
+        ShardOrder::Natural,
+        "adapter_model",
+        None,
+        dtype,
+        counts,
+    )
+}
+
+/// A part of a `dot_natural_key` (transformers v5): digits sort numerically before text;
+/// text sorts by its non-digit prefix, then by a trailing number.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum KeyPart<'a> {
+    Num(u128),
+    Text(&'a str, Option<u128>),
+}
+
+fn natural_key(name: &str) -> Vec<KeyPart<'_>> {
+    name.split('.')
+        .map(|p| {
+            if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) {
+                KeyPart::Num(p.parse().unwrap_or(u128::MAX))
+            } else {
+                let text = p.trim_end_matches(|c: char| c.is_ascii_digit());
+                let digits = &p[text.len()..];
+                KeyPart::Text(text, (!digits.is_empty()).then(|| digits.parse().unwrap_or(u128::MAX)))
+            }
+        })
+        .collect()
+}
+
+/// Registration order of Llama-family modules; unknown names sort after known ones.
+const MODULE_ORDER: [&str; 24] = [
+    "model",
+    "transformer",
+    "embed_tokens",
+    "wte",
+    "wpe",
+    "word_embeddings",
+    "layers",
+    "h",
+    "self_attn",
+    "attn",
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "mlp",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+    "input_layernorm",
+    "post_attention_layernorm",
+    "norm",
+    "ln_f",
+    "final_layernorm",
+    "lm_head",
+];
+
+fn module_cmp(a: &str, b: &str) -> Ordering {
+    let rank = |p: &str| -> (u8, u128, usize, String) {
+        if !p.is_empty() && p.bytes().all(|c| c.is_ascii_digit()) {
+            (0, p.parse().unwrap_or(u128::MAX), 0, String::new())
+        } else if let Some(i) = MODULE_ORDER.iter().position(|m| *m == p) {
+            (1, 0, i, String::new())
+        } else {
+            (2, 0, 0, p.to_string())
+        }
+    };
+    a.split('.').map(rank).cmp(b.split('.').map(rank))
+}
+
+/// Assigns tensors to shards (huggingface_hub's greedy split) and computes offsets and headers.
+fn layout(
+    mut tensors: Vec<OutTensor>,
+    max_shard_size: u64,
+    order: ShardOrder,
+    stem: &str,
+    variant: Option<&str>,
+    model_dtype: Option<FloatDtype>,
+    counts: PlanCounts,
+) -> Plan {
+    let mut idx: Vec<usize> = (0..tensors.len()).collect();
+    match order {
+        ShardOrder::Natural => idx.sort_by(|&a, &b| natural_key(&tensors[a].name).cmp(&natural_key(&tensors[b].name))),
+        ShardOrder::Module => idx.sort_by(|&a, &b| module_cmp(&tensors[a].name, &tensors[b].name)),
+    }
+    // huggingface_hub `split_state_dict_into_shards_factory`: a tensor above the limit gets its
+    // own shard immediately; otherwise the current shard closes when it would overflow.
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    let mut cur: Vec<usize> = Vec::new();
+    let mut cur_size = 0u64;
+    for i in idx {
+        let size = tensors[i].nbytes;
+        if size > max_shard_size {
+            groups.push(vec![i]);
+            continue;
+        }
+        if cur_size + size > max_shard_size {
+            groups.push(std::mem::take(&mut cur));
+            cur_size = 0;
+        }
+        cur.push(i);
+        cur_size += size;
+    }
+    if !cur.is_empty() {
+        groups.push(cur);
+    }
+    if groups.is_empty() {
+        groups.push(Vec::new());
+    }
+    let n = groups.len();
+    let ext = "safetensors";
+    let base_name = match variant {
+        Some(v) => format!("{stem}.{v}"),
+        None => stem.to_string(),
+    };
+    let mut shards = Vec::with_capacity(n);
+    for (si, mut g) in groups.into_iter().enumerate() {
+        // safetensors `prepare`: dtype descending, then name ascending.
+        g.sort_by(|&a, &b| {
+            tensors[b]
+                .dtype
+                .cmp(&tensors[a].dtype)
+                .then_with(|| tensors[a].name.cmp(&tensors[b].name))
+        });
+        let mut off = 0u64;
+        let mut json = String::from(r#"{"__metadata__":{"format":"pt"}"#);
+        for &i in &g {
+            let t = &mut tensors[i];
+            t.shard = si;
+            t.offset = off;
+            let shape: Vec<String> = t.shape.iter().map(|d| d.to_string()).collect();
+            json.push(',');
+            json.push_str(&serde_json::to_string(&t.name).unwrap_or_default());
+            json.push_str(&format!(
+                r#":{{"dtype":"{}","shape":[{}],"data_offsets":[{},{}]}}"#,
+                t.dtype.as_str(),
+                shape.join(","),
+                off,
+                off + t.nbytes
+            ));
+            off += t.nbytes;
+        }
+        json.push('}');
+        let padded = json.len().next_multiple_of(8);
+        let mut header = (padded as u64).to_le_bytes().to_vec();
+        header.extend_from_slice(json.as_bytes());
+        header.resize(8 + padded, b' ');
+        let file_name = if n == 1 {
+            format!("{base_name}.{ext}")
+        } else {
+            format!("{base_name}-{:05}-of-{n:05}.{ext}", si + 1)
+        };
+        shards.push(ShardPlan {
+            file_name,
+            file_len: header.len() as u64 + off,
+            header,
+            tensors: g,
+        });
+    }
+    let index_name = (n > 1).then(|| match variant {
+        Some(v) => format!("{stem}.safetensors.index.{v}.json"),
+        None => format!("{stem}.safetensors.index.json"),
+    });
+    let total_size = tensors.iter().map(|t| t.nbytes).sum();
+    let total_parameters = tensors.iter().map(|t| t.shape.iter().product::<u64>()).sum();
+    Plan {
+        tensors,
+        shards,
+        index_name,
+        total_size,
+        total_parameters,
+        model_dtype,
+        counts,
+    }
+}
+
+/// The plan as the `--dry-run` text.
+pub fn describe(plan: &Plan, out: &Path, free: Option<u64>) -> String {
+    let c = &plan.counts;
+    let mut s = format!(
+        "plan: {} tensors ({} merged, {} copied, {} dequantized, {} converted; {} 4-bit helper tensors consumed)\n",
+        plan.tensors.len(),
+        c.merged,
+        c.copied,
+        c.dequantized,
+        c.converted,
+        c.consumed_quant_helpers
+    );
+    s.push_str(&format!(
+        "output: {} bytes of tensor data in {} file(s), {} bytes on disk\n",
+        plan.total_size,
+        plan.shards.len(),
+        plan.file_bytes()
+    ));
+    for sh in &plan.shards {
+        s.push_str(&format!(
+            "  {}  {} tensors  {} bytes\n",
+            sh.file_name,
+            sh.tensors.len(),
+            sh.file_len
+        ));
+    }
+    match free {
+        Some(f) => s.push_str(&format!("free disk at {}: {f} bytes\n", out.display())),
+        None => s.push_str(&format!("free disk at {}: unknown\n", out.display())),
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(name: &str, nbytes: u64) -> OutTensor {
+        OutTensor {
+            name: name.into(),
+            dtype: Dtype::U8,
+            shape: vec![nbytes],
+            nbytes,
+            rows: nbytes,
+            cols: 1,
+            op: Op::Copy(Src {
+                file: FileRef::Adapter,
+                info: TensorInfo {
+                    name: name.into(),
+                    dtype: Dtype::U8,
+                    shape: vec![nbytes],
+                    offsets: (0, nbytes),
+                },
+            }),
+            shard: 0,
+            offset: 0,
+        }
+    }
+
+    #[test]
+    fn natural_key_sorts_like_transformers() {
+        let mut v = vec![
+            "model.layers.10.a",
+            "model.layers.9.a",
+            "lm_head.weight",
+            "model.embed_tokens.weight",
+            "x.shard_11",
+            "x.shard_2",
+        ];
+        v.sort_by(|a, b| natural_key(a).cmp(&natural_key(b)));
+        assert_eq!(
+            v,
+            [
+                "lm_head.weight",
+                "model.embed_tokens.weight",
+                "model.layers.9.a",
+                "model.layers.10.a",
+                "x.shard_2",
+                "x.shard_11"
+            ]
+        );
+    }
+
+    #[test]
+    fn module_order_follows_registration() {
+        let mut v = vec![
+            "lm_head.weight",
+            "model.norm.weight",
+            "model.layers.0.post_attention_layernorm.weight",
+            "model.layers.0.mlp.down_proj.weight",
+            "model.layers.0.self_attn.q_proj.weight",
+            "model.layers.0.self_attn.k_proj.weight",
+            "model.embed_tokens.weight",
+        ];
+        v.sort_by(|a, b| module_cmp(a, b));
+        assert_eq!(
+            v,
+            [
+                "model.embed_tokens.weight",
+                "model.layers.0.self_attn.q_proj.weight",
+                "model.layers.0.self_attn.k_proj.weight",
+                "model.layers.0.mlp.down_proj.weight",
+                "model.layers.0.post_attention_layernorm.weight",
+                "model.norm.weight",
+                "lm_head.weight"
+            ]
+        );
+    }
+
+    /// FORMATS.md §3.2: `[a(1), BIG(10), b(1)]` with max 5 gives shards `[BIG], [a, b]`.
+    #[test]
+    fn big_tensor_gets_its_own_shard_first() {
+        let p = layout(
+            vec![t("a", 1), t("b", 10), t("c", 1)],
+            5,
+            ShardOrder::Natural,
+            "model",
+            None,
+            None,
+            PlanCounts::default(),
+        );
+        assert_eq!(p.shards.len(), 2);
+        assert_eq!(p.shards[0].file_name, "model-00001-of-00002.safetensors");
+        assert_eq!(p.tensors[1].shard, 0);
+        assert_eq!(p.tensors[0].shard, 1);
+        assert_eq!(p.tensors[2].shard, 1);
+        assert_eq!(p.index_name.as_deref(), Some("model.safetensors.index.json"));
+        assert_eq!(p.total_size, 12);
+    }
+
+    #[test]
+    fn variants_name_files_like_transformers() {
+        let p = layout(
+            vec![t("a", 3), t("b", 3)],
+            5,
+            ShardOrder::Natural,
+            "model",
+            Some("v2"),
+            None,
+            PlanCounts::default(),
+        );
+        assert_eq!(p.shards[1].file_name, "model.v2-00002-of-00002.safetensors");
+        assert_eq!(p.index_name.as_deref(), Some("model.safetensors.index.v2.json"));
+        let p = layout(
+            vec![t("a", 3)],
+            5,
+            ShardOrder::Natural,
+            "model",
+            Some("v2"),
+            None,
+            PlanCounts::default(),
+        );
+        assert_eq!(p.shards[0].file_name, "model.v2.safetensors");
+        assert_eq!(p.index_name, None);
+    }
+
+    #[test]
+    fn headers_are_padded_to_eight_and_parse_back() {
+        let p = layout(
+            vec![t("a", 3), t("bb", 4)],
+            100,
+            ShardOrder::Natural,
+            "model",
+            None,
+            None,
+            PlanCounts::default(),
+        );
+        let h = &p.shards[0].header;
+        assert_eq!((h.len() - 8) % 8, 0);
+        let mut file = h.clone();
+        file.extend(std::iter::repeat_n(0, 7));
+        let parsed = crate::checkpoint::safetensors::parse_header(Path::new("x"), &file).unwrap();
+        assert_eq!(parsed.tensors.len(), 2);
+    }
+}

@@ -1,0 +1,280 @@
+//! `save`: resolve → plan → preflight → execute → finish, for both save methods.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde_json::json;
+
+use crate::checkpoint::resolve::resolve_base;
+use crate::checkpoint::{Adapter, Checkpoint};
+use crate::compute::cpu::CpuBackend;
+use crate::compute::cuda::CudaBackend;
+use crate::compute::Backend;
+use crate::error::{Error, Result};
+use crate::options::{DeviceChoice, SaveMethod, SaveOptions};
+use crate::pipeline::{execute, ExecConfig, Inputs, ShardResult, StageTimes};
+use crate::plan::{describe, plan_adapter, plan_merged, Plan, PlanCounts};
+use crate::writer::meta;
+use crate::writer::staging::Staging;
+
+/// What a save did: the machine-readable report behind `--json`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SaveReport {
+    /// The output directory.
+    pub out: PathBuf,
+    /// `lora` or `merged_16bit`.
+    pub save_method: &'static str,
+    /// The adapter directory.
+    pub adapter: PathBuf,
+    /// The base directory used, if any.
+    pub base: Option<PathBuf>,
+    /// The compute backend.
+    pub backend: String,
+    /// Whether this was a dry run (nothing written).
+    pub dry_run: bool,
+    /// Tensor counts by operation.
+    pub counts: PlanCounts,
+    /// Output tensors.
+    pub tensors: usize,
+    /// Sum of tensor data bytes.
+    pub total_size: u64,
+    /// Bytes of all weight files.
+    pub bytes_written: u64,
+    /// Written shards with their blake3 hashes.
+    pub shards: Vec<ShardResult>,
+    /// Other files written (config, tokenizer, card, index, manifest).
+    pub files: Vec<String>,
+    /// Free disk at the output before the run.
+    pub free_disk: Option<u64>,
+    /// Busy time per stage.
+    pub stages: StageTimes,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+    /// Peak RSS of this process (VmHWM).
+    pub peak_rss: Option<u64>,
+    /// The plan as text (for `--dry-run`).
+    #[serde(skip)]
+    pub plan_text: String,
+}
+
+const MANIFEST: &str = "loraweld-manifest.json";
+
+/// Saves according to `opts`. See the crate docs.
+pub fn save(opts: &SaveOptions) -> Result<SaveReport> {
+    let t0 = Instant::now();
+    let adapter = Adapter::open(&opts.adapter)?;
+    let base_dir = match opts.save_method {
+        SaveMethod::Merged16bit => Some(resolve_base(
+            &opts.adapter,
+            opts.base.as_deref(),
+            adapter.config.base_model_name_or_path.as_deref(),
+        )?),
+        // A lora save only needs the base for tokenizer files; it is optional.
+        SaveMethod::Lora => resolve_base(
+            &opts.adapter,
+            opts.base.as_deref(),
+            adapter.config.base_model_name_or_path.as_deref(),
+        )
+        .ok(),
+    };
+    let mut inputs_dirs = vec![opts.adapter.clone()];
+    inputs_dirs.extend(base_dir.clone());
+    check_no_overlap(&opts.out, &inputs_dirs)?;
+
+    let ck = match (opts.save_method, &base_dir) {
+        (SaveMethod::Merged16bit, Some(b)) => Some(Checkpoint::open(b)?),
+        _ => None,
+    };
+    let plan = match &ck {
+        Some(ck) => plan_merged(
+            ck,
+            &adapter,
+            opts.dtype,
+            opts.max_shard_size,
+            opts.shard_order,
+            opts.variant.as_deref(),
+        )?,
+        None => plan_adapter(&adapter, opts.dtype),
+    };
+    let free = crate::sys::free_space(opts.temporary_location.as_deref().unwrap_or(&opts.out));
+    let plan_text = describe(&plan, &opts.out, free);
+    let mut report = SaveReport {
+        out: opts.out.clone(),
+        save_method: opts.save_method.as_str(),
+        adapter: opts.adapter.clone(),
+        base: base_dir.clone(),
+        backend: String::new(),
+        dry_run: opts.dry_run,
+        counts: plan.counts.clone(),
+        tensors: plan.tensors.len(),
+        total_size: plan.total_size,
+        bytes_written: 0,
+        shards: Vec::new(),
+        files: Vec::new(),
+        free_disk: free,
+        stages: StageTimes::default(),
+        seconds: 0.0,
+        peak_rss: None,
+        plan_text,
+    };
+    if opts.out.exists() && !opts.force && !opts.dry_run {
+        return Err(Error::Usage(format!(
+            "{}: already exists (use --force to replace it)",
+            opts.out.display()
+        )));
+    }
+    // Preflight: weights plus a margin for the small files.
+    let need = plan.file_bytes() + (1 << 20);
+    if let Some(f) = free {
+        if f < need {
+            return Err(Error::DiskFull {
+                path: opts.out.clone(),
+                need,
+                free: f,
+            });
+        }
+    }
+    let backend = pick_backend(opts)?;
+    report.backend = backend.name();
+    if opts.dry_run {
+        report.seconds = t0.elapsed().as_secs_f64();
+        report.peak_rss = crate::sys::peak_rss();
+        return Ok(report);
+    }
+
+    let staging = Staging::create(&opts.out, opts.temporary_location.as_deref())?;
+    let cfg = ExecConfig::from_budget(opts.maximum_memory_usage.bytes(), opts.allow_nonfinite);
+    let inputs = Inputs {
+        base: ck.as_ref(),
+        adapter: &adapter,
+    };
+    let (shards, stages) = execute(&plan, inputs, backend.as_ref(), staging.path(), cfg)?;
+    let files = finish(
+        opts,
+        &adapter,
+        ck.as_ref(),
+        base_dir.as_deref(),
+        &plan,
+        &shards,
+        staging.path(),
+    )?;
+    staging.commit(&opts.out, opts.force)?;
+
+    report.bytes_written = shards.iter().map(|s| s.bytes).sum();
+    report.shards = shards;
+    report.files = files;
+    report.stages = stages;
+    report.seconds = t0.elapsed().as_secs_f64();
+    report.peak_rss = crate::sys::peak_rss();
+    Ok(report)
+}
+
+fn pick_backend(opts: &SaveOptions) -> Result<Box<dyn Backend>> {
+    match opts.device {
+        DeviceChoice::Cpu => Ok(Box::new(CpuBackend::new(opts.threads)?)),
+        DeviceChoice::Cuda => Ok(Box::new(CudaBackend::new()?)),
+        DeviceChoice::Auto => match CudaBackend::new() {
+            Ok(b) => Ok(Box::new(b)),
+            Err(_) => Ok(Box::new(CpuBackend::new(opts.threads)?)),
+        },
+    }
+}
+
+/// Refuses an output equal to or inside an input directory, or an input inside the output.
+fn check_no_overlap(out: &Path, inputs: &[PathBuf]) -> Result<()> {
+    let out_abs = absolute(out);
+    for i in inputs {
+        let in_abs = absolute(i);
+        if out_abs.starts_with(&in_abs) || in_abs.starts_with(&out_abs) {
+            return Err(Error::OutputOverlapsInput {
+                out: out.to_path_buf(),
+                input: i.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Canonical path of `p`, or of its nearest existing ancestor joined with the rest.
+fn absolute(p: &Path) -> PathBuf {
+    let p = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let mut existing = p.as_path();
+    let mut rest = Vec::new();
+    while !existing.exists() {
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                existing = parent;
+            }
+            _ => break,
+        }
+    }
+    let mut c = existing.canonicalize().unwrap_or_else(|_| existing.to_path_buf());
+    for r in rest.iter().rev() {
+        c.push(r);
+    }
+    c
+}
+
+/// Writes everything around the shards into the staging dir; returns the file names.
+fn finish(
+    opts: &SaveOptions,
+    adapter: &Adapter,
+    ck: Option<&Checkpoint>,
+    base_dir: Option<&Path>,
+    plan: &Plan,
+    shards: &[ShardResult],
+    dir: &Path,
+) -> Result<Vec<String>> {
+    let mut files = Vec::new();
+    let base_name = adapter.config.base_model_name_or_path.clone();
+    match opts.save_method {
+        SaveMethod::Lora => {
+            meta::write_file(dir, "adapter_config.json", &adapter.config_bytes)?;
+            files.push("adapter_config.json".into());
+        }
+        SaveMethod::Merged16bit => {
+            if let Some(name) = &plan.index_name {
+                meta::write_file(dir, name, meta::index_json(plan).as_bytes())?;
+                files.push(name.clone());
+            }
+            if let Some(cfg) = ck.and_then(|c| c.config.as_ref()) {
+                let v = meta::merged_config(cfg, plan.model_dtype);
+                meta::write_file(dir, "config.json", meta::config_text(&v).as_bytes())?;
+                files.push("config.json".into());
+            }
+            for src in [Some(adapter.dir.as_path()), base_dir].into_iter().flatten() {
+                let g = src.join("generation_config.json");
+                if g.is_file() {
+                    meta::copy_file(&g, dir, "generation_config.json")?;
+                    files.push("generation_config.json".into());
+                    break;
+                }
+            }
+        }
+    }
+    let tok = meta::tokenizer_files(&adapter.dir, base_dir)?;
+    files.extend(meta::write_tokenizer(&tok, dir, opts.padding_side)?);
+    let is_adapter = opts.save_method == SaveMethod::Lora;
+    let card = match adapter.dir.join("README.md") {
+        p if is_adapter && p.is_file() => std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?,
+        _ => meta::model_card(base_name.as_deref(), opts.save_method.as_str(), is_adapter),
+    };
+    meta::write_file(dir, "README.md", card.as_bytes())?;
+    files.push("README.md".into());
+    let mut inputs = vec![adapter.weights_path().to_path_buf()];
+    if let Some(c) = ck {
+        inputs.extend(c.files());
+    }
+    let options = json!({
+        "save_method": opts.save_method.as_str(),
+        "dtype": opts.dtype.map(|d| d.torch_name()),
+        "max_shard_size": opts.max_shard_size,
+        "variant": opts.variant,
+        "shard_order": format!("{:?}", opts.shard_order).to_lowercase(),
+        "padding_side": format!("{:?}", opts.padding_side).to_lowercase(),
+    });
+    meta::write_file(dir, MANIFEST, meta::manifest(shards, &inputs, options)?.as_bytes())?;
+    files.push(MANIFEST.into());
+    Ok(files)
+}

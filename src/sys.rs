@@ -1,0 +1,58 @@
+//! Small OS calls that need `unsafe` or `/proc`: free disk space, page-cache hints, peak RSS.
+#![expect(unsafe_code)]
+
+use std::ffi::CString;
+use std::fs::File;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::io::AsRawFd;
+use std::path::Path;
+
+/// Free bytes available to us on the filesystem holding `path` (or its nearest existing parent).
+pub fn free_space(path: &Path) -> Option<u64> {
+    let mut p = path;
+    loop {
+        if p.exists() {
+            break;
+        }
+        p = p.parent()?;
+    }
+    let p = if p.as_os_str().is_empty() { Path::new(".") } else { p };
+    let c = CString::new(p.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe_zeroed();
+    // SAFETY: `c` is a valid NUL-terminated path and `st` is a properly sized out-parameter.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    #[allow(clippy::unnecessary_cast)] // the field types differ between targets
+    (rc == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+fn unsafe_zeroed() -> libc::statvfs {
+    // SAFETY: statvfs is a plain C struct of integers, for which all-zero bytes are valid.
+    unsafe { std::mem::zeroed() }
+}
+
+/// Tells the kernel we will not read `file`'s cached pages again (after they are on disk),
+/// so writing a big model does not crowd the page cache of a small machine.
+pub fn drop_cache(file: &File) {
+    // SAFETY: the fd is valid for the lifetime of `file`; fadvise is only a hint.
+    unsafe {
+        libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED);
+    }
+}
+
+/// Peak resident set size of this process (`VmHWM`), in bytes.
+pub fn peak_rss() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn free_space_and_rss_are_readable() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(super::free_space(&d.path().join("not/yet/there")).unwrap() > 0);
+        assert!(super::peak_rss().unwrap() > 0);
+    }
+}

@@ -1,0 +1,6 @@
+//! The finish side: the files around the shards (index, config, tokenizer, model card,
+//! manifest), and the staging directory that makes the output appear atomically.
+
+pub mod meta;
+pub mod pyjson;
+pub mod staging;

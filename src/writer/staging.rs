@@ -1,0 +1,155 @@
+//! The staging directory: output is written into a hidden sibling of `OUT` (or under
+//! `--temporary-location`), synced, and renamed into place only when complete. A failed run
+//! removes it, so nothing that looks like a finished model is ever left behind.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// A staging directory that is removed on drop unless committed.
+#[derive(Debug)]
+pub struct Staging {
+    dir: PathBuf,
+    committed: bool,
+}
+
+impl Staging {
+    /// Creates `.<name>.loraweld-<pid>` beside `out`, or inside `temp` when given.
+    pub fn create(out: &Path, temp: Option<&Path>) -> Result<Self> {
+        let name = out
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_else(|| "out".into());
+        let parent = match temp {
+            Some(t) => t.to_path_buf(),
+            None => out
+                .parent()
+                .map(Path::to_path_buf)
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or_else(|| PathBuf::from(".")),
+        };
+        std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
+        let dir = parent.join(format!(".{name}.loraweld-{}", std::process::id()));
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        }
+        std::fs::create_dir(&dir).map_err(|e| Error::io(&dir, e))?;
+        Ok(Staging { dir, committed: false })
+    }
+
+    /// The directory to write into.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Syncs and renames the staging directory to `out`. An existing `out` is replaced only
+    /// with `force`; it is moved aside first and removed after the rename succeeds.
+    pub fn commit(mut self, out: &Path, force: bool) -> Result<()> {
+        sync_dir(&self.dir)?;
+        let mut aside = None;
+        if out.exists() {
+            if !force {
+                return Err(Error::Usage(format!(
+                    "{}: already exists (use --force to replace it)",
+                    out.display()
+                )));
+            }
+            let a = out.with_file_name(format!(
+                ".{}.loraweld-old-{}",
+                out.file_name()
+                    .map(|n| n.to_string_lossy().to_string())
+                    .unwrap_or_default(),
+                std::process::id()
+            ));
+            std::fs::rename(out, &a).map_err(|e| Error::io(out, e))?;
+            aside = Some(a);
+        }
+        if let Err(e) = std::fs::rename(&self.dir, out) {
+            if e.raw_os_error() == Some(libc::EXDEV) {
+                copy_dir(&self.dir, out)?;
+                std::fs::remove_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
+            } else {
+                if let Some(a) = &aside {
+                    let _ = std::fs::rename(a, out);
+                }
+                return Err(Error::io(out, e));
+            }
+        }
+        self.committed = true;
+        if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+            let _ = sync_dir(parent);
+        }
+        if let Some(a) = aside {
+            let _ = std::fs::remove_dir_all(a);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn sync_dir(d: &Path) -> Result<()> {
+    let f = std::fs::File::open(d).map_err(|e| Error::io(d, e))?;
+    f.sync_all().map_err(|e| Error::io(d, e))
+}
+
+/// Cross-device fallback: copy into a temporary sibling of `out`, then rename it.
+fn copy_dir(src: &Path, out: &Path) -> Result<()> {
+    let tmp = out.with_file_name(format!(
+        ".{}.loraweld-copy-{}",
+        out.file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default(),
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    for e in std::fs::read_dir(src).map_err(|e| Error::io(src, e))? {
+        let e = e.map_err(|e| Error::io(src, e))?;
+        let to = tmp.join(e.file_name());
+        std::fs::copy(e.path(), &to).map_err(|err| Error::io(e.path(), err))?;
+        std::fs::File::open(&to)
+            .and_then(|f| f.sync_all())
+            .map_err(|err| Error::io(&to, err))?;
+    }
+    sync_dir(&tmp)?;
+    std::fs::rename(&tmp, out).map_err(|e| Error::io(out, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dropped_staging_leaves_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let out = d.path().join("out");
+        {
+            let s = Staging::create(&out, None).unwrap();
+            std::fs::write(s.path().join("model.safetensors"), b"x").unwrap();
+        }
+        assert!(!out.exists());
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn commit_renames_and_refuses_to_clobber() {
+        let d = tempfile::tempdir().unwrap();
+        let out = d.path().join("out");
+        let s = Staging::create(&out, None).unwrap();
+        std::fs::write(s.path().join("a"), b"1").unwrap();
+        s.commit(&out, false).unwrap();
+        assert_eq!(std::fs::read(out.join("a")).unwrap(), b"1");
+        let s = Staging::create(&out, None).unwrap();
+        assert!(s.commit(&out, false).is_err());
+        let s = Staging::create(&out, None).unwrap();
+        std::fs::write(s.path().join("b"), b"2").unwrap();
+        s.commit(&out, true).unwrap();
+        assert!(out.join("b").exists() && !out.join("a").exists());
+    }
+}
