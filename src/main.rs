@@ -31,7 +31,7 @@ Exit codes:
 
 /// Save fine-tuned models: write a LoRA adapter, or merge it into its base as sharded safetensors.
 #[derive(Parser, Debug)]
-#[command(name = "loraweld", version, about, after_help = AFTER_HELP)]
+#[command(name = "loraweld", version, about, after_help = AFTER_HELP, term_width = 100)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -1,1 +1,14 @@
+//! The one integration-test binary. It runs the real `loraweld` binary on copies of the golden
+//! fixtures made by transformers + PEFT + bitsandbytes (tests/fixtures/llama, see its README).
 
+#[macro_use]
+mod util;
+
+/// Bad input: one clear line, exit code 2, nothing written.
+mod bad_input;
+/// The command line itself: `--help`, `--dry-run`, `--json`.
+mod cli;
+/// `--save-method lora`.
+mod lora;
+/// Bit-exactness against PEFT `merge_and_unload()` and the file layout transformers writes.
+mod merged;

@@ -1,0 +1,66 @@
+use crate::util::{fixtures, LoraweldCommand, Workdir};
+
+#[test]
+fn lora_method_writes_the_adapter_unchanged() {
+    let w = Workdir::new();
+    let out = w.join("adapter");
+    let f = fixtures();
+    LoraweldCommand::save([
+        f.join("lora").as_os_str(),
+        out.as_os_str(),
+        "--save-method".as_ref(),
+        "lora".as_ref(),
+    ])
+    .ok();
+    for name in ["adapter_model.safetensors", "adapter_config.json", "README.md"] {
+        assert_eq!(
+            std::fs::read(out.join(name)).unwrap(),
+            std::fs::read(f.join("lora").join(name)).unwrap(),
+            "{name}"
+        );
+    }
+    // Tokenizer files come from the base when the adapter has none.
+    assert!(out.join("tokenizer.json").is_file());
+    let t: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("tokenizer_config.json")).unwrap()).unwrap();
+    assert_eq!(t["padding_side"], "left");
+}
+
+#[test]
+fn lora_method_casts_with_dtype() {
+    let w = Workdir::new();
+    let out = w.join("adapter");
+    let f = fixtures();
+    LoraweldCommand::save([
+        f.join("lora").as_os_str(),
+        out.as_os_str(),
+        "--save-method".as_ref(),
+        "lora".as_ref(),
+        "--dtype".as_ref(),
+        "bf16".as_ref(),
+        "--padding-side".as_ref(),
+        "keep".as_ref(),
+    ])
+    .ok();
+    let got = std::fs::read(out.join("adapter_model.safetensors")).unwrap();
+    let want = std::fs::read(f.join("lora/adapter_model.safetensors")).unwrap();
+    let g = safetensors::SafeTensors::deserialize(&got).unwrap();
+    let s = safetensors::SafeTensors::deserialize(&want).unwrap();
+    assert_eq!(g.len(), s.len());
+    for (name, t) in s.tensors() {
+        let c = g.tensor(&name).unwrap();
+        assert_eq!(c.dtype(), safetensors::Dtype::BF16);
+        assert_eq!(c.shape(), t.shape());
+        let expect: Vec<u8> = t
+            .data()
+            .chunks_exact(4)
+            .flat_map(|b| half::bf16::from_f32(f32::from_le_bytes([b[0], b[1], b[2], b[3]])).to_le_bytes())
+            .collect();
+        assert!(c.data() == &expect[..], "`{name}` is not the RNE bf16 cast");
+    }
+    assert_eq!(
+        std::fs::read(out.join("tokenizer_config.json")).unwrap(),
+        std::fs::read(f.join("base_bf16/tokenizer_config.json")).unwrap(),
+        "--padding-side keep leaves the file alone"
+    );
+}
