@@ -13,8 +13,6 @@
 //! Memory is bounded by the channel depth × the tile size, not by the model. The first error
 //! wins; "channel closed" errors in other stages are its consequences and are dropped.
 
-use std::fs::File;
-use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -27,6 +25,7 @@ use crate::error::{Error, Result};
 use crate::plan::{BaseSrc, FileRef, Op, Plan, QuantSrc, Src};
 use crate::quant::bnb::{AbsmaxRef, QuantView};
 use crate::quant::dtype::{decode_into, float_of};
+use crate::writer::shard::ShardWriter;
 
 /// The mapped inputs a plan reads from.
 #[derive(Clone, Copy)]
@@ -341,8 +340,8 @@ fn compute_stage<'a>(
                     lora: lora_rows,
                     out_dtype,
                 };
+                // Pooled buffers keep their contents: resizing only zero-fills new bytes.
                 let mut buf = pool.try_recv().unwrap_or_default();
-                buf.clear();
                 buf.resize(tile.out_len(), 0);
                 let finite = backend.merge_tile(&tile, &mut buf)?;
                 if !finite && !cfg.allow_nonfinite {
@@ -368,35 +367,33 @@ fn pack_stage(
 ) -> Result<(Vec<ShardResult>, Duration)> {
     let mut busy = Duration::ZERO;
     let mut results = Vec::with_capacity(plan.shards.len());
-    let mut open: Option<(usize, File, blake3::Hasher, u64)> = None;
+    let mut open: Option<(usize, ShardWriter, blake3::Hasher, u64)> = None;
     for p in rx {
         let t0 = Instant::now();
         match p {
             Packed::StartShard(i) => {
                 let sh = &plan.shards[i];
                 let path = dir.join(&sh.file_name);
-                let mut f = File::create(&path).map_err(|e| Error::io(&path, e))?;
-                f.write_all(&sh.header).map_err(|e| Error::io(&path, e))?;
+                let mut f = ShardWriter::create(&path)?;
+                f.write(&sh.header)?;
                 let mut h = blake3::Hasher::new();
                 h.update(&sh.header);
                 open = Some((i, f, h, sh.header.len() as u64));
             }
             Packed::Borrowed { data, file, abs } => {
-                let (i, f, h, n) = open
+                let (_, f, h, n) = open
                     .as_mut()
                     .ok_or_else(|| Error::Internal("data before shard start".into()))?;
-                let path = dir.join(&plan.shards[*i].file_name);
-                f.write_all(data).map_err(|e| Error::io(&path, e))?;
+                f.write(data)?;
                 h.update(data);
                 *n += data.len() as u64;
                 file.release(abs, abs + data.len());
             }
             Packed::Owned(buf) => {
-                let (i, f, h, n) = open
+                let (_, f, h, n) = open
                     .as_mut()
                     .ok_or_else(|| Error::Internal("data before shard start".into()))?;
-                let path = dir.join(&plan.shards[*i].file_name);
-                f.write_all(&buf).map_err(|e| Error::io(&path, e))?;
+                f.write(&buf)?;
                 h.update(&buf);
                 *n += buf.len() as u64;
                 let _ = pool.try_send(buf);
@@ -414,8 +411,13 @@ fn pack_stage(
                         sh.file_len
                     )));
                 }
-                f.sync_data().map_err(|e| Error::io(&path, e))?;
-                crate::sys::drop_cache(&f);
+                let len = f.finish()?;
+                if len != n {
+                    return Err(Error::Internal(format!(
+                        "{}: file is {len} bytes, wrote {n}",
+                        path.display()
+                    )));
+                }
                 results.push(ShardResult {
                     file: sh.file_name.clone(),
                     bytes: n,

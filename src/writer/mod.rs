@@ -3,4 +3,5 @@
 
 pub mod meta;
 pub mod pyjson;
+pub mod shard;
 pub mod staging;
