@@ -1,1 +1,104 @@
-fn main() {}
+//! Criterion benches for the compute stage: one merge tile through the CPU backend, from a
+//! bf16 base and from an NF4 double-quant base, reported as bytes of output per second.
+//!
+//!   cargo bench --bench kernels
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use loraweld::compute::cpu::CpuBackend;
+use loraweld::compute::{Backend, BaseRows, LoraRows, MergeTile};
+use loraweld::quant::bnb::{AbsmaxRef, QuantView, NF4};
+use loraweld::FloatDtype;
+
+fn bench(c: &mut Criterion) {
+    let (rows, cols) = (512usize, 4096usize);
+    let n = rows * cols;
+    let base: Vec<u8> = (0..n)
+        .flat_map(|i| half::bf16::from_f32((i % 97) as f32 * 1e-3).to_le_bytes())
+        .collect();
+    let codes: Vec<u8> = (0..n / 2).map(|i| (i * 31) as u8).collect();
+    let nb = n / 64;
+    let absmax: Vec<u8> = (0..nb).map(|i| i as u8).collect();
+    let nested: Vec<u8> = (0..nb.div_ceil(256)).flat_map(|_| 0.01f32.to_le_bytes()).collect();
+    let nmap: Vec<u8> = (0..256)
+        .flat_map(|i| ((i as f32 - 127.5) / 127.5).to_le_bytes())
+        .collect();
+    let qmap: Vec<u8> = NF4.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let threads = std::env::var("BENCH_THREADS").ok().and_then(|s| s.parse().ok());
+    let be = CpuBackend::new(threads).unwrap();
+    let mut g = c.benchmark_group(format!("merge_tile {rows}x{cols} on {}", be.name()));
+    g.throughput(Throughput::Bytes((n * 2) as u64));
+    for r in [8usize, 64] {
+        let a: Vec<f32> = (0..r * cols).map(|i| (i % 13) as f32 * 1e-3).collect();
+        let b: Vec<f32> = (0..rows * r).map(|i| (i % 7) as f32 * 1e-3).collect();
+        for kind in ["bf16", "nf4"] {
+            let base_rows = if kind == "bf16" {
+                BaseRows::Float {
+                    bytes: &base,
+                    dtype: FloatDtype::Bf16,
+                }
+            } else {
+                BaseRows::Bnb(QuantView {
+                    codes: &codes,
+                    absmax: AbsmaxRef::Nested {
+                        codes: &absmax,
+                        nested_absmax: &nested,
+                        nested_map: &nmap,
+                        nested_blocksize: 256,
+                        offset: 0.02,
+                    },
+                    quant_map: &qmap,
+                    blocksize: 64,
+                    dtype: FloatDtype::Bf16,
+                })
+            };
+            let tile = MergeTile {
+                row0: 0,
+                rows,
+                cols,
+                base: base_rows,
+                lora: Some(LoraRows {
+                    a: &a,
+                    b: &b,
+                    r,
+                    scale: 2.0,
+                    delta_dtype: FloatDtype::F32,
+                }),
+                out_dtype: FloatDtype::Bf16,
+            };
+            let mut out = vec![0u8; tile.out_len()];
+            g.bench_with_input(BenchmarkId::new(kind, format!("r{r}")), &tile, |bch, t| {
+                bch.iter(|| be.merge_tile(t, &mut out).unwrap())
+            });
+        }
+        let tile = MergeTile {
+            row0: 0,
+            rows,
+            cols,
+            base: BaseRows::Bnb(QuantView {
+                codes: &codes,
+                absmax: AbsmaxRef::Nested {
+                    codes: &absmax,
+                    nested_absmax: &nested,
+                    nested_map: &nmap,
+                    nested_blocksize: 256,
+                    offset: 0.02,
+                },
+                quant_map: &qmap,
+                blocksize: 64,
+                dtype: FloatDtype::Bf16,
+            }),
+            lora: None,
+            out_dtype: FloatDtype::Bf16,
+        };
+        if r == 8 {
+            let mut out = vec![0u8; tile.out_len()];
+            g.bench_with_input(BenchmarkId::new("nf4_decode_only", "r0"), &tile, |bch, t| {
+                bch.iter(|| be.merge_tile(t, &mut out).unwrap())
+            });
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -55,11 +55,15 @@ for b in bf16 nf4; do
   sed -i '$ s/,$/,'"$OUT_BYTES"'/' "$CSV"
 done
 
-# The I/O floor on the same disk: write OUT_BYTES with dd (fdatasync), and copy the bf16
+# The I/O floor on the same disk: write OUT_BYTES with dd (buffered + fdatasync, and O_DIRECT
+# as loraweld writes), and copy the bf16
 # base with cp + sync (reads and writes the same number of bytes as a bf16 merge).
 rm -f "$W/floor.bin"; rm -rf "$W/floor_cp"
 timed dd_write bf16 dd if=/dev/zero of="$W/floor.bin" bs=16M count=$(( (OUT_BYTES + 16777215) / 16777216 )) conv=fdatasync status=none
 sed -i '$ s/,$/,'"$OUT_BYTES"'/' "$CSV"
+timed dd_direct bf16 dd if=/dev/zero of="$W/floor.bin" bs=16M count=$(( (OUT_BYTES + 16777215) / 16777216 )) oflag=direct conv=fdatasync status=none
+sed -i '$ s/,$/,'"$OUT_BYTES"'/' "$CSV"
+rm -f "$W/floor.bin"
 timed cp_sync bf16 bash -c "mkdir -p '$W/floor_cp' && cp '$W'/base_bf16/*.safetensors '$W/floor_cp/' && sync '$W'/floor_cp/*"
 sed -i '$ s/,$/,'"$(du -cb "$W"/floor_cp/*.safetensors | tail -1 | cut -f1)"'/' "$CSV"
 rm -rf "$W/floor.bin" "$W/floor_cp"

@@ -232,18 +232,33 @@ impl QuantView<'_> {
             *m = f32_at(self.quant_map, i);
         }
         let bs = self.blocksize;
-        let mut k = k0;
         let end = k0 + out.len() as u64;
+        let mut k = k0;
         let mut idx = 0usize;
         while k < end {
             let b = k / bs;
             let block_end = ((b + 1) * bs).min(end);
+            // Every element of a block is `map[code] * absmax`: 16 products cover the block.
             let am = self.absmax.get(b as usize);
-            while k < block_end {
-                let byte = self.codes[(k / 2) as usize];
-                let code = if k % 2 == 0 { byte >> 4 } else { byte & 0x0f };
-                let y = map[code as usize] * am;
-                out[idx] = crate::quant::dtype::round_through(y, self.dtype);
+            let mut lut = [0f32; 16];
+            for (l, m) in lut.iter_mut().zip(map) {
+                *l = crate::quant::dtype::round_through(m * am, self.dtype);
+            }
+            if k % 2 == 1 {
+                out[idx] = lut[(self.codes[(k / 2) as usize] & 0x0f) as usize];
+                idx += 1;
+                k += 1;
+            }
+            let pairs = ((block_end - k) / 2) as usize;
+            let bytes = &self.codes[(k / 2) as usize..(k / 2) as usize + pairs];
+            for (o, &byte) in out[idx..idx + 2 * pairs].chunks_exact_mut(2).zip(bytes) {
+                o[0] = lut[(byte >> 4) as usize];
+                o[1] = lut[(byte & 0x0f) as usize];
+            }
+            idx += 2 * pairs;
+            k += 2 * pairs as u64;
+            if k < block_end {
+                out[idx] = lut[(self.codes[(k / 2) as usize] >> 4) as usize];
                 idx += 1;
                 k += 1;
             }
@@ -360,5 +375,28 @@ mod tests {
                 0.017333984375
             ]
         );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn table_decode_equals_per_element_formula(start in 0u64..300, len in 0usize..700, bs_log in 5u32..8,
+                                                   seed in proptest::prelude::any::<u64>()) {
+            let bs = 1u64 << bs_log;
+            let n = (start as usize + len + 1).max(1);
+            let codes: Vec<u8> = (0..n.div_ceil(2)).map(|i| (seed.wrapping_mul(i as u64 + 7) >> 13) as u8).collect();
+            let nb = (n as u64).div_ceil(bs) as usize;
+            let absmax: Vec<u8> = (0..nb).flat_map(|i| (0.01f32 + (seed % 17) as f32 * 1e-3 * i as f32).to_le_bytes()).collect();
+            let map: Vec<u8> = NF4.iter().flat_map(|x| x.to_le_bytes()).collect();
+            let v = QuantView { codes: &codes, absmax: AbsmaxRef::Plain(&absmax), quant_map: &map, blocksize: bs, dtype: FloatDtype::Bf16 };
+            let mut got = vec![0f32; len];
+            v.decode(start, &mut got);
+            for (j, g) in got.iter().enumerate() {
+                let k = start + j as u64;
+                let byte = codes[(k / 2) as usize];
+                let code = if k % 2 == 0 { byte >> 4 } else { byte & 0x0f };
+                let want = crate::quant::dtype::round_through(NF4[code as usize] * v.absmax.get((k / bs) as usize), FloatDtype::Bf16);
+                proptest::prop_assert_eq!(g.to_bits(), want.to_bits());
+            }
+        }
     }
 }
