@@ -42,7 +42,7 @@ timed() { # label base cmd... -> appends a CSV row
   sync
   /usr/bin/time -v "$@" > "$W/stdout-$label-$base.log" 2> "$log" || { cat "$log"; exit 1; }
   local wall rss
-  wall=$(awk -F': ' '/Elapsed \(wall clock\)/{n=split($2,a,":"); s=0; for(i=1;i<=n;i++) s=s*60+a[i]; print s}' "$log")
+  wall=$(awk -F': ' '/Elapsed \(wall clock\)/{n=split($2,a,":"); s=0; for(i=1;i<=n;i++) s=s*60+a[i]; printf "%.2f\n", s}' "$log")
   rss=$(awk -F': ' '/Maximum resident set size/{printf "%.1f", $2/1024}' "$log")
   echo "$label,$base,$wall,$rss,${OUT_BYTES:-}" >> "$CSV"
 }
