@@ -110,6 +110,12 @@ struct SaveArgs {
     /// Replace OUT if it exists.
     #[arg(long)]
     force: bool,
+    /// With tied embeddings, write the merged head beside an unchanged input embedding.
+    #[arg(
+        long,
+        long_help = "With tied embeddings (only the input embedding stored), a LoRA on lm_head changes the shared matrix, so the input embedding changes too: that is what PEFT does, and the default. With this flag, lm_head.weight = W + delta is written beside an unchanged embedding and tie_word_embeddings is set to false, so the merged model computes what the adapter model computed."
+    )]
+    untie_embeddings: bool,
 }
 
 impl SaveArgs {
@@ -139,6 +145,7 @@ impl SaveArgs {
         o.temporary_location = self.temporary_location.clone();
         o.allow_nonfinite = self.allow_nonfinite;
         o.force = self.force;
+        o.untie_embeddings = self.untie_embeddings;
         Ok(o)
     }
 }
@@ -148,6 +155,9 @@ fn run(cli: Cli) -> Result<(), Error> {
         Command::Save(args) => {
             let opts = args.options()?;
             let report = loraweld::save(&opts)?;
+            for w in &report.warnings {
+                eprintln!("loraweld: warning: {w}");
+            }
             if args.json {
                 let s = serde_json::to_string_pretty(&report).map_err(|e| Error::Internal(e.to_string()))?;
                 println!("{s}");

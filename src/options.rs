@@ -275,6 +275,8 @@ pub struct SaveOptions {
     pub allow_nonfinite: bool,
     /// Replace an existing `out`.
     pub force: bool,
+    /// With tied embeddings, keep the input embedding and write a separate merged head.
+    pub untie_embeddings: bool,
 }
 
 impl SaveOptions {
@@ -297,6 +299,7 @@ impl SaveOptions {
             temporary_location: None,
             allow_nonfinite: false,
             force: false,
+            untie_embeddings: false,
         }
     }
 }

@@ -20,11 +20,12 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 
 use crate::checkpoint::mmap::MappedFile;
 use crate::checkpoint::{Adapter, Checkpoint};
+use crate::compute::general::{self, DeltaRows, GeneralTile};
 use crate::compute::{Backend, BaseRows, LoraRows, MergeTile};
 use crate::error::{Error, Result};
-use crate::plan::{BaseSrc, FileRef, Op, Plan, QuantSrc, Src};
+use crate::plan::{BaseSrc, Extra, FactorSrc, FileRef, Op, Plan, QuantSrc, Src};
 use crate::quant::bnb::{AbsmaxRef, QuantView};
-use crate::quant::dtype::{decode_into, float_of};
+use crate::quant::dtype::{decode_into, encode_into, float_of, round_through};
 use crate::writer::shard::ShardWriter;
 
 /// The mapped inputs a plan reads from.
@@ -248,11 +249,77 @@ fn read_stage<'a>(plan: &Plan, inputs: Inputs<'a>, cfg: ExecConfig, tx: Sender<W
     Ok(busy)
 }
 
-/// LoRA tensors of the tensor being computed, decoded to f32 once per tensor.
-struct Current {
-    tensor: usize,
-    a: Vec<f32>,
-    b: Vec<f32>,
+/// Factors of the tensor being computed, decoded to f32 once per tensor.
+enum Current {
+    Fast { tensor: usize, a: Vec<f32>, b: Vec<f32> },
+    General { tensor: usize, f: GeneralFactors },
+}
+
+impl Current {
+    fn tensor(&self) -> usize {
+        match self {
+            Current::Fast { tensor, .. } | Current::General { tensor, .. } => *tensor,
+        }
+    }
+}
+
+/// One delta's factors as f32: coef, basis, r, scale, rounding.
+type DeltaF32 = (Vec<f32>, Vec<f32>, usize, f32, Option<crate::options::FloatDtype>);
+
+/// Everything the general path needs for one tensor, as f32.
+struct GeneralFactors {
+    deltas: Vec<DeltaF32>,
+    magnitude: Option<Vec<f32>>,
+    /// Sorted `(row, index)` pairs and the new rows.
+    replace: Option<RowsF32>,
+}
+
+type RowsF32 = (Vec<(u64, usize)>, Vec<f32>);
+
+fn adapter_f32(inputs: &Inputs<'_>, info: &crate::checkpoint::safetensors::TensorInfo, transpose: bool) -> Vec<f32> {
+    let dt = float_of(info.dtype).unwrap_or(crate::options::FloatDtype::F32);
+    let mut v = vec![0f32; info.numel() as usize];
+    decode_into(
+        inputs.data(&Src {
+            file: FileRef::Adapter,
+            info: info.clone(),
+        }),
+        dt,
+        &mut v,
+    );
+    if !transpose || info.shape.len() != 2 {
+        return v;
+    }
+    let (r, c) = (info.shape[0] as usize, info.shape[1] as usize);
+    let mut t = vec![0f32; v.len()];
+    for i in 0..r {
+        for j in 0..c {
+            t[j * r + i] = v[i * c + j];
+        }
+    }
+    t
+}
+
+fn load_general(inputs: &Inputs<'_>, x: &Extra) -> GeneralFactors {
+    let factor = |f: &FactorSrc| match f {
+        FactorSrc::Tensor { info, transpose, .. } => adapter_f32(inputs, info, *transpose),
+        FactorSrc::Ones => vec![1.0],
+    };
+    GeneralFactors {
+        deltas: x
+            .deltas
+            .iter()
+            .map(|d| (factor(&d.coef), factor(&d.basis), d.r, d.scale, d.round_delta))
+            .collect(),
+        magnitude: x.magnitude.as_ref().map(|m| adapter_f32(inputs, m, false)),
+        replace: x.rows.as_ref().map(|(idx, t)| {
+            let mut pairs: Vec<(u64, usize)> = idx.iter().enumerate().map(|(j, &r)| (r, j)).collect();
+            // PEFT's index_copy: with repeated indices the last row wins.
+            pairs.sort_by_key(|&(r, j)| (r, std::cmp::Reverse(j)));
+            pairs.dedup_by_key(|p| p.0);
+            (pairs, adapter_f32(inputs, t, false))
+        }),
+    }
 }
 
 fn compute_stage<'a>(
@@ -266,6 +333,7 @@ fn compute_stage<'a>(
 ) -> Result<Duration> {
     let mut busy = Duration::ZERO;
     let mut cur: Option<Current> = None;
+    let mut scratch: Vec<f32> = Vec::new();
     for w in rx {
         let out = match w {
             Work::StartShard(i) => Packed::StartShard(i),
@@ -274,27 +342,24 @@ fn compute_stage<'a>(
             Work::Tile { tensor, row0, rows } => {
                 let t0 = Instant::now();
                 let t = &plan.tensors[tensor];
-                let Op::Compute { base, lora } = &t.op else {
+                let Op::Compute { base, lora, extra } = &t.op else {
                     return Err(Error::Internal(format!("tile for copied tensor `{}`", t.name)));
                 };
                 let out_dtype =
                     float_of(t.dtype).ok_or_else(|| Error::Internal(format!("`{}` is not a float output", t.name)))?;
-                if let Some(l) = lora {
-                    if cur.as_ref().map(|c| c.tensor) != Some(tensor) {
-                        let mut a = vec![0f32; l.a.numel() as usize];
-                        let mut b = vec![0f32; l.b.numel() as usize];
-                        let ad = inputs.data(&Src {
-                            file: FileRef::Adapter,
-                            info: l.a.clone(),
-                        });
-                        let bd = inputs.data(&Src {
-                            file: FileRef::Adapter,
-                            info: l.b.clone(),
-                        });
-                        decode_into(ad, l.dtype, &mut a);
-                        decode_into(bd, l.dtype, &mut b);
-                        cur = Some(Current { tensor, a, b });
-                    }
+                if cur.as_ref().map(Current::tensor) != Some(tensor) {
+                    cur = match (lora, extra) {
+                        (Some(l), _) => Some(Current::Fast {
+                            tensor,
+                            a: adapter_f32(&inputs, &l.a, false),
+                            b: adapter_f32(&inputs, &l.b, false),
+                        }),
+                        (None, Some(x)) => Some(Current::General {
+                            tensor,
+                            f: load_general(&inputs, x),
+                        }),
+                        (None, None) => None,
+                    };
                 }
                 let cols = t.cols as usize;
                 let (base_rows, release) = match base {
@@ -322,28 +387,60 @@ fn compute_stage<'a>(
                         )
                     }
                 };
-                let lora_rows = match (lora, &cur) {
-                    (Some(l), Some(c)) => Some(LoraRows {
-                        a: &c.a,
-                        b: &c.b[row0 as usize * l.r..(row0 as usize + rows) * l.r],
-                        r: l.r,
-                        scale: l.scale,
-                        delta_dtype: l.dtype,
-                    }),
-                    _ => None,
-                };
-                let tile = MergeTile {
-                    row0,
-                    rows,
-                    cols,
-                    base: base_rows,
-                    lora: lora_rows,
-                    out_dtype,
-                };
+                let out_len = rows * cols * out_dtype.size();
                 // Pooled buffers keep their contents: resizing only zero-fills new bytes.
                 let mut buf = pool.try_recv().unwrap_or_default();
-                buf.resize(tile.out_len(), 0);
-                let finite = backend.merge_tile(&tile, &mut buf)?;
+                buf.resize(out_len, 0);
+                let finite = match (&cur, extra) {
+                    (Some(Current::General { f, .. }), Some(x)) => {
+                        let deltas: Vec<DeltaRows> = f
+                            .deltas
+                            .iter()
+                            .map(|(c, b, r, s, rd)| DeltaRows {
+                                coef: c,
+                                basis: b,
+                                r: *r,
+                                scale: *s,
+                                round_delta: *rd,
+                            })
+                            .collect();
+                        let gt = GeneralTile {
+                            row0,
+                            rows,
+                            cols,
+                            base: base_rows,
+                            deltas: &deltas,
+                            magnitude: f.magnitude.as_deref(),
+                            replace: f.replace.as_ref().map(|(i, r)| (&i[..], &r[..])),
+                            work_dtype: x.work_dtype,
+                        };
+                        scratch.resize(rows * cols, 0.0);
+                        general::compute(&gt, &mut scratch);
+                        encode_into(&scratch, out_dtype, &mut buf);
+                        scratch.iter().all(|v| round_through(*v, out_dtype).is_finite())
+                    }
+                    _ => {
+                        let lora_rows = match (lora, &cur) {
+                            (Some(l), Some(Current::Fast { a, b, .. })) => Some(LoraRows {
+                                a,
+                                b: &b[row0 as usize * l.r..(row0 as usize + rows) * l.r],
+                                r: l.r,
+                                scale: l.scale,
+                                delta_dtype: l.dtype,
+                            }),
+                            _ => None,
+                        };
+                        let tile = MergeTile {
+                            row0,
+                            rows,
+                            cols,
+                            base: base_rows,
+                            lora: lora_rows,
+                            out_dtype,
+                        };
+                        backend.merge_tile(&tile, &mut buf)?
+                    }
+                };
                 if !finite && !cfg.allow_nonfinite {
                     return Err(Error::NonFinite { tensor: t.name.clone() });
                 }

@@ -13,7 +13,7 @@ use crate::compute::Backend;
 use crate::error::{Error, Result};
 use crate::options::{DeviceChoice, SaveMethod, SaveOptions};
 use crate::pipeline::{execute, ExecConfig, Inputs, ShardResult, StageTimes};
-use crate::plan::{describe, plan_adapter, plan_merged, Plan, PlanCounts};
+use crate::plan::{describe, plan_adapter, plan_merged, MergeOpts, Plan, PlanCounts};
 use crate::writer::meta;
 use crate::writer::staging::Staging;
 
@@ -52,6 +52,8 @@ pub struct SaveReport {
     pub seconds: f64,
     /// Peak RSS of this process (VmHWM).
     pub peak_rss: Option<u64>,
+    /// One-line warnings (e.g. a LoRA merged into tied embeddings).
+    pub warnings: Vec<String>,
     /// The plan as text (for `--dry-run`).
     #[serde(skip)]
     pub plan_text: String,
@@ -89,10 +91,13 @@ pub fn save(opts: &SaveOptions) -> Result<SaveReport> {
         Some(ck) => plan_merged(
             ck,
             &adapter,
-            opts.dtype,
-            opts.max_shard_size,
-            opts.shard_order,
-            opts.variant.as_deref(),
+            &MergeOpts {
+                dtype: opts.dtype,
+                max_shard_size: opts.max_shard_size,
+                order: opts.shard_order,
+                variant: opts.variant.as_deref(),
+                untie_embeddings: opts.untie_embeddings,
+            },
         )?,
         None => plan_adapter(&adapter, opts.dtype),
     };
@@ -115,6 +120,7 @@ pub fn save(opts: &SaveOptions) -> Result<SaveReport> {
         stages: StageTimes::default(),
         seconds: 0.0,
         peak_rss: None,
+        warnings: plan.warnings.clone(),
         plan_text,
     };
     if opts.out.exists() && !opts.force && !opts.dry_run {
@@ -239,7 +245,12 @@ fn finish(
                 files.push(name.clone());
             }
             if let Some(cfg) = ck.and_then(|c| c.config.as_ref()) {
-                let v = meta::merged_config(cfg, plan.model_dtype);
+                let mut v = meta::merged_config(cfg, plan.model_dtype);
+                if let serde_json::Value::Object(m) = &mut v {
+                    for (k, val) in &plan.config_updates {
+                        m.insert(k.clone(), val.clone());
+                    }
+                }
                 meta::write_file(dir, "config.json", meta::config_text(&v).as_bytes())?;
                 files.push("config.json".into());
             }

@@ -12,6 +12,7 @@
 
 pub mod cpu;
 pub mod cuda;
+pub mod general;
 pub mod reference;
 mod simd;
 

@@ -124,3 +124,29 @@ pub fn row(
         row_body(w, acc, a, b_row, scale, delta_dtype, out_dtype, out)
     }
 }
+
+#[inline(always)]
+fn accumulate_body(acc: &mut [f32], coef: &[f32], basis: &[f32]) {
+    let cols = acc.len();
+    acc.iter_mut().for_each(|x| *x = 0.0);
+    for (k, &c) in coef.iter().enumerate() {
+        for (x, &b) in acc.iter_mut().zip(&basis[k * cols..(k + 1) * cols]) {
+            *x = c.mul_add(b, *x);
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn accumulate_avx2(acc: &mut [f32], coef: &[f32], basis: &[f32]) {
+    accumulate_body(acc, coef, basis)
+}
+
+/// `acc[i] = sum_k coef[k] * basis[k, i]` as a sequential FMA chain over k from 0.
+pub fn accumulate(acc: &mut [f32], coef: &[f32], basis: &[f32]) {
+    if has_avx2_fma() {
+        // SAFETY: the CPU supports AVX2 and FMA (checked at run time just above).
+        unsafe { accumulate_avx2(acc, coef, basis) }
+    } else {
+        accumulate_body(acc, coef, basis)
+    }
+}

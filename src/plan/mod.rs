@@ -6,13 +6,12 @@ use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use crate::checkpoint::adapter::{parse_key, AdapterTensorKind};
 use crate::checkpoint::safetensors::{Dtype, TensorInfo};
 use crate::checkpoint::{Adapter, Checkpoint, TensorLoc};
 use crate::error::{Error, Result};
 use crate::options::{FloatDtype, ShardOrder};
 use crate::quant::bnb::QuantState;
-use crate::quant::dtype::{float_of, parse_torch_dtype, st_dtype};
+use crate::quant::dtype::{float_of, st_dtype};
 
 /// Which mapped file a source tensor lives in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,7 +32,7 @@ pub struct Src {
 }
 
 impl Src {
-    fn base(loc: &TensorLoc) -> Self {
+    pub(crate) fn base(loc: &TensorLoc) -> Self {
         Src {
             file: FileRef::Base(loc.shard),
             info: loc.info.clone(),
@@ -89,9 +88,58 @@ pub enum Op {
     Compute {
         /// The base rows.
         base: BaseSrc,
-        /// The update.
+        /// The update on the fast path: one plain Linear LoRA.
         lora: Option<LoraSrc>,
+        /// Everything else (embedding LoRA, Conv1D, biases, DoRA, chains, replaced rows),
+        /// computed by the general CPU path.
+        extra: Option<Box<Extra>>,
     },
+}
+
+/// A factor matrix of a delta, as stored in the adapter (maybe transposed on load).
+#[derive(Debug, Clone)]
+pub enum FactorSrc {
+    /// An adapter tensor; `transpose` swaps its two dims on load.
+    Tensor {
+        /// The tensor.
+        info: TensorInfo,
+        /// Read as its transpose.
+        transpose: bool,
+        /// Its dtype.
+        dtype: FloatDtype,
+    },
+    /// The 1×1 matrix `[[1.0]]` (bias deltas).
+    Ones,
+}
+
+/// One additive update `delta[o, i] = fl32(sum_k coef[o, k] * basis[k, i] * scale)`, the sum a
+/// sequential FMA over k; `round_delta` rounds it before the add (PEFT's `.to(dtype)`).
+#[derive(Debug, Clone)]
+pub struct DeltaSrc {
+    /// `[rows, r]` in output-row space.
+    pub coef: FactorSrc,
+    /// `[r, cols]`.
+    pub basis: FactorSrc,
+    /// Inner dimension.
+    pub r: usize,
+    /// `fl32(s)`.
+    pub scale: f32,
+    /// Round the delta to this dtype before adding.
+    pub round_delta: Option<FloatDtype>,
+}
+
+/// The general path's recipe for one output tensor.
+#[derive(Debug, Clone)]
+pub struct Extra {
+    /// Updates applied in order; between two, the weight is rounded to `work_dtype` (each
+    /// PEFT merge writes back into the weight's own dtype).
+    pub deltas: Vec<DeltaSrc>,
+    /// DoRA magnitude `[out]`: `W' = (m / ||W + delta||_row) * (W + delta)`.
+    pub magnitude: Option<TensorInfo>,
+    /// Trainable tokens: these rows become the given new rows (`[len, cols]`).
+    pub rows: Option<(Vec<u64>, TensorInfo)>,
+    /// The weight's own dtype.
+    pub work_dtype: FloatDtype,
 }
 
 /// One tensor of the output.
@@ -162,6 +210,10 @@ pub struct Plan {
     pub model_dtype: Option<FloatDtype>,
     /// Counts.
     pub counts: PlanCounts,
+    /// One-line warnings to show the user.
+    pub warnings: Vec<String>,
+    /// Keys to set in the output `config.json` (e.g. `tie_word_embeddings: false`).
+    pub config_updates: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Plan {
@@ -170,6 +222,9 @@ impl Plan {
         self.shards.iter().map(|s| s.file_len).sum()
     }
 }
+
+mod merge;
+pub use merge::{plan_merged, MergeOpts};
 
 const QUANT_SUFFIXES: [&str; 5] = [
     ".absmax",
@@ -180,7 +235,7 @@ const QUANT_SUFFIXES: [&str; 5] = [
 ];
 
 /// Finds bnb 4-bit weights: `P.weight` → its sources.
-fn find_quantized(ck: &Checkpoint) -> Result<BTreeMap<String, QuantSrc>> {
+pub(crate) fn find_quantized(ck: &Checkpoint) -> Result<BTreeMap<String, QuantSrc>> {
     let mut out = BTreeMap::new();
     for (name, loc) in &ck.tensors {
         let (prefix, qt) = if let Some(p) = name.strip_suffix(".quant_state.bitsandbytes__nf4") {
@@ -258,7 +313,7 @@ fn find_quantized(ck: &Checkpoint) -> Result<BTreeMap<String, QuantSrc>> {
     Ok(out)
 }
 
-fn is_quant_helper(name: &str, quantized: &BTreeMap<String, QuantSrc>) -> bool {
+pub(crate) fn is_quant_helper(name: &str, quantized: &BTreeMap<String, QuantSrc>) -> bool {
     QUANT_SUFFIXES.iter().any(|s| {
         name.find(s)
             .map(|i| quantized.contains_key(&name[..i]))
@@ -266,206 +321,11 @@ fn is_quant_helper(name: &str, quantized: &BTreeMap<String, QuantSrc>) -> bool {
     })
 }
 
-fn rows_cols(shape: &[u64]) -> (u64, u64) {
+pub(crate) fn rows_cols(shape: &[u64]) -> (u64, u64) {
     match shape.split_first() {
         None => (1, 1),
         Some((r, rest)) => (*r, rest.iter().product()),
     }
-}
-
-/// Groups the adapter's LoRA pairs by module; lists every tensor that is not a LoRA pair.
-fn lora_pairs(
-    adapter: &Adapter,
-    problems: &mut Vec<String>,
-) -> BTreeMap<String, (Option<TensorInfo>, Option<TensorInfo>)> {
-    let mut pairs: BTreeMap<String, (Option<TensorInfo>, Option<TensorInfo>)> = BTreeMap::new();
-    for t in &adapter.weights.header.tensors {
-        let key = parse_key(&t.name);
-        match key.kind {
-            AdapterTensorKind::LoraA => pairs.entry(key.module).or_default().0 = Some(t.clone()),
-            AdapterTensorKind::LoraB => pairs.entry(key.module).or_default().1 = Some(t.clone()),
-            AdapterTensorKind::Other(what) => {
-                problems.push(format!("adapter tensor `{}`: {what} is not supported yet", t.name))
-            }
-            AdapterTensorKind::Full => problems.push(format!(
-                "adapter tensor `{}`: full-module replacement (modules_to_save) is not supported yet",
-                t.name
-            )),
-        }
-    }
-    pairs
-}
-
-/// Plans a `merged_16bit` save.
-pub fn plan_merged(
-    ck: &Checkpoint,
-    adapter: &Adapter,
-    dtype: Option<FloatDtype>,
-    max_shard_size: u64,
-    order: ShardOrder,
-    variant: Option<&str>,
-) -> Result<Plan> {
-    let quantized = find_quantized(ck)?;
-    let cfg_dtype = ck.config_dtype().and_then(parse_torch_dtype);
-    let mut problems = Vec::new();
-    let pairs = lora_pairs(adapter, &mut problems);
-    let mut loras: BTreeMap<String, LoraSrc> = BTreeMap::new();
-    for (module, (a, b)) in pairs {
-        let (a, b) = match (a, b) {
-            (Some(a), Some(b)) => (a, b),
-            (Some(a), None) => {
-                problems.push(format!("adapter tensor `{}` has no matching lora_B", a.name));
-                continue;
-            }
-            (None, Some(b)) => {
-                problems.push(format!("adapter tensor `{}` has no matching lora_A", b.name));
-                continue;
-            }
-            (None, None) => continue,
-        };
-        let wname = format!("{module}.weight");
-        let base_shape: Option<Vec<u64>> = if let Some(q) = quantized.get(&wname) {
-            Some(q.state.shape.clone())
-        } else {
-            ck.get(&wname).map(|l| l.info.shape.clone())
-        };
-        let Some(base_shape) = base_shape else {
-            problems.push(format!("adapter tensor `{}`: base has no tensor `{wname}`", a.name));
-            continue;
-        };
-        let adt = match (float_of(a.dtype), float_of(b.dtype)) {
-            (Some(x), Some(y)) if x == y => x,
-            _ => {
-                problems.push(format!(
-                    "`{module}`: lora_A is {} and lora_B is {}, expected matching BF16/F16/F32",
-                    a.dtype, b.dtype
-                ));
-                continue;
-            }
-        };
-        let ok = a.shape.len() == 2
-            && b.shape.len() == 2
-            && base_shape.len() == 2
-            && a.shape[0] == b.shape[1]
-            && a.shape[0] > 0
-            && a.shape[1] == base_shape[1]
-            && b.shape[0] == base_shape[0];
-        if !ok {
-            problems.push(format!(
-                "`{module}`: lora_A {:?} and lora_B {:?} do not fit base `{wname}` {:?}",
-                a.shape, b.shape, base_shape
-            ));
-            continue;
-        }
-        let r = a.shape[0];
-        loras.insert(
-            wname,
-            LoraSrc {
-                scale: adapter.config.scale(r) as f32,
-                r: r as usize,
-                a,
-                b,
-                dtype: adt,
-            },
-        );
-    }
-    if !problems.is_empty() {
-        return Err(Error::Coverage {
-            adapter: adapter.dir.clone(),
-            base: ck.dir.clone(),
-            problems,
-        });
-    }
-
-    let mut counts = PlanCounts::default();
-    let mut tensors = Vec::new();
-    for (name, loc) in &ck.tensors {
-        if is_quant_helper(name, &quantized) {
-            counts.consumed_quant_helpers += 1;
-            continue;
-        }
-        let lora = loras.remove(name);
-        let (base, shape, own_dtype) = if let Some(q) = quantized.get(name) {
-            let own = cfg_dtype.unwrap_or(q.state.dtype);
-            (BaseSrc::Bnb(Box::new(q.clone())), q.state.shape.clone(), Some(own))
-        } else {
-            let fd = float_of(loc.info.dtype);
-            match fd {
-                Some(fd) => (BaseSrc::Float(Src::base(loc), fd), loc.info.shape.clone(), Some(fd)),
-                None => {
-                    if lora.is_some() {
-                        return Err(Error::Dtype {
-                            path: ck.path_of(loc).to_path_buf(),
-                            tensor: name.clone(),
-                            dtype: loc.info.dtype.to_string(),
-                            op: "a LoRA merge",
-                        });
-                    }
-                    // Integer/bool buffers pass through untouched.
-                    (
-                        BaseSrc::Float(Src::base(loc), FloatDtype::F32),
-                        loc.info.shape.clone(),
-                        None,
-                    )
-                }
-            }
-        };
-        let out_dt = match own_dtype {
-            Some(own) => dtype.unwrap_or(own),
-            None => FloatDtype::F32,
-        };
-        let op = match (&base, &lora, own_dtype) {
-            (BaseSrc::Float(src, fd), None, Some(_)) if *fd == out_dt => {
-                counts.copied += 1;
-                Op::Copy(src.clone())
-            }
-            (BaseSrc::Float(src, _), None, None) => {
-                counts.copied += 1;
-                Op::Copy(src.clone())
-            }
-            (BaseSrc::Float(..), None, Some(_)) => {
-                counts.converted += 1;
-                Op::Compute { base, lora: None }
-            }
-            (BaseSrc::Bnb(_), None, _) => {
-                counts.dequantized += 1;
-                Op::Compute { base, lora: None }
-            }
-            (_, Some(_), _) => {
-                counts.merged += 1;
-                Op::Compute { base, lora }
-            }
-        };
-        let out_dtype = match &op {
-            Op::Copy(src) => src.info.dtype,
-            Op::Compute { .. } => st_dtype(out_dt),
-        };
-        let numel: u64 = shape.iter().product();
-        let (rows, cols) = rows_cols(&shape);
-        tensors.push(OutTensor {
-            name: name.clone(),
-            dtype: out_dtype,
-            nbytes: numel * out_dtype.bits() / 8,
-            shape,
-            rows,
-            cols,
-            op,
-            shard: 0,
-            offset: 0,
-        });
-    }
-    let model_dtype = dtype
-        .or(cfg_dtype)
-        .or_else(|| quantized.values().next().map(|q| q.state.dtype));
-    Ok(layout(
-        tensors,
-        max_shard_size,
-        order,
-        "model",
-        variant,
-        model_dtype,
-        counts,
-    ))
 }
 
 /// Plans the adapter file of a `lora` save (cast when `dtype` is given).
@@ -488,6 +348,7 @@ pub fn plan_adapter(adapter: &Adapter, dtype: Option<FloatDtype>) -> Plan {
                         Op::Compute {
                             base: BaseSrc::Float(src, fd),
                             lora: None,
+                            extra: None,
                         },
                         st_dtype(want),
                     )
@@ -586,7 +447,7 @@ fn module_cmp(a: &str, b: &str) -> Ordering {
 }
 
 /// Assigns tensors to shards (huggingface_hub's greedy split) and computes offsets and headers.
-fn layout(
+pub(crate) fn layout(
     mut tensors: Vec<OutTensor>,
     max_shard_size: u64,
     order: ShardOrder,
@@ -688,6 +549,8 @@ fn layout(
         total_parameters,
         model_dtype,
         counts,
+        warnings: Vec::new(),
+        config_updates: serde_json::Map::new(),
     }
 }
 
