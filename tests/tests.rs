@@ -12,3 +12,5 @@ mod cli;
 mod lora;
 /// Bit-exactness against PEFT `merge_and_unload()` and the file layout transformers writes.
 mod merged;
+/// Every LoRA variant and architecture against tiny PEFT-made fixtures.
+mod variants;

@@ -268,6 +268,9 @@ pub enum AdapterTensorKind {
     Magnitude,
     /// `token_adapter.trainable_tokens_delta`: new full rows.
     Tokens,
+    /// `K.base_layer.<param>`: PEFT's saved copy of the wrapped layer's own parameter (saved
+    /// when an embedding or head is targeted); it replaces the base parameter before merging.
+    BaseLayer(String),
     /// Something we do not merge.
     Other(&'static str),
     /// A full replacement tensor (`modules_to_save`) for base tensor `K.param`.
@@ -297,6 +300,7 @@ pub fn parse_key(key: &str) -> AdapterKey {
                     Some(AdapterTensorKind::LoraB)
                 }
             }
+            "base_layer" if i + 1 < parts.len() => Some(AdapterTensorKind::BaseLayer(parts[i + 1..].join("."))),
             "lora_embedding_A" => Some(AdapterTensorKind::EmbA),
             "lora_embedding_B" => Some(AdapterTensorKind::EmbB),
             "lora_magnitude_vector" => Some(AdapterTensorKind::Magnitude),

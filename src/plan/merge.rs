@@ -53,6 +53,8 @@ struct Parts {
     emb_b: Option<TensorInfo>,
     magnitude: Option<TensorInfo>,
     tokens: Option<TensorInfo>,
+    /// Saved copies of the wrapped layer's own parameters (`base_layer.weight` / `.bias`).
+    base_layer: Vec<(String, TensorInfo)>,
 }
 
 /// What happens to one base (or new) output tensor.
@@ -143,6 +145,11 @@ pub fn plan_merged(ck: &Checkpoint, adapter: &Adapter, opts: &MergeOpts<'_>) -> 
                 *slot(modules.entry(key.module.clone()).or_default(), &key.kind) = Some(t.clone());
             }
             AdapterTensorKind::Full => fulls.push((key.module, t.clone())),
+            AdapterTensorKind::BaseLayer(param) => modules
+                .entry(key.module.clone())
+                .or_default()
+                .base_layer
+                .push((param, t.clone())),
             AdapterTensorKind::Other(what) => {
                 problems.push(format!("adapter tensor `{}`: {what} is not supported", t.name))
             }
@@ -198,6 +205,31 @@ pub fn plan_merged(ck: &Checkpoint, adapter: &Adapter, opts: &MergeOpts<'_>) -> 
             .get(&target)
             .and_then(|src| base_shape(src))
             .or_else(|| base_shape(&target));
+        for (param, t) in &parts.base_layer {
+            // The weight follows the (maybe tied) target; other parameters keep their module.
+            let name = if param == "weight" {
+                target.clone()
+            } else {
+                format!("{module}.{param}")
+            };
+            let want = if param == "weight" {
+                shape.clone()
+            } else {
+                base_shape(&name)
+            };
+            if quantized.contains_key(&name) {
+                // A 4-bit base layer is saved dequantized by nobody; PEFT keeps the base's own.
+                continue;
+            }
+            if want.as_deref() != Some(&t.shape[..]) || float_of(t.dtype).is_none() {
+                problems.push(format!(
+                    "adapter tensor `{}` {:?} does not fit base `{name}` {:?}",
+                    t.name, t.shape, want
+                ));
+                continue;
+            }
+            recipes.entry(name).or_default().replace = Some(t.clone());
+        }
 
         match (&parts.a, &parts.b) {
             (Some(a), Some(b)) => {

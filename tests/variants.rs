@@ -1,0 +1,149 @@
+//! Every LoRA variant and architecture, bit-exact with PEFT `merge_and_unload()`: the cases in
+//! tests/fixtures/variants/cases.json, made by scripts/make_variant_fixtures.py with the real
+//! transformers + PEFT + bitsandbytes.
+
+use std::path::{Path, PathBuf};
+
+use crate::util::{assert_one_line_error, LoraweldCommand, Workdir};
+
+fn variants() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/variants")
+}
+
+fn merge_case(name: &str, extra: &[&str]) -> (Workdir, PathBuf) {
+    let w = Workdir::new();
+    let out = w.join("merged");
+    let mut args: Vec<std::ffi::OsString> = vec![variants().join(name).join("adapter").into(), out.clone().into()];
+    args.extend(extra.iter().map(Into::into));
+    LoraweldCommand::save(args).ok();
+    (w, out)
+}
+
+fn check_case(name: &str) {
+    let (_w, out) = merge_case(name, &[]);
+    let reference = variants().join(name).join("ref");
+    assert_bytes_eq!(out.join("model.safetensors"), reference.join("model.safetensors"));
+    assert_eq!(
+        std::fs::read_to_string(out.join("config.json")).unwrap(),
+        std::fs::read_to_string(reference.join("config.json")).unwrap(),
+        "{name}: config.json"
+    );
+}
+
+macro_rules! bit_exact_cases {
+    ($($name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                check_case(stringify!($name));
+            }
+        )*
+
+        /// Every case in cases.json has a test above.
+        #[test]
+        fn every_fixture_case_is_tested() {
+            let cases: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(variants().join("cases.json")).unwrap()).unwrap();
+            let mut listed: Vec<String> =
+                cases.as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap().to_string()).collect();
+            listed.sort();
+            let mut tested = vec![$(stringify!($name).to_string()),*];
+            tested.sort();
+            assert_eq!(listed, tested);
+        }
+    };
+}
+
+bit_exact_cases!(
+    llama_rslora_patterns,
+    llama_dora,
+    llama_embed_head,
+    llama_mts_tokens,
+    llama_bf16_adapter,
+    llama_fp16_base,
+    llama_nf4_dora,
+    qwen2_tied_head,
+    qwen2_lora_bias,
+    qwen2_mts_untie,
+    mistral,
+    gemma,
+    phi3,
+    gpt2,
+    qwen2moe_attn,
+);
+
+/// PEFT merges a LoRA on a tied head into the shared matrix; we match it and say so in one line.
+#[test]
+fn tied_head_warns() {
+    let w = Workdir::new();
+    let out = w.join("merged");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_loraweld"))
+        .args([
+            "save".as_ref(),
+            variants().join("qwen2_tied_head/adapter").as_os_str(),
+            out.as_os_str(),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let err = String::from_utf8(o.stderr).unwrap();
+    let warning = err
+        .lines()
+        .find(|l| l.starts_with("loraweld: warning: "))
+        .expect("a warning line");
+    assert!(
+        warning.contains("`lm_head` is tied to `model.embed_tokens.weight`"),
+        "{warning}"
+    );
+    assert!(warning.contains("--untie-embeddings"), "{warning}");
+}
+
+/// `--untie-embeddings`: the head gets W + delta (one rounding, as a Linear merge), the input
+/// embedding stays as it was, and the config unties them.
+#[test]
+fn untie_embeddings_keeps_the_input_embedding() {
+    let (_w, out) = merge_case("qwen2_tied_head", &["--untie-embeddings"]);
+    let got = std::fs::read(out.join("model.safetensors")).unwrap();
+    let got = safetensors::SafeTensors::deserialize(&got).unwrap();
+    let base = std::fs::read(variants().join("base_qwen2/model.safetensors")).unwrap();
+    let base = safetensors::SafeTensors::deserialize(&base).unwrap();
+    let pefts = std::fs::read(variants().join("qwen2_tied_head/ref/model.safetensors")).unwrap();
+    let pefts = safetensors::SafeTensors::deserialize(&pefts).unwrap();
+    let emb = "model.embed_tokens.weight";
+    assert_eq!(
+        got.tensor(emb).unwrap().data(),
+        base.tensor(emb).unwrap().data(),
+        "embedding must be unchanged"
+    );
+    // PEFT's shared matrix is exactly W + delta with one rounding: that is our untied head.
+    assert_eq!(
+        got.tensor("lm_head.weight").unwrap().data(),
+        pefts.tensor(emb).unwrap().data()
+    );
+    let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["tie_word_embeddings"], false);
+}
+
+/// Fused 3-D expert parameters (`target_parameters`) are refused, saying what is unsupported.
+#[test]
+fn moe_target_parameters_are_refused() {
+    let w = Workdir::new();
+    let ad = w.join("ad");
+    std::fs::create_dir_all(&ad).unwrap();
+    let src = variants().join("qwen2moe_attn/adapter");
+    std::fs::copy(
+        src.join("adapter_model.safetensors"),
+        ad.join("adapter_model.safetensors"),
+    )
+    .unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(src.join("adapter_config.json")).unwrap()).unwrap();
+    cfg["target_parameters"] = serde_json::json!(["mlp.experts.gate_up_proj"]);
+    cfg["base_model_name_or_path"] = variants().join("base_qwen2moe").to_string_lossy().into();
+    std::fs::write(ad.join("adapter_config.json"), cfg.to_string()).unwrap();
+    let err = LoraweldCommand::save([ad.clone(), w.join("out")]).fails_with(2);
+    assert_one_line_error(
+        &err,
+        "target_parameters (LoRA on raw parameters, e.g. fused 3-D MoE experts) is not supported",
+    );
+}
