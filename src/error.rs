@@ -98,11 +98,75 @@ pub enum Error {
     /// A bad command-line value or option combination.
     #[error("{0}")]
     Usage(String),
-    /// The base is a Hub repo id, which this build cannot download yet.
-    #[error("`{id}` is not a local directory and looks like a Hub repo id: downloading from the Hub is not supported yet; download it and pass --base PATH")]
-    HubNotSupported {
-        /// The repo id.
+    /// A Hub repo id (`owner/name[@revision]`) is malformed.
+    #[error("`{id}`: not a Hub repo id: {why}")]
+    BadRepoId {
+        /// What was given.
         id: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// The Hub answered a request with an error status (after retries for 408/429/5xx).
+    #[error("hub repo `{repo}`: {op}: HTTP {status}{}", if message.is_empty() { String::new() } else { format!(": {message}") })]
+    HubHttp {
+        /// The repo the request was for.
+        repo: String,
+        /// What we asked for (`create repo`, `lfs batch`, `commit`, …).
+        op: &'static str,
+        /// The HTTP status.
+        status: u16,
+        /// The server's message (`X-Error-Message` or the JSON `error`), at most 300 characters.
+        message: String,
+    },
+    /// The Hub could not be reached (connection refused, timeout, TLS), after retries.
+    #[error("hub repo `{repo}`: {op}: cannot reach {url}")]
+    HubUnreachable {
+        /// The repo the request was for.
+        repo: String,
+        /// What we asked for.
+        op: &'static str,
+        /// The URL without its query string.
+        url: String,
+        /// The transport error.
+        #[source]
+        source: Box<ureq::Error>,
+    },
+    /// The Hub answered with something that is not the documented shape.
+    #[error("hub repo `{repo}`: {op}: unexpected answer: {what}")]
+    HubProtocol {
+        /// The repo the request was for.
+        repo: String,
+        /// What we asked for.
+        op: &'static str,
+        /// What was wrong with the answer.
+        what: String,
+    },
+    /// `HF_HUB_OFFLINE=1` and a needed file is not in the local cache.
+    #[error("hub repo `{repo}`: `{file}` is not in the cache {} and HF_HUB_OFFLINE is set", cache.display())]
+    HubOffline {
+        /// The repo.
+        repo: String,
+        /// The missing file (or `refs/<revision>` when the revision was never fetched).
+        file: String,
+        /// The cache directory searched.
+        cache: PathBuf,
+    },
+    /// A file download by hf-hub failed.
+    #[error("hub repo `{repo}`: downloading `{file}`")]
+    HubDownload {
+        /// The repo.
+        repo: String,
+        /// The file.
+        file: String,
+        /// hf-hub's error.
+        #[source]
+        source: Box<hf_hub::api::sync::ApiError>,
+    },
+    /// A push needs a token and none was found.
+    #[error("hub repo `{repo}`: pushing needs a token: pass --token, set HF_TOKEN, or write one to $HF_HOME/token")]
+    HubNoToken {
+        /// The repo.
+        repo: String,
     },
     /// The output directory would overlap an input.
     #[error("{}: output overlaps input {}: inputs are never overwritten", out.display(), input.display())]
@@ -195,7 +259,15 @@ impl Error {
     /// The exit code the CLI uses for this error.
     pub fn exit_code(&self) -> ExitCode {
         match self {
-            Error::Io { .. } | Error::Internal(_) => ExitCode::Runtime,
+            Error::Io { .. }
+            | Error::Internal(_)
+            | Error::HubUnreachable { .. }
+            | Error::HubProtocol { .. }
+            | Error::HubDownload { .. } => ExitCode::Runtime,
+            // 4xx is about what was asked (no such repo, no rights, bad revision); the rest is the server.
+            Error::HubHttp { status, .. } if !(400..500).contains(status) || matches!(status, 408 | 429) => {
+                ExitCode::Runtime
+            }
             Error::DiskFull { .. } => ExitCode::Resources,
             _ => ExitCode::BadInput,
         }

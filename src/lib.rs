@@ -19,6 +19,7 @@
 pub mod checkpoint;
 pub mod compute;
 pub mod error;
+pub mod hub;
 pub mod options;
 pub mod pipeline;
 pub mod plan;

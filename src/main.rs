@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode as ProcessExit;
 
 use clap::{Parser, Subcommand};
+use loraweld::hub::{HubConfig, PushOptions, PushReport};
 use loraweld::options::parse_size;
 use loraweld::{
     DeviceChoice, Error, ExitCode, FloatDtype, MemoryBudget, PaddingSide, SaveMethod, SaveOptions, ShardOrder,
@@ -23,6 +24,12 @@ Examples:
   # show the plan (tensors merged/copied, output bytes, shard count, free disk) and stop
   loraweld save my-adapter merged --dry-run
 
+  # inputs from the Hub by repo id (cached in $HF_HOME/hub), output pushed to the Hub
+  loraweld save me/my-adapter@main merged --base unsloth/llama-3-8b-bnb-4bit --push-to-hub me/my-model
+
+  # push a saved directory
+  loraweld push merged me/my-model --private --tags unsloth,llama
+
 Exit codes:
   0  success
   1  runtime failure (I/O error while writing, internal error)
@@ -37,21 +44,95 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process: the size difference between the variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Save an adapter (`lora`) or merge it into its base (`merged_16bit`).
     #[command(after_help = AFTER_HELP)]
     Save(SaveArgs),
+    /// Push a saved directory to a Hub model repo (LFS upload + one commit).
+    #[command(after_help = AFTER_HELP)]
+    Push(PushArgs),
+}
+
+/// The Hub flags shared by `save --push-to-hub` and `push`.
+#[derive(clap::Args, Debug)]
+struct HubArgs {
+    /// Hub token [default: HF_TOKEN, then HF_TOKEN_PATH or $HF_HOME/token]; never printed.
+    #[arg(long, value_name = "TOKEN")]
+    token: Option<String>,
+    /// Create the repo private (an existing repo keeps its visibility).
+    #[arg(long)]
+    private: bool,
+    /// Branch to push to, created from main if missing [default: main].
+    #[arg(long, value_name = "BRANCH")]
+    revision: Option<String>,
+    /// Open a pull request instead of committing to the branch.
+    #[arg(long)]
+    create_pr: bool,
+    /// Commit title [default: "Upload model with loraweld"].
+    #[arg(long, value_name = "TEXT")]
+    commit_message: Option<String>,
+    /// Commit description.
+    #[arg(long, value_name = "TEXT")]
+    commit_description: Option<String>,
+    /// Tags added to the model card's front matter (comma-separated or repeated).
+    #[arg(long, value_name = "TAG", value_delimiter = ',')]
+    tags: Vec<String>,
+}
+
+impl HubArgs {
+    fn push_options(&self, repo: &str) -> PushOptions {
+        let mut p = PushOptions::new(repo);
+        p.private = self.private;
+        p.revision = self.revision.clone();
+        p.create_pr = self.create_pr;
+        p.commit_message = self.commit_message.clone();
+        p.commit_description = self.commit_description.clone();
+        p.tags = self.tags.clone();
+        p
+    }
+
+    /// The first push-only flag given, to refuse it without `--push-to-hub`.
+    fn push_only_flag(&self) -> Option<&'static str> {
+        [
+            (self.private, "--private"),
+            (self.revision.is_some(), "--revision"),
+            (self.create_pr, "--create-pr"),
+            (self.commit_message.is_some(), "--commit-message"),
+            (self.commit_description.is_some(), "--commit-description"),
+            (!self.tags.is_empty(), "--tags"),
+        ]
+        .into_iter()
+        .find_map(|(set, name)| set.then_some(name))
+    }
+}
+
+#[derive(clap::Args, Debug)]
+struct PushArgs {
+    /// The saved directory to push (every file but loraweld-manifest.json).
+    dir: PathBuf,
+    /// The model repo, `owner/name`; created if missing.
+    repo: String,
+    #[command(flatten)]
+    hub: HubArgs,
+    /// Where the model card with --tags is staged [default: the system temp dir].
+    #[arg(long, value_name = "DIR")]
+    temporary_location: Option<PathBuf>,
+    /// Print a JSON report on stdout.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args, Debug)]
 struct SaveArgs {
-    /// PEFT adapter directory (adapter_config.json + adapter_model.safetensors).
+    /// PEFT adapter: a directory, or a Hub repo id `owner/name[@revision]`.
     adapter: PathBuf,
     /// Output directory; created atomically (staged, then renamed).
     out: PathBuf,
-    /// Base model directory [default: the adapter's base_model_name_or_path].
-    #[arg(long, value_name = "PATH")]
+    /// Base model: a directory or a Hub repo id [default: the adapter's base_model_name_or_path].
+    #[arg(long, value_name = "PATH|REPO")]
     base: Option<PathBuf>,
     /// What to write: `lora` (the adapter) or `merged_16bit` (merged weights).
     #[arg(
@@ -116,6 +197,11 @@ struct SaveArgs {
         long_help = "With tied embeddings (only the input embedding stored), a LoRA on lm_head changes the shared matrix, so the input embedding changes too: that is what PEFT does, and the default. With this flag, lm_head.weight = W + delta is written beside an unchanged embedding and tie_word_embeddings is set to false, so the merged model computes what the adapter model computed."
     )]
     untie_embeddings: bool,
+    /// After saving, push OUT to this Hub model repo (shards upload while the merge runs).
+    #[arg(long, value_name = "OWNER/NAME")]
+    push_to_hub: Option<String>,
+    #[command(flatten)]
+    hub: HubArgs,
 }
 
 impl SaveArgs {
@@ -146,6 +232,15 @@ impl SaveArgs {
         o.allow_nonfinite = self.allow_nonfinite;
         o.force = self.force;
         o.untie_embeddings = self.untie_embeddings;
+        o.hub = HubConfig::from_env(self.hub.token.as_deref());
+        match &self.push_to_hub {
+            Some(repo) => o.push_to_hub = Some(self.hub.push_options(repo)),
+            None => {
+                if let Some(flag) = self.hub.push_only_flag() {
+                    return Err(Error::Usage(format!("{flag}: only with --push-to-hub")));
+                }
+            }
+        }
         Ok(o)
     }
 }
@@ -177,10 +272,40 @@ fn run(cli: Cli) -> Result<(), Error> {
                     report.seconds,
                     report.backend
                 );
+                if let Some(p) = &report.push {
+                    print_push(&report.out, p);
+                }
+            }
+            Ok(())
+        }
+        Command::Push(args) => {
+            let hub = HubConfig::from_env(args.hub.token.as_deref());
+            let opts = args.hub.push_options(&args.repo);
+            let report = loraweld::hub::push(&args.dir, &opts, &hub, args.temporary_location.as_deref())?;
+            if args.json {
+                let s = serde_json::to_string_pretty(&report).map_err(|e| Error::Internal(e.to_string()))?;
+                println!("{s}");
+            } else {
+                print_push(&args.dir, &report);
             }
             Ok(())
         }
     }
+}
+
+fn print_push(dir: &std::path::Path, p: &PushReport) {
+    eprintln!(
+        "loraweld: pushed {} to {} as {}: {} ({} file(s) committed, {} unchanged; {} LFS object(s) sent, {} bytes; {} already there)",
+        dir.display(),
+        p.repo,
+        p.username,
+        p.pull_request_url.as_deref().unwrap_or(&p.commit_url),
+        p.files_committed,
+        p.files_unchanged,
+        p.lfs_uploaded,
+        p.bytes_uploaded,
+        p.lfs_skipped,
+    );
 }
 
 fn main() -> ProcessExit {

@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 
 use crate::error::{Error, Result};
+use crate::hub::{HubConfig, PushOptions};
 
 /// How to save: Unsloth's `save_method`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -277,6 +278,10 @@ pub struct SaveOptions {
     pub force: bool,
     /// With tied embeddings, keep the input embedding and write a separate merged head.
     pub untie_embeddings: bool,
+    /// The Hub: endpoint, cache, token, offline (for repo-id inputs and pushes).
+    pub hub: HubConfig,
+    /// Push the saved directory to this repo afterwards (`--push-to-hub`).
+    pub push_to_hub: Option<PushOptions>,
 }
 
 impl SaveOptions {
@@ -300,6 +305,9 @@ impl SaveOptions {
             allow_nonfinite: false,
             force: false,
             untie_embeddings: false,
+            // The one place the library reads the Hub's environment variables.
+            hub: HubConfig::from_env(None),
+            push_to_hub: None,
         }
     }
 }

@@ -115,6 +115,10 @@ pub struct ShardResult {
     pub blake3: String,
 }
 
+/// Called by the packer with each shard's path once it is complete and synced (the Hub push
+/// uploads it from there while the pipeline goes on). It must not block for long.
+pub type OnShard = dyn Fn(&Path, &ShardResult) + Sync;
+
 /// Busy time per stage.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct StageTimes {
@@ -159,6 +163,7 @@ pub fn execute(
     backend: &dyn Backend,
     dir: &Path,
     cfg: ExecConfig,
+    on_shard: Option<&OnShard>,
 ) -> Result<(Vec<ShardResult>, StageTimes)> {
     let (work_tx, work_rx) = bounded::<Work>(cfg.depth);
     let (pack_tx, pack_rx) = bounded::<Packed>(cfg.depth);
@@ -166,7 +171,7 @@ pub fn execute(
     std::thread::scope(|s| {
         let reader = s.spawn(|| read_stage(plan, inputs, cfg, work_tx));
         let compute = s.spawn(|| compute_stage(plan, inputs, backend, cfg, work_rx, pack_tx, pool_rx));
-        let packer = s.spawn(|| pack_stage(plan, dir, pack_rx, pool_tx));
+        let packer = s.spawn(|| pack_stage(plan, dir, pack_rx, pool_tx, on_shard));
         let join = |h: std::thread::ScopedJoinHandle<'_, Result<Duration>>| {
             h.join()
                 .unwrap_or_else(|_| Err(Error::Internal("a pipeline stage panicked".into())))
@@ -461,6 +466,7 @@ fn pack_stage(
     dir: &Path,
     rx: Receiver<Packed<'_>>,
     pool: Sender<Vec<u8>>,
+    on_shard: Option<&OnShard>,
 ) -> Result<(Vec<ShardResult>, Duration)> {
     let mut busy = Duration::ZERO;
     let mut results = Vec::with_capacity(plan.shards.len());
@@ -520,6 +526,9 @@ fn pack_stage(
                     bytes: n,
                     blake3: h.finalize().to_hex().to_string(),
                 });
+                if let (Some(cb), Some(r)) = (on_shard, results.last()) {
+                    cb(&path, r);
+                }
             }
         }
         busy += t0.elapsed();

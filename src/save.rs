@@ -5,12 +5,14 @@ use std::time::Instant;
 
 use serde_json::json;
 
-use crate::checkpoint::resolve::resolve_base;
+use crate::checkpoint::resolve::{resolve_adapter, resolve_base};
 use crate::checkpoint::{Adapter, Checkpoint};
 use crate::compute::cpu::CpuBackend;
 use crate::compute::cuda::CudaBackend;
 use crate::compute::Backend;
 use crate::error::{Error, Result};
+use crate::hub::push::{PushReport, Session};
+use crate::hub::Need;
 use crate::options::{DeviceChoice, SaveMethod, SaveOptions};
 use crate::pipeline::{execute, ExecConfig, Inputs, ShardResult, StageTimes};
 use crate::plan::{describe, plan_adapter, plan_merged, MergeOpts, Plan, PlanCounts};
@@ -54,6 +56,8 @@ pub struct SaveReport {
     pub peak_rss: Option<u64>,
     /// One-line warnings (e.g. a LoRA merged into tied embeddings).
     pub warnings: Vec<String>,
+    /// The push to the Hub, with `--push-to-hub`: username, commit URL, what was sent.
+    pub push: Option<PushReport>,
     /// The plan as text (for `--dry-run`).
     #[serde(skip)]
     pub plan_text: String,
@@ -64,22 +68,27 @@ const MANIFEST: &str = "loraweld-manifest.json";
 /// Saves according to `opts`. See the crate docs.
 pub fn save(opts: &SaveOptions) -> Result<SaveReport> {
     let t0 = Instant::now();
-    let adapter = Adapter::open(&opts.adapter)?;
+    let adapter_dir = resolve_adapter(&opts.adapter, &opts.hub)?;
+    let adapter = Adapter::open(&adapter_dir)?;
     let base_dir = match opts.save_method {
         SaveMethod::Merged16bit => Some(resolve_base(
-            &opts.adapter,
+            &adapter_dir,
             opts.base.as_deref(),
             adapter.config.base_model_name_or_path.as_deref(),
+            &opts.hub,
+            Need::Base,
         )?),
         // A lora save only needs the base for tokenizer files; it is optional.
         SaveMethod::Lora => resolve_base(
-            &opts.adapter,
+            &adapter_dir,
             opts.base.as_deref(),
             adapter.config.base_model_name_or_path.as_deref(),
+            &opts.hub,
+            Need::Tokenizer,
         )
         .ok(),
     };
-    let mut inputs_dirs = vec![opts.adapter.clone()];
+    let mut inputs_dirs = vec![adapter_dir.clone()];
     inputs_dirs.extend(base_dir.clone());
     check_no_overlap(&opts.out, &inputs_dirs)?;
 
@@ -121,6 +130,7 @@ pub fn save(opts: &SaveOptions) -> Result<SaveReport> {
         seconds: 0.0,
         peak_rss: None,
         warnings: plan.warnings.clone(),
+        push: None,
         plan_text,
     };
     if opts.out.exists() && !opts.force && !opts.dry_run {
@@ -148,13 +158,18 @@ pub fn save(opts: &SaveOptions) -> Result<SaveReport> {
         return Ok(report);
     }
 
+    // Pushing: token, username, repo and branch are settled before any heavy work.
+    let session = match &opts.push_to_hub {
+        Some(p) => Some(Session::start(p, &opts.hub)?),
+        None => None,
+    };
     let staging = Staging::create(&opts.out, opts.temporary_location.as_deref())?;
     let cfg = ExecConfig::from_budget(opts.maximum_memory_usage.bytes(), opts.allow_nonfinite);
     let inputs = Inputs {
         base: ck.as_ref(),
         adapter: &adapter,
     };
-    let (shards, stages) = execute(&plan, inputs, backend.as_ref(), staging.path(), cfg)?;
+    let (shards, stages) = execute_and_upload(&plan, inputs, backend.as_ref(), staging.path(), cfg, session.as_ref())?;
     let files = finish(
         opts,
         &adapter,
@@ -164,7 +179,20 @@ pub fn save(opts: &SaveOptions) -> Result<SaveReport> {
         &shards,
         staging.path(),
     )?;
+    if let Some(p) = &opts.push_to_hub {
+        let card = staging.path().join("README.md");
+        let text = std::fs::read_to_string(&card).map_err(|e| Error::io(&card, e))?;
+        meta::write_file(
+            staging.path(),
+            "README.md",
+            crate::hub::card::with_tags(&text, &p.tags).as_bytes(),
+        )?;
+    }
     staging.commit(&opts.out, opts.force)?;
+    // The save is complete and in place; a failed push below leaves it there for `loraweld push`.
+    if let Some(s) = &session {
+        report.push = Some(s.finish(&opts.out, None)?);
+    }
 
     report.bytes_written = shards.iter().map(|s| s.bytes).sum();
     report.shards = shards;
@@ -173,6 +201,46 @@ pub fn save(opts: &SaveOptions) -> Result<SaveReport> {
     report.seconds = t0.elapsed().as_secs_f64();
     report.peak_rss = crate::sys::peak_rss();
     Ok(report)
+}
+
+/// [`execute`], with each shard handed to the Hub session as soon as the packer closes it: an
+/// uploader thread takes finished shard paths from a channel and sends them through LFS while
+/// the pipeline goes on. The first error wins, the pipeline's before the uploader's.
+fn execute_and_upload(
+    plan: &Plan,
+    inputs: Inputs<'_>,
+    backend: &dyn Backend,
+    dir: &Path,
+    cfg: ExecConfig,
+    session: Option<&Session>,
+) -> Result<(Vec<ShardResult>, StageTimes)> {
+    let Some(session) = session else {
+        return execute(plan, inputs, backend, dir, cfg, None);
+    };
+    // Unbounded on purpose: an item is a path, and the packer must never wait for the network.
+    let (tx, rx) = crossbeam_channel::unbounded::<PathBuf>();
+    std::thread::scope(|s| {
+        let uploader = std::thread::Builder::new()
+            .name("loraweld.upload".into())
+            .spawn_scoped(s, move || -> Result<()> {
+                for path in rx {
+                    session.upload_early(&path)?;
+                }
+                Ok(())
+            })
+            .map_err(|e| Error::Internal(format!("starting the upload thread: {e}")))?;
+        let on_shard = move |path: &Path, _: &ShardResult| {
+            let _ = tx.send(path.to_path_buf());
+        };
+        let done = execute(plan, inputs, backend, dir, cfg, Some(&on_shard));
+        drop(on_shard);
+        let uploaded = uploader
+            .join()
+            .unwrap_or_else(|_| Err(Error::Internal("the upload thread panicked".into())));
+        let done = done?;
+        uploaded?;
+        Ok(done)
+    })
 }
 
 fn pick_backend(opts: &SaveOptions) -> Result<Box<dyn Backend>> {

@@ -185,17 +185,6 @@ fn pickle_adapter_is_refused() {
 }
 
 #[test]
-fn hub_id_base_is_refused_clearly() {
-    let w = Workdir::new();
-    save_fails(
-        &w,
-        &fixtures().join("lora"),
-        Some(Path::new("unsloth/llama-3-8b-bnb-4bit")),
-        "looks like a Hub repo id",
-    );
-}
-
-#[test]
 fn output_inside_an_input_is_refused() {
     let w = Workdir::new();
     let base = w.copy_fixture("base_bf16");

@@ -8,6 +8,8 @@ mod util;
 mod bad_input;
 /// The command line itself: `--help`, `--dry-run`, `--json`.
 mod cli;
+/// The Hugging Face Hub against the mock Hub: push, download by repo id, resume, offline, errors.
+mod hub;
 /// `--save-method lora`.
 mod lora;
 /// Bit-exactness against PEFT `merge_and_unload()` and the file layout transformers writes.

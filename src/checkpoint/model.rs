@@ -82,7 +82,7 @@ fn check_shard_name(index: &Path, dir: &Path, name: &str) -> Result<PathBuf> {
     }
     let full = dir.join(p);
     if let (Ok(real), Ok(real_dir)) = (full.canonicalize(), dir.canonicalize()) {
-        if !real.starts_with(&real_dir) {
+        if !real.starts_with(&real_dir) && !in_hf_cache_blobs(&real, &real_dir) {
             return Err(Error::json(
                 index,
                 format!("weight_map names `{name}`, a symlink that escapes the model directory"),
@@ -90,6 +90,19 @@ fn check_shard_name(index: &Path, dir: &Path, name: &str) -> Result<PathBuf> {
         }
     }
     Ok(full)
+}
+
+/// Whether `real` is a blob of the Hugging Face cache repo whose snapshot `dir` is: snapshot
+/// files are symlinks `snapshots/<sha>/f -> ../../blobs/<etag>`, which is no escape.
+fn in_hf_cache_blobs(real: &Path, dir: &Path) -> bool {
+    let Some(repo) = dir
+        .parent()
+        .filter(|p| p.file_name().is_some_and(|n| n == "snapshots"))
+        .and_then(Path::parent)
+    else {
+        return false;
+    };
+    real.parent() == Some(repo.join("blobs").as_path())
 }
 
 impl Checkpoint {
@@ -232,6 +245,23 @@ mod tests {
         std::fs::write(&idx, r#"{"weight_map":{"a":"/etc/passwd"}}"#).unwrap();
         let e = Checkpoint::open(d.path()).unwrap_err();
         assert!(e.to_string().contains("outside the model directory"), "{e}");
+    }
+
+    #[test]
+    fn hf_cache_snapshot_symlinks_are_not_an_escape() {
+        let d = tempfile::tempdir().unwrap();
+        let repo = d.path().join("models--me--base");
+        let snap = repo.join("snapshots/0123");
+        std::fs::create_dir_all(&snap).unwrap();
+        std::fs::create_dir_all(repo.join("blobs")).unwrap();
+        std::fs::write(repo.join("blobs/etag"), b"x").unwrap();
+        std::fs::write(d.path().join("elsewhere"), b"x").unwrap();
+        std::os::unix::fs::symlink("../../blobs/etag", snap.join("a.safetensors")).unwrap();
+        std::os::unix::fs::symlink("../../../elsewhere", snap.join("b.safetensors")).unwrap();
+        let idx = snap.join("model.safetensors.index.json");
+        assert!(check_shard_name(&idx, &snap, "a.safetensors").is_ok());
+        let e = check_shard_name(&idx, &snap, "b.safetensors").unwrap_err();
+        assert!(e.to_string().contains("escapes"), "{e}");
     }
 
     #[test]

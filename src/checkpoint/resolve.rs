@@ -1,21 +1,39 @@
-//! Resolves where the base model is: `--base`, or the adapter's `base_model_name_or_path`.
+//! Resolves where the inputs are: the adapter (a directory or a Hub repo id), and the base
+//! (`--base`, or the adapter's `base_model_name_or_path`). A repo id (`owner/name[@revision]`)
+//! that is not a local directory is fetched into the HF cache by [`crate::hub::fetch`].
 
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::hub::{self, HubConfig, Need, RepoRef};
+
+/// Finds the adapter directory: `spec` itself when it is a directory, else the snapshot of the
+/// Hub repo it names.
+pub fn resolve_adapter(spec: &Path, hub: &HubConfig) -> Result<PathBuf> {
+    if spec.is_dir() {
+        return Ok(spec.to_path_buf());
+    }
+    from_hub_or_not_found(&spec.to_string_lossy(), hub, Need::Adapter)
+}
 
 /// Finds the base directory for an adapter.
 ///
 /// A relative `base_model_name_or_path` is tried against the current directory, then against
 /// the adapter directory and each of its ancestors (PEFT writes whatever path the trainer
-/// used, often relative to a parent folder). An `owner/name` that is none of those is a Hub id,
-/// which this build refuses clearly.
-pub fn resolve_base(adapter_dir: &Path, explicit: Option<&Path>, from_config: Option<&str>) -> Result<PathBuf> {
+/// used, often relative to a parent folder). An `owner/name[@revision]` that is none of those
+/// is a Hub repo, fetched with what `need` asks for.
+pub fn resolve_base(
+    adapter_dir: &Path,
+    explicit: Option<&Path>,
+    from_config: Option<&str>,
+    hub: &HubConfig,
+    need: Need,
+) -> Result<PathBuf> {
     if let Some(p) = explicit {
         if p.is_dir() {
             return Ok(p.to_path_buf());
         }
-        return Err(not_found_or_hub(&p.to_string_lossy()));
+        return from_hub_or_not_found(&p.to_string_lossy(), hub, need);
     }
     let Some(name) = from_config.filter(|s| !s.is_empty()) else {
         return Err(Error::Usage(format!(
@@ -39,43 +57,55 @@ pub fn resolve_base(adapter_dir: &Path, explicit: Option<&Path>, from_config: Op
             return Ok(cand);
         }
     }
-    Err(not_found_or_hub(name))
+    from_hub_or_not_found(name, hub, need)
 }
 
-fn not_found_or_hub(name: &str) -> Error {
-    let parts: Vec<&str> = name.split('/').collect();
-    let looks_like_id = parts.len() == 2
-        && parts
-            .iter()
-            .all(|s| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) && *s != "..");
-    if looks_like_id {
-        Error::HubNotSupported { id: name.to_string() }
-    } else {
-        Error::NotFound {
-            path: PathBuf::from(name),
-        }
+/// A name that is no local directory: a Hub repo if it reads as one, else "not found".
+fn from_hub_or_not_found(name: &str, hub: &HubConfig, need: Need) -> Result<PathBuf> {
+    if RepoRef::looks_like(name) {
+        return hub::fetch(hub, &RepoRef::parse(name)?, need);
     }
+    Err(Error::NotFound {
+        path: PathBuf::from(name),
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// An offline config over an empty cache: a repo id resolves to "not in the cache".
+    fn offline(cache: &Path) -> HubConfig {
+        HubConfig {
+            endpoint: "http://127.0.0.1:9".into(),
+            cache_dir: cache.to_path_buf(),
+            token: None,
+            offline: true,
+            progress: false,
+        }
+    }
+
     #[test]
     fn walks_up_from_the_adapter() {
         let d = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(d.path().join("llama/base")).unwrap();
         std::fs::create_dir_all(d.path().join("llama/lora")).unwrap();
-        let got = resolve_base(&d.path().join("llama/lora"), None, Some("llama/base")).unwrap();
+        let hub = offline(d.path());
+        let got = resolve_base(&d.path().join("llama/lora"), None, Some("llama/base"), &hub, Need::Base).unwrap();
         assert_eq!(got, d.path().join("llama/base"));
     }
 
     #[test]
-    fn hub_ids_are_refused_clearly() {
+    fn hub_ids_go_to_the_hub_and_paths_are_not_found() {
         let d = tempfile::tempdir().unwrap();
-        let e = resolve_base(d.path(), None, Some("unsloth/llama-3-8b-bnb-4bit")).unwrap_err();
-        assert!(matches!(e, Error::HubNotSupported { .. }), "{e}");
-        let e = resolve_base(d.path(), None, None).unwrap_err();
+        let hub = offline(d.path());
+        let e = resolve_base(d.path(), None, Some("unsloth/llama-3-8b-bnb-4bit"), &hub, Need::Base).unwrap_err();
+        assert!(matches!(e, Error::HubOffline { .. }), "{e}");
+        let e = resolve_base(d.path(), None, Some("no/such/dir"), &hub, Need::Base).unwrap_err();
+        assert!(matches!(e, Error::NotFound { .. }), "{e}");
+        let e = resolve_base(d.path(), None, None, &hub, Need::Base).unwrap_err();
         assert!(e.to_string().contains("--base"), "{e}");
+        let e = resolve_adapter(Path::new("me/adapter@v1"), &hub).unwrap_err();
+        assert!(matches!(e, Error::HubOffline { .. }), "{e}");
     }
 }

@@ -1,0 +1,258 @@
+//! Git LFS transfers to the Hub, as `huggingface_hub/lfs.py` makes them without Xet: one batch
+//! call names the objects by sha256 and size; the server answers, per object, nothing (it has it
+//! already: skip, which is what makes a re-run resume), an error, or an `upload` action (a basic
+//! PUT, or multipart: `chunk_size` plus one presigned URL per part, then a completion POST with the
+//! parts' ETags) and an optional `verify` action. Bodies stream from the file; nothing holds a
+//! whole shard in memory.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::http::Client;
+use crate::error::{Error, Result};
+
+/// The media type of the LFS batch API.
+const LFS_JSON: &str = "application/vnd.git-lfs+json";
+
+/// A local file to store as an LFS object.
+#[derive(Debug, Clone)]
+pub struct LfsObject {
+    /// The file on disk.
+    pub local: PathBuf,
+    /// sha256 of its bytes, hex.
+    pub oid: String,
+    /// Its length.
+    pub size: u64,
+}
+
+/// What one batch of transfers did.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Transferred {
+    /// Objects sent.
+    pub uploaded: usize,
+    /// Objects the server already had.
+    pub skipped: usize,
+    /// Bytes sent.
+    pub bytes: u64,
+}
+
+impl std::ops::AddAssign for Transferred {
+    fn add_assign(&mut self, o: Self) {
+        self.uploaded += o.uploaded;
+        self.skipped += o.skipped;
+        self.bytes += o.bytes;
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct BatchAnswer {
+    objects: Vec<BatchObject>,
+}
+
+#[derive(Debug, Deserialize)]
+struct BatchObject {
+    oid: String,
+    #[serde(default)]
+    actions: Option<Actions>,
+    #[serde(default)]
+    error: Option<BatchError>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Actions {
+    upload: Option<Action>,
+    verify: Option<Action>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Action {
+    href: String,
+    #[serde(default)]
+    header: serde_json::Map<String, Value>,
+}
+
+#[derive(Debug, Deserialize)]
+struct BatchError {
+    code: i64,
+    message: String,
+}
+
+/// Uploads `objects` (sha256 known), skipping those the server already stores. `revision` is
+/// the branch (`ref` in the batch call), `None` for a pull request, as `huggingface_hub` does.
+pub fn upload(c: &Client, id: &str, revision: Option<&str>, objects: &[LfsObject]) -> Result<Transferred> {
+    let url = format!("{}/{id}.git/info/lfs/objects/batch", c.endpoint);
+    let mut done = Transferred::default();
+    for chunk in objects.chunks(256) {
+        let mut body = json!({
+            "operation": "upload",
+            "transfers": ["basic", "multipart"],
+            "objects": chunk.iter().map(|o| json!({"oid": o.oid, "size": o.size})).collect::<Vec<_>>(),
+            "hash_algo": "sha256",
+        });
+        if let Some(rev) = revision {
+            body["ref"] = json!({"name": rev});
+        }
+        let r = c.post_json_raw("lfs batch", &url, LFS_JSON, &body)?;
+        let r = c.check("lfs batch", r)?;
+        let answer: BatchAnswer = c.json("lfs batch", r)?;
+        for obj in chunk {
+            let Some(a) = answer.objects.iter().find(|a| a.oid == obj.oid) else {
+                return Err(c.protocol("lfs batch", format!("no answer for object {}", obj.oid)));
+            };
+            if let Some(e) = &a.error {
+                return Err(c.protocol(
+                    "lfs batch",
+                    format!(
+                        "object {} ({}): error {}: {}",
+                        obj.oid,
+                        obj.local.display(),
+                        e.code,
+                        e.message
+                    ),
+                ));
+            }
+            match a.actions.as_ref().and_then(|x| x.upload.as_ref()) {
+                None => done.skipped += 1,
+                Some(up) => {
+                    transfer(c, obj, up)?;
+                    if let Some(v) = a.actions.as_ref().and_then(|x| x.verify.as_ref()) {
+                        verify(c, obj, v)?;
+                    }
+                    done.uploaded += 1;
+                    done.bytes += obj.size;
+                }
+            }
+        }
+    }
+    Ok(done)
+}
+
+/// Sends one object: multipart when the action carries `chunk_size`, else one PUT.
+fn transfer(c: &Client, obj: &LfsObject, up: &Action) -> Result<()> {
+    let Some(chunk) = up.header.get("chunk_size") else {
+        put_range(c, &up.href, &obj.local, 0, obj.size)?;
+        return Ok(());
+    };
+    let chunk_size = match chunk {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    }
+    .filter(|&n| n > 0)
+    .ok_or_else(|| {
+        c.protocol(
+            "lfs multipart",
+            format!("chunk_size `{chunk}` is not a positive integer"),
+        )
+    })?;
+    let mut parts: Vec<(u64, &str)> = Vec::new();
+    for (k, v) in &up.header {
+        if let (Ok(n), Some(href)) = (k.parse::<u64>(), v.as_str()) {
+            parts.push((n, href));
+        }
+    }
+    parts.sort();
+    let expected = obj.size.div_ceil(chunk_size);
+    if parts.len() as u64 != expected || parts.iter().enumerate().any(|(i, p)| p.0 != i as u64 + 1) {
+        return Err(c.protocol(
+            "lfs multipart",
+            format!(
+                "{} part URLs for {} bytes in chunks of {chunk_size}, expected parts 1..={expected}",
+                parts.len(),
+                obj.size
+            ),
+        ));
+    }
+    let mut etags = Vec::new();
+    for (i, (n, href)) in parts.iter().enumerate() {
+        let start = i as u64 * chunk_size;
+        let len = chunk_size.min(obj.size - start);
+        let etag = put_range(c, href, &obj.local, start, len)?
+            .ok_or_else(|| c.protocol("lfs multipart", format!("part {n} of {}: no ETag", obj.local.display())))?;
+        etags.push(json!({"partNumber": n, "etag": etag}));
+    }
+    // The completion URL is signed: like `huggingface_hub`, send it no token.
+    let body = json!({"oid": obj.oid, "parts": etags});
+    let bytes = serde_json::to_vec(&body).map_err(|e| Error::Internal(e.to_string()))?;
+    let r = c.run("lfs multipart completion", &up.href, |a| {
+        a.post(&up.href)
+            .header("content-type", "application/vnd.git-lfs+json")
+            .header("accept", "application/vnd.git-lfs+json")
+            .send(&bytes[..])
+    })?;
+    c.check("lfs multipart completion", r).map(drop)
+}
+
+/// PUTs `len` bytes of `path` from `start` to a presigned URL (no token), streaming from disk;
+/// returns the ETag.
+fn put_range(c: &Client, href: &str, path: &Path, start: u64, len: u64) -> Result<Option<String>> {
+    let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
+    let r = c.run("lfs upload", href, |a| {
+        f.seek(SeekFrom::Start(start)).map_err(ureq::Error::Io)?;
+        let mut body = (&f).take(len);
+        a.put(href)
+            .header("content-length", len.to_string())
+            .send(ureq::SendBody::from_reader(&mut body))
+    })?;
+    let r = c.check("lfs upload", r)?;
+    Ok(r.headers()
+        .get("etag")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .filter(|s| !s.is_empty()))
+}
+
+/// `POST verify.href {"oid", "size"}` with the token.
+fn verify(c: &Client, obj: &LfsObject, v: &Action) -> Result<()> {
+    let auth = c.auth_header();
+    let bytes =
+        serde_json::to_vec(&json!({"oid": obj.oid, "size": obj.size})).map_err(|e| Error::Internal(e.to_string()))?;
+    let r = c.run("lfs verify", &v.href, |a| {
+        let mut rq = a
+            .post(&v.href)
+            .header("content-type", LFS_JSON)
+            .header("accept", LFS_JSON);
+        if let Some(h) = &auth {
+            rq = rq.header("authorization", h);
+        }
+        rq.send(&bytes[..])
+    })?;
+    c.check("lfs verify", r).map(drop)
+}
+
+/// sha256 and length of a file, read in 8 MiB blocks.
+pub fn sha256_file(path: &Path) -> Result<(String, u64)> {
+    use sha2::Digest;
+    let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 8 << 20];
+    let mut n_bytes = 0u64;
+    loop {
+        let n = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        n_bytes += n as u64;
+    }
+    Ok((super::protocol::hex(&h.finalize()), n_bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sha256_of_a_file() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("f");
+        std::fs::write(&p, b"abc").unwrap();
+        let (oid, n) = sha256_file(&p).unwrap();
+        assert_eq!(oid, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(n, 3);
+    }
+}
