@@ -139,7 +139,7 @@ struct SaveArgs {
         long,
         default_value = "merged_16bit",
         value_name = "METHOD",
-        long_help = "What to write, by Unsloth's names:\n  lora          the adapter as is (or cast with --dtype), tokenizer files, a model card\n  merged_16bit  the adapter merged into its base (16-bit or bnb 4-bit), as 16-bit safetensors"
+        long_help = "What to write, by Unsloth's names:\n  lora          the adapter as is (or cast with --dtype), tokenizer files, a model card\n  merged_16bit  the adapter merged into its base (16-bit or bnb 4-bit), as 16-bit safetensors\n  merged_4bit   merged and written as bitsandbytes 4-bit safetensors (from a 4-bit base: updated\n                weights are requantized with the base's settings; from a 16-bit base: --quant-type)"
     )]
     save_method: String,
     /// Output dtype: bf16, fp16 or f32 [default: the base's own].
@@ -191,6 +191,15 @@ struct SaveArgs {
     /// Replace OUT if it exists.
     #[arg(long)]
     force: bool,
+    /// merged_4bit from a 16-bit base: nf4 (default) or fp4.
+    #[arg(long, default_value = "nf4", value_name = "TYPE")]
+    quant_type: String,
+    /// merged_4bit from a 16-bit base: elements per absmax block.
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    blocksize: u64,
+    /// merged_4bit from a 16-bit base: no double quantization of the absmax values.
+    #[arg(long)]
+    no_double_quant: bool,
     /// With tied embeddings, write the merged head beside an unchanged input embedding.
     #[arg(
         long,
@@ -232,6 +241,19 @@ impl SaveArgs {
         o.allow_nonfinite = self.allow_nonfinite;
         o.force = self.force;
         o.untie_embeddings = self.untie_embeddings;
+        o.quant_type = match self.quant_type.as_str() {
+            "nf4" => loraweld::quant::bnb::QuantType::Nf4,
+            "fp4" => loraweld::quant::bnb::QuantType::Fp4,
+            q => return Err(Error::Usage(format!("--quant-type: expected nf4 or fp4, got `{q}`"))),
+        };
+        if !self.blocksize.is_power_of_two() || !(32..=4096).contains(&self.blocksize) {
+            return Err(Error::Usage(format!(
+                "--blocksize {}: expected a power of two from 32 to 4096",
+                self.blocksize
+            )));
+        }
+        o.blocksize = self.blocksize;
+        o.double_quant = !self.no_double_quant;
         o.hub = HubConfig::from_env(self.hub.token.as_deref());
         match &self.push_to_hub {
             Some(repo) => o.push_to_hub = Some(self.hub.push_options(repo)),

@@ -15,6 +15,8 @@ pub enum SaveMethod {
     Lora,
     /// Merge into the base and write 16-bit (or f32) safetensors.
     Merged16bit,
+    /// Merge and write bitsandbytes 4-bit safetensors.
+    Merged4bit,
 }
 
 impl SaveMethod {
@@ -23,11 +25,9 @@ impl SaveMethod {
         match s {
             "lora" => Ok(SaveMethod::Lora),
             "merged_16bit" => Ok(SaveMethod::Merged16bit),
-            "merged_4bit" | "merged_4bit_forced" => Err(Error::Usage(format!(
-                "--save-method {s}: not supported yet (lora, merged_16bit)"
-            ))),
+            "merged_4bit" | "merged_4bit_forced" => Ok(SaveMethod::Merged4bit),
             _ => Err(Error::Usage(format!(
-                "--save-method: expected lora or merged_16bit, got `{s}`"
+                "--save-method: expected lora, merged_16bit or merged_4bit, got `{s}`"
             ))),
         }
     }
@@ -37,6 +37,7 @@ impl SaveMethod {
         match self {
             SaveMethod::Lora => "lora",
             SaveMethod::Merged16bit => "merged_16bit",
+            SaveMethod::Merged4bit => "merged_4bit",
         }
     }
 }
@@ -278,6 +279,12 @@ pub struct SaveOptions {
     pub force: bool,
     /// With tied embeddings, keep the input embedding and write a separate merged head.
     pub untie_embeddings: bool,
+    /// `merged_4bit` from a 16-bit base: quant type.
+    pub quant_type: crate::quant::bnb::QuantType,
+    /// `merged_4bit` from a 16-bit base: block size.
+    pub blocksize: u64,
+    /// `merged_4bit` from a 16-bit base: double quantization.
+    pub double_quant: bool,
     /// The Hub: endpoint, cache, token, offline (for repo-id inputs and pushes).
     pub hub: HubConfig,
     /// Push the saved directory to this repo afterwards (`--push-to-hub`).
@@ -305,6 +312,9 @@ impl SaveOptions {
             allow_nonfinite: false,
             force: false,
             untie_embeddings: false,
+            quant_type: crate::quant::bnb::QuantType::Nf4,
+            blocksize: 64,
+            double_quant: true,
             // The one place the library reads the Hub's environment variables.
             hub: HubConfig::from_env(None),
             push_to_hub: None,
@@ -342,5 +352,6 @@ mod tests {
         assert_eq!(SaveMethod::parse("lora").unwrap(), SaveMethod::Lora);
         assert_eq!(SaveMethod::parse("merged_16bit").unwrap().as_str(), "merged_16bit");
         assert!(SaveMethod::parse("gguf").is_err());
+        assert_eq!(SaveMethod::parse("merged_4bit").unwrap(), SaveMethod::Merged4bit);
     }
 }

@@ -23,9 +23,11 @@ use crate::checkpoint::{Adapter, Checkpoint};
 use crate::compute::general::{self, DeltaRows, GeneralTile};
 use crate::compute::{Backend, BaseRows, LoraRows, MergeTile};
 use crate::error::{Error, Result};
-use crate::plan::{BaseSrc, Extra, FactorSrc, FileRef, Op, Plan, QuantSrc, Src};
+use crate::options::FloatDtype;
+use crate::plan::{BaseSrc, Extra, FactorSrc, FileRef, Op, Plan, QuantPart, QuantSrc, QuantStats, Src};
 use crate::quant::bnb::{AbsmaxRef, QuantView};
 use crate::quant::dtype::{decode_into, encode_into, float_of, round_through};
+use crate::quant::encode;
 use crate::writer::shard::ShardWriter;
 
 /// The mapped inputs a plan reads from.
@@ -130,7 +132,25 @@ pub struct StageTimes {
     pub pack_s: f64,
 }
 
+/// Row tiles of about `tile_bytes` of f32 scratch, each a multiple of `step` rows.
+fn tiles(rows: u64, cols: u64, step: u64, tile_bytes: usize) -> Vec<(u64, u64)> {
+    let row_bytes = (cols as usize * 4).max(1);
+    let per = ((tile_bytes / row_bytes) as u64 / step).max(1) * step;
+    let mut v = Vec::new();
+    let mut r = 0;
+    while r < rows {
+        let n = per.min(rows - r);
+        v.push((r, n));
+        r += n;
+    }
+    v
+}
+
 enum Work<'a> {
+    /// A whole small tensor produced in one go (4-bit helper tensors).
+    Part {
+        tensor: usize,
+    },
     StartShard(usize),
     Copy {
         data: &'a [u8],
@@ -226,19 +246,28 @@ fn read_stage<'a>(plan: &Plan, inputs: Inputs<'a>, cfg: ExecConfig, tx: Sender<W
                     }
                 }
                 Op::Compute { .. } => {
-                    let row_bytes = (t.cols as usize * 4).max(1);
-                    let rows_per = (cfg.tile_bytes / row_bytes).max(1) as u64;
-                    let mut r = 0;
-                    while r < t.rows {
-                        let n = rows_per.min(t.rows - r);
+                    for (row0, n) in tiles(t.rows, t.cols, 1, cfg.tile_bytes) {
                         items.push(Work::Tile {
                             tensor: ti,
-                            row0: r,
+                            row0,
                             rows: n as usize,
                         });
-                        r += n;
                     }
                 }
+                Op::Quant {
+                    group,
+                    part: QuantPart::Codes,
+                } => {
+                    let g = &plan.quant_groups[*group];
+                    for (row0, n) in tiles(g.shape[0], g.shape[1], g.row_step(), cfg.tile_bytes) {
+                        items.push(Work::Tile {
+                            tensor: ti,
+                            row0,
+                            rows: n as usize,
+                        });
+                    }
+                }
+                Op::Quant { .. } => items.push(Work::Part { tensor: ti }),
             }
             busy += t0.elapsed();
             for it in items {
@@ -255,17 +284,10 @@ fn read_stage<'a>(plan: &Plan, inputs: Inputs<'a>, cfg: ExecConfig, tx: Sender<W
 }
 
 /// Factors of the tensor being computed, decoded to f32 once per tensor.
-enum Current {
-    Fast { tensor: usize, a: Vec<f32>, b: Vec<f32> },
-    General { tensor: usize, f: GeneralFactors },
-}
-
-impl Current {
-    fn tensor(&self) -> usize {
-        match self {
-            Current::Fast { tensor, .. } | Current::General { tensor, .. } => *tensor,
-        }
-    }
+enum Factors {
+    Fast { a: Vec<f32>, b: Vec<f32> },
+    General(GeneralFactors),
+    None,
 }
 
 /// One delta's factors as f32: coef, basis, r, scale, rounding.
@@ -327,6 +349,319 @@ fn load_general(inputs: &Inputs<'_>, x: &Extra) -> GeneralFactors {
     }
 }
 
+/// Turns row ranges of an `Op::Compute` into values: the compute stage's engine, also used by
+/// the stats pass.
+pub(crate) struct Computer<'a, 'p> {
+    plan: &'p Plan,
+    inputs: Inputs<'a>,
+    backend: &'p dyn Backend,
+    /// Cache key of the loaded factors (tensor index, or `tensors.len() + group`).
+    key: Option<usize>,
+    factors: Factors,
+    bytes: Vec<u8>,
+    f32s: Vec<f32>,
+    /// Block absmax values of the quant group whose codes were last produced.
+    absmax: Option<(usize, Vec<f32>)>,
+}
+
+impl<'a, 'p> Computer<'a, 'p> {
+    pub(crate) fn new(plan: &'p Plan, inputs: Inputs<'a>, backend: &'p dyn Backend) -> Self {
+        Computer {
+            plan,
+            inputs,
+            backend,
+            key: None,
+            factors: Factors::None,
+            bytes: Vec::new(),
+            f32s: Vec::new(),
+            absmax: None,
+        }
+    }
+
+    fn load(&mut self, key: usize, op: &Op) {
+        if self.key == Some(key) {
+            return;
+        }
+        self.factors = match op {
+            Op::Compute { lora: Some(l), .. } => Factors::Fast {
+                a: adapter_f32(&self.inputs, &l.a, false),
+                b: adapter_f32(&self.inputs, &l.b, false),
+            },
+            Op::Compute { extra: Some(x), .. } => Factors::General(load_general(&self.inputs, x)),
+            _ => Factors::None,
+        };
+        self.key = Some(key);
+    }
+
+    fn base_rows(
+        &self,
+        base: &'p BaseSrc,
+        cols: usize,
+        row0: u64,
+        rows: usize,
+    ) -> (BaseRows<'a>, (&'a MappedFile, usize, usize)) {
+        let inputs = &self.inputs;
+        match base {
+            BaseSrc::Float(src, dt) => {
+                let data = inputs.data(src);
+                let rb = cols * dt.size();
+                let s = row0 as usize * rb;
+                let e = s + rows * rb;
+                let abs = inputs.abs(src);
+                (
+                    BaseRows::Float {
+                        bytes: &data[s..e],
+                        dtype: *dt,
+                    },
+                    (inputs.file(src.file), abs + s, abs + e),
+                )
+            }
+            BaseSrc::Bnb(q) => {
+                let abs = inputs.abs(&q.codes);
+                let k0 = row0 as usize * cols;
+                let k1 = k0 + rows * cols;
+                (
+                    BaseRows::Bnb(inputs.quant_view(q)),
+                    (inputs.file(q.codes.file), abs + k0 / 2, abs + k1 / 2),
+                )
+            }
+        }
+    }
+
+    /// Rows `row0..row0+rows` of `op` rounded to `out_dtype`, into `buf`. Returns "all finite".
+    #[allow(clippy::too_many_arguments)]
+    fn encoded(
+        &mut self,
+        key: usize,
+        op: &'p Op,
+        cols: usize,
+        row0: u64,
+        rows: usize,
+        out_dtype: FloatDtype,
+        buf: &mut Vec<u8>,
+    ) -> Result<bool> {
+        let Op::Compute { base, lora, extra } = op else {
+            return Err(Error::Internal("compute of a non-compute op".into()));
+        };
+        self.load(key, op);
+        let (base_rows, release) = self.base_rows(base, cols, row0, rows);
+        buf.resize(rows * cols * out_dtype.size(), 0);
+        let finite = match (&self.factors, extra) {
+            (Factors::General(f), Some(x)) => {
+                general_rows(f, x, base_rows, cols, row0, rows, &mut self.f32s);
+                encode_into(&self.f32s, out_dtype, buf);
+                self.f32s.iter().all(|v| round_through(*v, out_dtype).is_finite())
+            }
+            (factors, _) => {
+                let lora_rows = match (lora, factors) {
+                    (Some(l), Factors::Fast { a, b }) => Some(LoraRows {
+                        a,
+                        b: &b[row0 as usize * l.r..(row0 as usize + rows) * l.r],
+                        r: l.r,
+                        scale: l.scale,
+                        delta_dtype: l.dtype,
+                    }),
+                    _ => None,
+                };
+                let tile = MergeTile {
+                    row0,
+                    rows,
+                    cols,
+                    base: base_rows,
+                    lora: lora_rows,
+                    out_dtype,
+                };
+                self.backend.merge_tile(&tile, buf)?
+            }
+        };
+        release.0.release(release.1, release.2);
+        Ok(finite)
+    }
+
+    /// Rows of `op` before any output rounding (f32), into `self.f32s`.
+    fn values(
+        &mut self,
+        key: usize,
+        op: &'p Op,
+        cols: usize,
+        row0: u64,
+        rows: usize,
+        pre_round: Option<FloatDtype>,
+    ) -> Result<bool> {
+        let mut bytes = std::mem::take(&mut self.bytes);
+        let finite = match op {
+            Op::Compute {
+                extra: Some(x), base, ..
+            } => {
+                self.load(key, op);
+                let (base_rows, release) = self.base_rows(base, cols, row0, rows);
+                let Factors::General(f) = &self.factors else {
+                    return Err(Error::Internal("general factors missing".into()));
+                };
+                general_rows(f, x, base_rows, cols, row0, rows, &mut self.f32s);
+                release.0.release(release.1, release.2);
+                self.f32s.iter().all(|v| v.is_finite())
+            }
+            _ => {
+                let finite = self.encoded(key, op, cols, row0, rows, FloatDtype::F32, &mut bytes)?;
+                self.f32s.resize(rows * cols, 0.0);
+                decode_into(&bytes, FloatDtype::F32, &mut self.f32s);
+                finite
+            }
+        };
+        self.bytes = bytes;
+        if let Some(dt) = pre_round {
+            self.f32s.iter_mut().for_each(|v| *v = round_through(*v, dt));
+        }
+        Ok(finite)
+    }
+
+    /// Packed codes of a quant group's tile; records the block absmax values.
+    fn quant_codes(&mut self, group: usize, row0: u64, rows: usize, buf: &mut Vec<u8>) -> Result<bool> {
+        let g = &self.plan.quant_groups[group];
+        let cols = g.shape[1] as usize;
+        let finite = self.values(
+            self.plan.tensors.len() + group,
+            &g.source,
+            cols,
+            row0,
+            rows,
+            g.pre_round,
+        )?;
+        if row0 == 0 || self.absmax.as_ref().map(|a| a.0) != Some(group) {
+            self.absmax = Some((group, Vec::with_capacity(g.blocks() as usize)));
+        }
+        let n = g.numel() as usize;
+        let k0 = row0 as usize * cols;
+        let len = rows * cols;
+        let bs = g.blocksize as usize;
+        let mut codes = vec![0u8; len];
+        let absmax = &mut self.absmax.as_mut().expect("set above").1;
+        for (j, (block, c)) in self.f32s[..len].chunks(bs).zip(codes.chunks_mut(bs)).enumerate() {
+            let partial = k0 + j * bs + bs > n && n % bs != 0;
+            absmax.push(encode::quantize_block(block, partial, g.quant_type, c));
+        }
+        buf.resize(len.div_ceil(2), 0);
+        encode::pack(&codes, encode::zero_code(g.quant_type), buf);
+        Ok(finite)
+    }
+
+    /// All block absmax values of a group (recomputed unless the codes pass just made them).
+    fn group_absmax(&mut self, group: usize, tile_bytes: usize) -> Result<Vec<f32>> {
+        let g = &self.plan.quant_groups[group];
+        if let Some((gi, v)) = &self.absmax {
+            if *gi == group && v.len() as u64 == g.blocks() {
+                return Ok(v.clone());
+            }
+        }
+        let mut scratch = Vec::new();
+        for (row0, n) in tiles(g.shape[0], g.shape[1], g.row_step(), tile_bytes) {
+            self.quant_codes(group, row0, n as usize, &mut scratch)?;
+        }
+        Ok(self.absmax.as_ref().map(|a| a.1.clone()).unwrap_or_default())
+    }
+
+    /// The bytes of a 4-bit helper tensor.
+    fn quant_part(&mut self, group: usize, part: QuantPart, tile_bytes: usize) -> Result<Vec<u8>> {
+        let g = &self.plan.quant_groups[group];
+        let le = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        Ok(match part {
+            QuantPart::Codes => return Err(Error::Internal("codes are tiled".into())),
+            QuantPart::QuantMap => le(&encode::code_table(g.quant_type)),
+            QuantPart::NestedMap => le(&encode::dynamic_map()),
+            QuantPart::State => g.state_json().into_bytes(),
+            QuantPart::NestedAbsmax => le(&g
+                .stats
+                .as_ref()
+                .ok_or_else(|| Error::Internal(format!("`{}`: no stats", g.name)))?
+                .nested_absmax),
+            QuantPart::Absmax => {
+                let double = g.double_quant;
+                let stats = g.stats.clone();
+                let am = self.group_absmax(group, tile_bytes)?;
+                if !double {
+                    le(&am)
+                } else {
+                    let st = stats.ok_or_else(|| Error::Internal("double quant without stats".into()))?;
+                    let map = encode::dynamic_map();
+                    am.iter()
+                        .enumerate()
+                        .map(|(b, &a)| encode::nearest_dynamic(&map, (a - st.offset) / st.nested_absmax[b / 256]))
+                        .collect()
+                }
+            }
+        })
+    }
+}
+
+fn general_rows(
+    f: &GeneralFactors,
+    x: &Extra,
+    base: BaseRows<'_>,
+    cols: usize,
+    row0: u64,
+    rows: usize,
+    out: &mut Vec<f32>,
+) {
+    let deltas: Vec<DeltaRows> = f
+        .deltas
+        .iter()
+        .map(|(c, b, r, s, rd)| DeltaRows {
+            coef: c,
+            basis: b,
+            r: *r,
+            scale: *s,
+            round_delta: *rd,
+        })
+        .collect();
+    let gt = GeneralTile {
+        row0,
+        rows,
+        cols,
+        base,
+        deltas: &deltas,
+        magnitude: f.magnitude.as_deref(),
+        replace: f.replace.as_ref().map(|(i, r)| (&i[..], &r[..])),
+        work_dtype: x.work_dtype,
+    };
+    out.resize(rows * cols, 0.0);
+    general::compute(&gt, out);
+}
+
+/// The stats pass of `merged_4bit`: for every double-quantized weight, the block absmax values,
+/// their mean (the offset) and the nested absmax. Fills the plan and lays it out again, since
+/// the quant-state JSON's length depends on the offset.
+pub fn quant_stats(plan: &mut Plan, inputs: Inputs<'_>, backend: &dyn Backend, cfg: ExecConfig) -> Result<()> {
+    let mut all = Vec::new();
+    {
+        let mut c = Computer::new(plan, inputs, backend);
+        for (gi, g) in plan.quant_groups.iter().enumerate() {
+            if !g.double_quant {
+                continue;
+            }
+            let am = c.group_absmax(gi, cfg.tile_bytes)?;
+            let offset = encode::torch_mean(&am);
+            let nested: Vec<f32> = am
+                .chunks(256)
+                .map(|ch| ch.iter().fold(0f32, |m, &a| m.max((a - offset).abs())))
+                .collect();
+            all.push((
+                gi,
+                QuantStats {
+                    offset,
+                    nested_absmax: nested,
+                },
+            ));
+            c.absmax = None;
+        }
+    }
+    for (gi, st) in all {
+        plan.quant_groups[gi].stats = Some(st);
+    }
+    plan.relayout();
+    Ok(())
+}
+
 fn compute_stage<'a>(
     plan: &Plan,
     inputs: Inputs<'a>,
@@ -337,119 +672,46 @@ fn compute_stage<'a>(
     pool: Receiver<Vec<u8>>,
 ) -> Result<Duration> {
     let mut busy = Duration::ZERO;
-    let mut cur: Option<Current> = None;
-    let mut scratch: Vec<f32> = Vec::new();
+    let mut c = Computer::new(plan, inputs, backend);
     for w in rx {
         let out = match w {
             Work::StartShard(i) => Packed::StartShard(i),
             Work::EndShard(i) => Packed::EndShard(i),
             Work::Copy { data, file, abs } => Packed::Borrowed { data, file, abs },
+            Work::Part { tensor } => {
+                let t0 = Instant::now();
+                let t = &plan.tensors[tensor];
+                let Op::Quant { group, part } = t.op else {
+                    return Err(Error::Internal(format!("part item for `{}`", t.name)));
+                };
+                let bytes = c.quant_part(group, part, cfg.tile_bytes)?;
+                if bytes.len() as u64 != t.nbytes {
+                    return Err(Error::Internal(format!(
+                        "`{}`: made {} bytes, planned {}",
+                        t.name,
+                        bytes.len(),
+                        t.nbytes
+                    )));
+                }
+                busy += t0.elapsed();
+                Packed::Owned(bytes)
+            }
             Work::Tile { tensor, row0, rows } => {
                 let t0 = Instant::now();
                 let t = &plan.tensors[tensor];
-                let Op::Compute { base, lora, extra } = &t.op else {
-                    return Err(Error::Internal(format!("tile for copied tensor `{}`", t.name)));
-                };
-                let out_dtype =
-                    float_of(t.dtype).ok_or_else(|| Error::Internal(format!("`{}` is not a float output", t.name)))?;
-                if cur.as_ref().map(Current::tensor) != Some(tensor) {
-                    cur = match (lora, extra) {
-                        (Some(l), _) => Some(Current::Fast {
-                            tensor,
-                            a: adapter_f32(&inputs, &l.a, false),
-                            b: adapter_f32(&inputs, &l.b, false),
-                        }),
-                        (None, Some(x)) => Some(Current::General {
-                            tensor,
-                            f: load_general(&inputs, x),
-                        }),
-                        (None, None) => None,
-                    };
-                }
-                let cols = t.cols as usize;
-                let (base_rows, release) = match base {
-                    BaseSrc::Float(src, dt) => {
-                        let data = inputs.data(src);
-                        let rb = cols * dt.size();
-                        let s = row0 as usize * rb;
-                        let e = s + rows * rb;
-                        let abs = inputs.abs(src);
-                        (
-                            BaseRows::Float {
-                                bytes: &data[s..e],
-                                dtype: *dt,
-                            },
-                            (inputs.file(src.file), abs + s, abs + e),
-                        )
-                    }
-                    BaseSrc::Bnb(q) => {
-                        let abs = inputs.abs(&q.codes);
-                        let k0 = row0 as usize * cols;
-                        let k1 = k0 + rows * cols;
-                        (
-                            BaseRows::Bnb(inputs.quant_view(q)),
-                            (inputs.file(q.codes.file), abs + k0 / 2, abs + k1 / 2),
-                        )
-                    }
-                };
-                let out_len = rows * cols * out_dtype.size();
                 // Pooled buffers keep their contents: resizing only zero-fills new bytes.
                 let mut buf = pool.try_recv().unwrap_or_default();
-                buf.resize(out_len, 0);
-                let finite = match (&cur, extra) {
-                    (Some(Current::General { f, .. }), Some(x)) => {
-                        let deltas: Vec<DeltaRows> = f
-                            .deltas
-                            .iter()
-                            .map(|(c, b, r, s, rd)| DeltaRows {
-                                coef: c,
-                                basis: b,
-                                r: *r,
-                                scale: *s,
-                                round_delta: *rd,
-                            })
-                            .collect();
-                        let gt = GeneralTile {
-                            row0,
-                            rows,
-                            cols,
-                            base: base_rows,
-                            deltas: &deltas,
-                            magnitude: f.magnitude.as_deref(),
-                            replace: f.replace.as_ref().map(|(i, r)| (&i[..], &r[..])),
-                            work_dtype: x.work_dtype,
-                        };
-                        scratch.resize(rows * cols, 0.0);
-                        general::compute(&gt, &mut scratch);
-                        encode_into(&scratch, out_dtype, &mut buf);
-                        scratch.iter().all(|v| round_through(*v, out_dtype).is_finite())
-                    }
-                    _ => {
-                        let lora_rows = match (lora, &cur) {
-                            (Some(l), Some(Current::Fast { a, b, .. })) => Some(LoraRows {
-                                a,
-                                b: &b[row0 as usize * l.r..(row0 as usize + rows) * l.r],
-                                r: l.r,
-                                scale: l.scale,
-                                delta_dtype: l.dtype,
-                            }),
-                            _ => None,
-                        };
-                        let tile = MergeTile {
-                            row0,
-                            rows,
-                            cols,
-                            base: base_rows,
-                            lora: lora_rows,
-                            out_dtype,
-                        };
-                        backend.merge_tile(&tile, &mut buf)?
+                let finite = match &t.op {
+                    Op::Quant { group, .. } => c.quant_codes(*group, row0, rows, &mut buf)?,
+                    op => {
+                        let out_dtype = float_of(t.dtype)
+                            .ok_or_else(|| Error::Internal(format!("`{}` is not a float output", t.name)))?;
+                        c.encoded(tensor, op, t.cols as usize, row0, rows, out_dtype, &mut buf)?
                     }
                 };
                 if !finite && !cfg.allow_nonfinite {
                     return Err(Error::NonFinite { tensor: t.name.clone() });
                 }
-                release.0.release(release.1, release.2);
                 busy += t0.elapsed();
                 Packed::Owned(buf)
             }

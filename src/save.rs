@@ -15,7 +15,7 @@ use crate::hub::push::{PushReport, Session};
 use crate::hub::Need;
 use crate::options::{DeviceChoice, SaveMethod, SaveOptions};
 use crate::pipeline::{execute, ExecConfig, Inputs, ShardResult, StageTimes};
-use crate::plan::{describe, plan_adapter, plan_merged, MergeOpts, Plan, PlanCounts};
+use crate::plan::{describe, plan_adapter, plan_merged, MergeOpts, Plan, PlanCounts, QuantSpec};
 use crate::writer::meta;
 use crate::writer::staging::Staging;
 
@@ -71,7 +71,7 @@ pub fn save(opts: &SaveOptions) -> Result<SaveReport> {
     let adapter_dir = resolve_adapter(&opts.adapter, &opts.hub)?;
     let adapter = Adapter::open(&adapter_dir)?;
     let base_dir = match opts.save_method {
-        SaveMethod::Merged16bit => Some(resolve_base(
+        SaveMethod::Merged16bit | SaveMethod::Merged4bit => Some(resolve_base(
             &adapter_dir,
             opts.base.as_deref(),
             adapter.config.base_model_name_or_path.as_deref(),
@@ -93,10 +93,10 @@ pub fn save(opts: &SaveOptions) -> Result<SaveReport> {
     check_no_overlap(&opts.out, &inputs_dirs)?;
 
     let ck = match (opts.save_method, &base_dir) {
-        (SaveMethod::Merged16bit, Some(b)) => Some(Checkpoint::open(b)?),
+        (SaveMethod::Merged16bit | SaveMethod::Merged4bit, Some(b)) => Some(Checkpoint::open(b)?),
         _ => None,
     };
-    let plan = match &ck {
+    let mut plan = match &ck {
         Some(ck) => plan_merged(
             ck,
             &adapter,
@@ -106,6 +106,11 @@ pub fn save(opts: &SaveOptions) -> Result<SaveReport> {
                 order: opts.shard_order,
                 variant: opts.variant.as_deref(),
                 untie_embeddings: opts.untie_embeddings,
+                quantize: (opts.save_method == SaveMethod::Merged4bit).then_some(QuantSpec {
+                    quant_type: opts.quant_type,
+                    blocksize: opts.blocksize,
+                    double_quant: opts.double_quant,
+                }),
             },
         )?,
         None => plan_adapter(&adapter, opts.dtype),
@@ -169,6 +174,10 @@ pub fn save(opts: &SaveOptions) -> Result<SaveReport> {
         base: ck.as_ref(),
         adapter: &adapter,
     };
+    if !plan.quant_groups.is_empty() {
+        // merged_4bit: block statistics first (the quant-state JSON sizes depend on them).
+        crate::pipeline::quant_stats(&mut plan, inputs, backend.as_ref(), cfg)?;
+    }
     let (shards, stages) = execute_and_upload(&plan, inputs, backend.as_ref(), staging.path(), cfg, session.as_ref())?;
     let files = finish(
         opts,
@@ -307,13 +316,17 @@ fn finish(
             meta::write_file(dir, "adapter_config.json", &adapter.config_bytes)?;
             files.push("adapter_config.json".into());
         }
-        SaveMethod::Merged16bit => {
+        SaveMethod::Merged16bit | SaveMethod::Merged4bit => {
             if let Some(name) = &plan.index_name {
                 meta::write_file(dir, name, meta::index_json(plan).as_bytes())?;
                 files.push(name.clone());
             }
             if let Some(cfg) = ck.and_then(|c| c.config.as_ref()) {
-                let mut v = meta::merged_config(cfg, plan.model_dtype);
+                let mut v = if opts.save_method == SaveMethod::Merged4bit {
+                    meta::quantized_config(cfg, plan.model_dtype, opts)
+                } else {
+                    meta::merged_config(cfg, plan.model_dtype)
+                };
                 if let serde_json::Value::Object(m) = &mut v {
                     for (k, val) in &plan.config_updates {
                         m.insert(k.clone(), val.clone());

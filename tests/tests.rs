@@ -14,5 +14,7 @@ mod hub;
 mod lora;
 /// Bit-exactness against PEFT `merge_and_unload()` and the file layout transformers writes.
 mod merged;
+/// `merged_4bit` against PEFT's merge into bitsandbytes `Linear4bit`.
+mod merged4;
 /// Every LoRA variant and architecture against tiny PEFT-made fixtures.
 mod variants;

@@ -408,7 +408,7 @@ mod tests {
         let k = parse_key("base_model.model.model.embed_tokens.base_layer.weight");
         assert_eq!(
             (k.module.as_str(), k.kind),
-            ("model.embed_tokens.weight", AdapterTensorKind::Full)
+            ("model.embed_tokens", AdapterTensorKind::BaseLayer("weight".into()))
         );
         let k = parse_key("base_model.model.model.layers.0.mlp.up_proj.lora_B.bias");
         assert_eq!(k.kind, AdapterTensorKind::LoraBias);

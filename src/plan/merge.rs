@@ -19,13 +19,14 @@ use serde_json::Value;
 
 use super::{
     find_quantized, is_quant_helper, layout, rows_cols, BaseSrc, DeltaSrc, Extra, FactorSrc, FileRef, LoraSrc, Op,
-    OutTensor, Plan, PlanCounts, QuantSrc, Src,
+    OutTensor, Plan, PlanCounts, QuantGroup, QuantPart, QuantSrc, Src,
 };
 use crate::checkpoint::adapter::{parse_key, AdapterTensorKind};
 use crate::checkpoint::safetensors::TensorInfo;
 use crate::checkpoint::{Adapter, Checkpoint};
 use crate::error::{Error, Result};
 use crate::options::{FloatDtype, ShardOrder};
+use crate::quant::bnb::QuantType;
 use crate::quant::dtype::{float_of, parse_torch_dtype, st_dtype};
 
 /// The options a merge plan depends on.
@@ -41,6 +42,43 @@ pub struct MergeOpts<'a> {
     pub variant: Option<&'a str>,
     /// With tied embeddings, write `lm_head.weight = W + delta` beside an unchanged embedding.
     pub untie_embeddings: bool,
+    /// `merged_4bit`: how to quantize weights of a 16-bit base (4-bit bases keep their own
+    /// settings). `None` writes 16-bit.
+    pub quantize: Option<QuantSpec>,
+}
+
+/// Quantization settings for `merged_4bit` from a 16-bit base.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuantSpec {
+    /// NF4 or FP4.
+    pub quant_type: QuantType,
+    /// Elements per block.
+    pub blocksize: u64,
+    /// Double quantization.
+    pub double_quant: bool,
+}
+
+/// Whether a 16-bit tensor is a Linear weight that transformers quantizes: 2-D, a `.weight`,
+/// not an embedding, the output head, a norm, or a router (not an `nn.Linear` in transformers 5).
+pub fn quantizable(name: &str, shape: &[u64]) -> bool {
+    if shape.len() != 2 || !name.ends_with(".weight") {
+        return false;
+    }
+    let module = &name[..name.len() - ".weight".len()];
+    let last = module.rsplit('.').next().unwrap_or(module);
+    let skip = [
+        "embed_tokens",
+        "wte",
+        "wpe",
+        "word_embeddings",
+        "embed_in",
+        "embed_positions",
+        "lm_head",
+        "embed_out",
+        "gate",
+        "router",
+    ];
+    !skip.contains(&last) && !last.contains("norm") && !last.starts_with("ln")
 }
 
 /// The adapter tensors of one module.
@@ -310,13 +348,19 @@ pub fn plan_merged(ck: &Checkpoint, adapter: &Adapter, opts: &MergeOpts<'_>) -> 
                                 problems.push(format!("`{module}`: lora_B.bias must be a float tensor"));
                                 continue;
                             };
+                            // PEFT's bnb Linear4bit merge adds lora_B.bias unscaled.
+                            let bias_scale = if opts.quantize.is_some() && quantized.contains_key(&target) {
+                                1.0
+                            } else {
+                                scale32
+                            };
                             recipes.entry(bname).or_default().deltas.push((
                                 1,
                                 DeltaSrc {
                                     coef: fbias,
                                     basis: FactorSrc::Ones,
                                     r: 1,
-                                    scale: scale32,
+                                    scale: bias_scale,
                                     round_delta,
                                 },
                             ));
@@ -452,9 +496,34 @@ pub fn plan_merged(ck: &Checkpoint, adapter: &Adapter, opts: &MergeOpts<'_>) -> 
     let mut counts = PlanCounts::default();
     let mut tensors = Vec::new();
     let mut names: Vec<(String, Option<String>)> = Vec::new();
-    for (name, _) in &ck.tensors {
+    // 4-bit weights of the base that get an update are quantized again; the others keep their bytes.
+    let requant: std::collections::HashSet<String> = if opts.quantize.is_some() {
+        quantized.keys().filter(|k| recipes.contains_key(*k)).cloned().collect()
+    } else {
+        Default::default()
+    };
+    let mut quant_groups: Vec<QuantGroup> = Vec::new();
+    for (name, loc) in &ck.tensors {
         if is_quant_helper(name, &quantized) {
-            counts.consumed_quant_helpers += 1;
+            let owner = quantized.keys().find(|k| name.starts_with(&format!("{k}.")));
+            match owner {
+                Some(o) if opts.quantize.is_some() && !requant.contains(o) => {
+                    counts.copied += 1;
+                    tensors.push(OutTensor {
+                        name: name.clone(),
+                        dtype: loc.info.dtype,
+                        shape: loc.info.shape.clone(),
+                        nbytes: loc.info.nbytes(),
+                        rows: loc.info.nbytes(),
+                        cols: 1,
+                        op: Op::Copy(Src::base(loc)),
+                        params: 0,
+                        shard: 0,
+                        offset: 0,
+                    });
+                }
+                _ => counts.consumed_quant_helpers += 1,
+            }
             continue;
         }
         names.push((name.clone(), None));
@@ -491,6 +560,130 @@ pub fn plan_merged(ck: &Checkpoint, adapter: &Adapter, opts: &MergeOpts<'_>) -> 
                 }
             }
         };
+        if let Some(spec) = &opts.quantize {
+            // The group's settings: a 4-bit base weight keeps its own; a 16-bit one gets `spec`.
+            let q = match &base {
+                BaseSrc::Bnb(q) if requant.contains(base_name) => Some((
+                    q.state.quant_type,
+                    q.state.blocksize,
+                    q.state.nested.is_some(),
+                    q.state.dtype,
+                    recipe.magnitude.is_some().then_some(own.unwrap_or(q.state.dtype)),
+                )),
+                BaseSrc::Bnb(_) => None,
+                BaseSrc::Float(_, fd) if own.is_some() && quantizable(&name, &shape) => {
+                    let dt = opts.dtype.unwrap_or(*fd);
+                    Some((spec.quant_type, spec.blocksize, spec.double_quant, dt, Some(dt)))
+                }
+                BaseSrc::Float(..) => None,
+            };
+            if let Some((qt, bs, dq, state_dtype, pre_round)) = q {
+                let updated = !recipe.deltas.is_empty() || recipe.rows.is_some() || recipe.replace.is_some();
+                let source = match build_op(base.clone(), own, recipe, None, &mut counts).0 {
+                    Op::Copy(_) => Op::Compute {
+                        base,
+                        lora: None,
+                        extra: None,
+                    },
+                    op => op,
+                };
+                if !updated {
+                    counts.quantized += 1;
+                }
+                let gi = quant_groups.len();
+                let (o, i) = (shape[0], shape[1]);
+                let n = o * i;
+                let nb = n.div_ceil(bs);
+                quant_groups.push(QuantGroup {
+                    name: name.clone(),
+                    source,
+                    shape: [o, i],
+                    quant_type: qt,
+                    blocksize: bs,
+                    double_quant: dq,
+                    state_dtype,
+                    pre_round,
+                    stats: None,
+                });
+                let state_len = quant_groups[gi].state_json().len() as u64;
+                let u8d = crate::checkpoint::safetensors::Dtype::U8;
+                let f32d = crate::checkpoint::safetensors::Dtype::F32;
+                let mut parts: Vec<(String, crate::checkpoint::safetensors::Dtype, Vec<u64>, QuantPart, u64)> = vec![
+                    (
+                        name.clone(),
+                        u8d,
+                        vec![n.div_ceil(2), 1],
+                        QuantPart::Codes,
+                        2 * n.div_ceil(2),
+                    ),
+                    (
+                        format!("{name}.absmax"),
+                        if dq { u8d } else { f32d },
+                        vec![nb],
+                        QuantPart::Absmax,
+                        0,
+                    ),
+                    (format!("{name}.quant_map"), f32d, vec![16], QuantPart::QuantMap, 0),
+                    (
+                        format!("{name}.quant_state.bitsandbytes__{}", qt.as_str()),
+                        u8d,
+                        vec![state_len],
+                        QuantPart::State,
+                        0,
+                    ),
+                ];
+                if dq {
+                    parts.push((
+                        format!("{name}.nested_absmax"),
+                        f32d,
+                        vec![nb.div_ceil(256)],
+                        QuantPart::NestedAbsmax,
+                        0,
+                    ));
+                    parts.push((
+                        format!("{name}.nested_quant_map"),
+                        f32d,
+                        vec![256],
+                        QuantPart::NestedMap,
+                        0,
+                    ));
+                }
+                for (pname, dt, pshape, part, params) in parts {
+                    let nbytes = pshape.iter().product::<u64>() * dt.bits() / 8;
+                    tensors.push(OutTensor {
+                        name: pname,
+                        dtype: dt,
+                        rows: if part == QuantPart::Codes { o } else { nbytes },
+                        cols: if part == QuantPart::Codes { i } else { 1 },
+                        shape: pshape,
+                        nbytes,
+                        op: Op::Quant { group: gi, part },
+                        params,
+                        shard: 0,
+                        offset: 0,
+                    });
+                }
+                continue;
+            }
+            if let BaseSrc::Bnb(q) = &base {
+                // A 4-bit weight without an update keeps its bytes.
+                let src = q.codes.clone();
+                counts.copied += 1;
+                tensors.push(OutTensor {
+                    name: name.clone(),
+                    dtype: src.info.dtype,
+                    shape: src.info.shape.clone(),
+                    nbytes: src.info.nbytes(),
+                    rows: src.info.nbytes(),
+                    cols: 1,
+                    params: 2 * src.info.nbytes(),
+                    op: Op::Copy(src),
+                    shard: 0,
+                    offset: 0,
+                });
+                continue;
+            }
+        }
         let (op, out_dtype) = build_op(base, own, recipe, opts.dtype, &mut counts);
         let numel: u64 = shape.iter().product();
         let (rows, cols) = rows_cols(&shape);
@@ -502,6 +695,7 @@ pub fn plan_merged(ck: &Checkpoint, adapter: &Adapter, opts: &MergeOpts<'_>) -> 
             rows,
             cols,
             op,
+            params: numel,
             shard: 0,
             offset: 0,
         });
@@ -521,6 +715,7 @@ pub fn plan_merged(ck: &Checkpoint, adapter: &Adapter, opts: &MergeOpts<'_>) -> 
     );
     plan.warnings = warnings;
     plan.config_updates = config_updates;
+    plan.quant_groups = quant_groups;
     Ok(plan)
 }
 

@@ -94,6 +94,100 @@ pub enum Op {
         /// computed by the general CPU path.
         extra: Option<Box<Extra>>,
     },
+    /// One tensor of a weight written as bitsandbytes 4-bit (`Plan::quant_groups[group]`).
+    Quant {
+        /// Index into `Plan::quant_groups`.
+        group: usize,
+        /// Which tensor.
+        part: QuantPart,
+    },
+}
+
+/// Which tensor of a bitsandbytes 4-bit weight an output tensor is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuantPart {
+    /// `P.weight`: packed codes.
+    Codes,
+    /// `P.weight.absmax`: u8 (double quant) or f32.
+    Absmax,
+    /// `P.weight.quant_map`: the 16-entry table.
+    QuantMap,
+    /// `P.weight.nested_absmax`.
+    NestedAbsmax,
+    /// `P.weight.nested_quant_map`: the dynamic map.
+    NestedMap,
+    /// `P.weight.quant_state.bitsandbytes__<type>`: the JSON.
+    State,
+}
+
+/// Statistics of a double-quantized weight, known after the stats pass.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuantStats {
+    /// Mean of the block absmax values.
+    pub offset: f32,
+    /// Max |absmax - offset| per 256 blocks.
+    pub nested_absmax: Vec<f32>,
+}
+
+/// A weight written as bitsandbytes 4-bit: how to compute its f32 values, and how to quantize.
+#[derive(Debug, Clone)]
+pub struct QuantGroup {
+    /// `P.weight`.
+    pub name: String,
+    /// Computes the f32 rows (an `Op::Compute`).
+    pub source: Op,
+    /// `[out, in]`.
+    pub shape: [u64; 2],
+    /// NF4 or FP4.
+    pub quant_type: crate::quant::bnb::QuantType,
+    /// Elements per block.
+    pub blocksize: u64,
+    /// Double quantization.
+    pub double_quant: bool,
+    /// The quant state's `dtype`.
+    pub state_dtype: FloatDtype,
+    /// Round the merged values to this dtype before quantizing (PEFT's DoRA-in-4-bit path).
+    pub pre_round: Option<FloatDtype>,
+    /// Filled by the stats pass (double quant only).
+    pub stats: Option<QuantStats>,
+}
+
+impl QuantGroup {
+    /// Elements.
+    pub fn numel(&self) -> u64 {
+        self.shape[0] * self.shape[1]
+    }
+
+    /// Blocks.
+    pub fn blocks(&self) -> u64 {
+        self.numel().div_ceil(self.blocksize)
+    }
+
+    /// Rows per tile so that every tile holds whole blocks (tiles start on block boundaries).
+    pub fn row_step(&self) -> u64 {
+        let cols = self.shape[1].max(1);
+        let g = gcd(cols, self.blocksize);
+        self.blocksize / g
+    }
+
+    /// The quant-state JSON (needs `stats` for double quant).
+    pub fn state_json(&self) -> String {
+        crate::quant::encode::quant_state_json(
+            self.quant_type,
+            self.blocksize,
+            self.state_dtype.torch_name(),
+            self.shape,
+            self.double_quant
+                .then(|| self.stats.as_ref().map(|s| s.offset).unwrap_or(0.0)),
+        )
+    }
+}
+
+fn gcd(mut a: u64, mut b: u64) -> u64 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
 }
 
 /// A factor matrix of a delta, as stored in the adapter (maybe transposed on load).
@@ -159,6 +253,9 @@ pub struct OutTensor {
     pub cols: u64,
     /// How it is produced.
     pub op: Op,
+    /// What it adds to `total_parameters` (packed 4-bit weights count two per byte; bnb
+    /// helper tensors count nothing, as transformers counts them).
+    pub params: u64,
     /// Shard index.
     pub shard: usize,
     /// Offset in the shard's data section.
@@ -191,6 +288,8 @@ pub struct PlanCounts {
     pub converted: usize,
     /// 4-bit helper tensors consumed.
     pub consumed_quant_helpers: usize,
+    /// 16-bit weights quantized to 4-bit without an update.
+    pub quantized: usize,
 }
 
 /// The whole output layout.
@@ -214,6 +313,23 @@ pub struct Plan {
     pub warnings: Vec<String>,
     /// Keys to set in the output `config.json` (e.g. `tie_word_embeddings: false`).
     pub config_updates: serde_json::Map<String, serde_json::Value>,
+    /// Weights written as bitsandbytes 4-bit (`merged_4bit`).
+    pub quant_groups: Vec<QuantGroup>,
+    /// What `layout` was called with, to lay the files out again once JSON sizes are known.
+    pub layout_args: LayoutArgs,
+}
+
+/// The arguments of a layout, kept for `relayout`.
+#[derive(Debug, Clone)]
+pub struct LayoutArgs {
+    /// Shard limit.
+    pub max_shard_size: u64,
+    /// Shard order.
+    pub order: ShardOrder,
+    /// File stem (`model`, `adapter_model`).
+    pub stem: String,
+    /// Variant.
+    pub variant: Option<String>,
 }
 
 impl Plan {
@@ -224,7 +340,7 @@ impl Plan {
 }
 
 mod merge;
-pub use merge::{plan_merged, MergeOpts};
+pub use merge::{plan_merged, quantizable, MergeOpts, QuantSpec};
 
 const QUANT_SUFFIXES: [&str; 5] = [
     ".absmax",
@@ -367,6 +483,7 @@ pub fn plan_adapter(adapter: &Adapter, dtype: Option<FloatDtype>) -> Plan {
                 rows,
                 cols,
                 op,
+                params: t.numel(),
                 shard: 0,
                 offset: 0,
             }
@@ -540,7 +657,7 @@ pub(crate) fn layout(
         None => format!("{stem}.safetensors.index.json"),
     });
     let total_size = tensors.iter().map(|t| t.nbytes).sum();
-    let total_parameters = tensors.iter().map(|t| t.shape.iter().product::<u64>()).sum();
+    let total_parameters = tensors.iter().map(|t| t.params).sum();
     Plan {
         tensors,
         shards,
@@ -551,6 +668,47 @@ pub(crate) fn layout(
         counts,
         warnings: Vec::new(),
         config_updates: serde_json::Map::new(),
+        quant_groups: Vec::new(),
+        layout_args: LayoutArgs {
+            max_shard_size,
+            order,
+            stem: stem.to_string(),
+            variant: variant.map(str::to_string),
+        },
+    }
+}
+
+impl Plan {
+    /// Lays the files out again (after the stats pass fixed the quant-state JSON sizes).
+    pub fn relayout(&mut self) {
+        for t in &mut self.tensors {
+            if let Op::Quant {
+                group,
+                part: QuantPart::State,
+            } = t.op
+            {
+                let len = self.quant_groups[group].state_json().len() as u64;
+                t.shape = vec![len];
+                t.nbytes = len;
+                t.rows = len;
+            }
+        }
+        let a = self.layout_args.clone();
+        let tensors = std::mem::take(&mut self.tensors);
+        let fresh = layout(
+            tensors,
+            a.max_shard_size,
+            a.order,
+            &a.stem,
+            a.variant.as_deref(),
+            self.model_dtype,
+            self.counts.clone(),
+        );
+        self.tensors = fresh.tensors;
+        self.shards = fresh.shards;
+        self.index_name = fresh.index_name;
+        self.total_size = fresh.total_size;
+        self.total_parameters = fresh.total_parameters;
     }
 }
 
@@ -599,6 +757,7 @@ mod tests {
             nbytes,
             rows: nbytes,
             cols: 1,
+            params: nbytes,
             op: Op::Copy(Src {
                 file: FileRef::Adapter,
                 info: TensorInfo {

@@ -3,3 +3,4 @@
 
 pub mod bnb;
 pub mod dtype;
+pub mod encode;

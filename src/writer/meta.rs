@@ -65,6 +65,44 @@ fn strip_quant(v: &mut Value) {
     }
 }
 
+/// `config.json` of a `merged_4bit` save: a 4-bit base keeps its `quantization_config`; a 16-bit
+/// base gets the one `BitsAndBytesConfig.to_dict()` writes for these settings (FORMATS.md §1.9).
+pub fn quantized_config(base: &Value, dtype: Option<FloatDtype>, opts: &crate::options::SaveOptions) -> Value {
+    let mut v = base.clone();
+    if let Value::Object(m) = &mut v {
+        if !m.contains_key("quantization_config") {
+            let compute = dtype.unwrap_or(FloatDtype::F32).torch_name();
+            m.insert(
+                "quantization_config".into(),
+                json!({
+                    "_load_in_4bit": true,
+                    "_load_in_8bit": false,
+                    "bnb_4bit_compute_dtype": compute,
+                    "bnb_4bit_quant_storage": "uint8",
+                    "bnb_4bit_quant_type": opts.quant_type.as_str(),
+                    "bnb_4bit_use_double_quant": opts.double_quant,
+                    "llm_int8_enable_fp32_cpu_offload": false,
+                    "llm_int8_has_fp16_weight": false,
+                    "llm_int8_skip_modules": null,
+                    "llm_int8_threshold": 6.0,
+                    "load_in_4bit": true,
+                    "load_in_8bit": false,
+                    "quant_method": "bitsandbytes"
+                }),
+            );
+        }
+        if let Some(dt) = dtype {
+            let key = if m.contains_key("torch_dtype") && !m.contains_key("dtype") {
+                "torch_dtype"
+            } else {
+                "dtype"
+            };
+            m.insert(key.into(), Value::String(dt.torch_name().into()));
+        }
+    }
+    v
+}
+
 /// `config.json` text as transformers writes it.
 pub fn config_text(v: &Value) -> String {
     dumps_indent2(v, true) + "\n"
