@@ -137,6 +137,7 @@ fn push_a_merge_then_download_it_by_repo_id_byte_for_byte() {
         token: loraweld::hub::Token::new(TOKEN),
         offline: false,
         progress: false,
+        tries: 5,
     };
     let repo = loraweld::hub::RepoRef::parse("mock-user/merged").unwrap();
     let snap = loraweld::hub::fetch(&cfg, &repo, loraweld::hub::Need::Base).unwrap();

@@ -82,6 +82,7 @@ mod tests {
             token: None,
             offline: true,
             progress: false,
+            tries: 1,
         }
     }
 

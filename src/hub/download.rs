@@ -278,6 +278,40 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_file_download_names_the_repo_and_file() {
+        use super::super::fake::{ok, serve};
+        let sha = "b".repeat(40);
+        // The revision lists a file whose resolve answers without the headers hf-hub needs.
+        let url = serve(vec![
+            (
+                "/api/models/me/base/revision/main",
+                ok(
+                    &format!(
+                        r#"{{"sha":"{sha}","siblings":[{{"rfilename":"config.json"}},{{"rfilename":"model.safetensors"}}]}}"#
+                    ),
+                    "",
+                ),
+            ),
+            ("/me/base/resolve/", ok("{}", "")),
+        ]);
+        let d = tempfile::tempdir().unwrap();
+        let cfg = HubConfig {
+            endpoint: url,
+            cache_dir: d.path().to_path_buf(),
+            token: None,
+            offline: false,
+            progress: false,
+            tries: 1,
+        };
+        let e = fetch(&cfg, &RepoRef::parse("me/base").unwrap(), Need::Base).unwrap_err();
+        assert!(
+            matches!(&e, Error::HubDownload { file, .. } if file == "config.json"),
+            "{e}"
+        );
+        assert_eq!(e.to_string(), "hub repo `me/base`: downloading `config.json`");
+    }
+
+    #[test]
     fn offline_names_the_missing_file() {
         let d = tempfile::tempdir().unwrap();
         let cfg = HubConfig {
@@ -286,6 +320,7 @@ mod tests {
             token: None,
             offline: true,
             progress: false,
+            tries: 1,
         };
         let repo = RepoRef::parse("me/base").unwrap();
         let e = fetch(&cfg, &repo, Need::Base).unwrap_err();

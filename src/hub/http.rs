@@ -1,7 +1,7 @@
 //! One HTTP client for every Hub call we make ourselves (hf-hub does its own downloads): the
 //! token goes only to the Hub endpoint, never to presigned upload URLs; 408, 429, 5xx and
 //! transport errors are retried with backoff as `huggingface_hub.utils.http_backoff` does
-//! (1, 2, 4, 8 s; five tries; `Retry-After` honoured up to 30 s); a final error status becomes
+//! (1, 2, 4, 8 s; [`super::HubConfig::tries`], five by default; `Retry-After` honoured up to 30 s); a final error status becomes
 //! [`Error::HubHttp`] with the server's message.
 
 use std::time::Duration;
@@ -12,8 +12,6 @@ use ureq::{Agent, Body};
 use super::{HubConfig, Token};
 use crate::error::{Error, Result};
 
-/// Tries per request, as `http_backoff(max_retries=5)` counts them (the first try included).
-const TRIES: u32 = 5;
 /// The first wait; doubled each retry.
 const BASE_WAIT: Duration = Duration::from_secs(1);
 /// The longest wait between tries.
@@ -28,6 +26,7 @@ pub(crate) fn is_retryable(status: u16) -> bool {
 pub(crate) struct Client {
     agent: Agent,
     token: Option<Token>,
+    tries: u32,
     /// The endpoint, for building API URLs.
     pub endpoint: String,
     /// The repo every error names.
@@ -47,6 +46,7 @@ impl Client {
         Client {
             agent,
             token: cfg.token.clone(),
+            tries: cfg.tries.max(1),
             endpoint: cfg.endpoint.clone(),
             repo: repo.to_string(),
         }
@@ -72,9 +72,10 @@ impl Client {
         mut attempt: impl FnMut(&Agent) -> std::result::Result<Response<Body>, ureq::Error>,
     ) -> Result<Response<Body>> {
         let mut wait = BASE_WAIT;
-        for n in 1..=TRIES {
+        let tries = self.tries;
+        for n in 1..=tries {
             match attempt(&self.agent) {
-                Ok(r) if n < TRIES && is_retryable(r.status().as_u16()) => {
+                Ok(r) if n < tries && is_retryable(r.status().as_u16()) => {
                     let after = r
                         .headers()
                         .get("retry-after")
@@ -84,7 +85,7 @@ impl Client {
                     std::thread::sleep(after.unwrap_or(wait).min(MAX_WAIT));
                 }
                 Ok(r) => return Ok(r),
-                Err(e) if n < TRIES && is_transient(&e) => std::thread::sleep(wait),
+                Err(e) if n < tries && is_transient(&e) => std::thread::sleep(wait),
                 Err(e) => {
                     return Err(Error::HubUnreachable {
                         repo: self.repo.clone(),
@@ -122,6 +123,9 @@ impl Client {
         let mut message = header.or(from_json).unwrap_or(body).trim().replace('\n', " ");
         if message.chars().count() > 300 {
             message = message.chars().take(300).collect::<String>() + "…";
+        }
+        if status == 401 && self.token.is_none() {
+            message.push_str(" (no token was sent: pass --token or set HF_TOKEN for a private or gated repo)");
         }
         Err(Error::HubHttp {
             repo: self.repo.clone(),

@@ -8,12 +8,17 @@
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::http::Client;
 use crate::error::{Error, Result};
+
+/// Multipart parts in flight at once (`huggingface_hub` uploads files on 5 threads).
+const PARALLEL_PARTS: usize = 4;
 
 /// The media type of the LFS batch API.
 const LFS_JSON: &str = "application/vnd.git-lfs+json";
@@ -167,13 +172,58 @@ fn transfer(c: &Client, obj: &LfsObject, up: &Action) -> Result<()> {
             ),
         ));
     }
+    // Parts go up PARALLEL_PARTS at a time, each streamed from its own file handle; the first
+    // error wins and stops the others from taking new parts.
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let results: Vec<Mutex<Option<Result<String>>>> = parts.iter().map(|_| Mutex::new(None)).collect();
+    std::thread::scope(|s| {
+        for w in 0..PARALLEL_PARTS.min(parts.len()) {
+            let (next, failed, results, parts) = (&next, &failed, &results, &parts);
+            let spawned = std::thread::Builder::new()
+                .name(format!("loraweld.upload.part.{w}"))
+                .spawn_scoped(s, move || loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= parts.len() || failed.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let (n, href) = parts[i];
+                    let start = i as u64 * chunk_size;
+                    let len = chunk_size.min(obj.size - start);
+                    let r = put_range(c, href, &obj.local, start, len).and_then(|etag| {
+                        etag.ok_or_else(|| {
+                            c.protocol("lfs multipart", format!("part {n} of {}: no ETag", obj.local.display()))
+                        })
+                    });
+                    failed.fetch_or(r.is_err(), Ordering::Relaxed);
+                    *results[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+                });
+            if spawned.is_err() {
+                // No thread: the parts left are taken by the workers already running (or by none,
+                // which the check below reports).
+                break;
+            }
+        }
+    });
     let mut etags = Vec::new();
-    for (i, (n, href)) in parts.iter().enumerate() {
-        let start = i as u64 * chunk_size;
-        let len = chunk_size.min(obj.size - start);
-        let etag = put_range(c, href, &obj.local, start, len)?
-            .ok_or_else(|| c.protocol("lfs multipart", format!("part {n} of {}: no ETag", obj.local.display())))?;
-        etags.push(json!({"partNumber": n, "etag": etag}));
+    for ((n, _), r) in parts.iter().zip(results) {
+        match r.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            Some(Ok(etag)) => etags.push(json!({"partNumber": n, "etag": etag})),
+            Some(Err(e)) => return Err(e),
+            None if failed.load(Ordering::Relaxed) => continue,
+            None => {
+                return Err(Error::Internal(format!(
+                    "part {n} of {} was not sent",
+                    obj.local.display()
+                )))
+            }
+        }
+    }
+    if etags.len() != parts.len() {
+        return Err(Error::Internal(format!(
+            "{}: a part upload failed",
+            obj.local.display()
+        )));
     }
     // The completion URL is signed: like `huggingface_hub`, send it no token.
     let body = json!({"oid": obj.oid, "parts": etags});

@@ -25,6 +25,9 @@ use crate::error::{Error, Result};
 pub use download::{fetch, Need};
 pub use push::{push, PushOptions, PushReport};
 
+/// Tries per request, as `http_backoff(max_retries=5)` counts them (the first try included).
+pub const DEFAULT_TRIES: u32 = 5;
+
 /// The default endpoint, as `huggingface_hub`'s `constants.ENDPOINT`.
 pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 
@@ -65,6 +68,8 @@ pub struct HubConfig {
     pub offline: bool,
     /// Draw download progress bars (stderr is a terminal).
     pub progress: bool,
+    /// Tries per request when the answer is 408, 429, 5xx or a transport error.
+    pub tries: u32,
 }
 
 impl HubConfig {
@@ -116,6 +121,7 @@ impl HubConfig {
             token,
             offline,
             progress: false,
+            tries: DEFAULT_TRIES,
         }
     }
 }
@@ -204,6 +210,47 @@ pub(crate) fn encode_segment(s: &str) -> String {
         }
     }
     out
+}
+
+/// A throwaway HTTP server for the hostile tests: answers each request whose path starts with a
+/// given prefix with a fixed raw response (status line, headers, body), 404 otherwise.
+#[cfg(test)]
+pub(crate) mod fake {
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::TcpListener;
+
+    /// Serves `routes` on a free loopback port until the test ends; returns its URL.
+    pub fn serve(routes: Vec<(&'static str, String)>) -> String {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        std::thread::spawn(move || {
+            for s in l.incoming().flatten() {
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                let mut line = String::new();
+                let _ = r.read_line(&mut line);
+                let mut h = String::new();
+                while r.read_line(&mut h).is_ok_and(|n| n > 2) {
+                    h.clear();
+                }
+                let path = line.split(' ').nth(1).unwrap_or("").to_string();
+                let answer = routes
+                    .iter()
+                    .find(|(p, _)| path.starts_with(p))
+                    .map(|(_, a)| a.clone())
+                    .unwrap_or_else(|| "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".into());
+                let _ = (&s).write_all(answer.as_bytes());
+            }
+        });
+        url
+    }
+
+    /// A raw `200 OK` with a body and extra header lines.
+    pub fn ok(body: &str, headers: &str) -> String {
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n{headers}Connection: close\r\n\r\n{body}",
+            body.len()
+        )
+    }
 }
 
 #[cfg(test)]

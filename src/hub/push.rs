@@ -399,10 +399,68 @@ mod tests {
             token: None,
             offline: false,
             progress: false,
+            tries: 1,
         };
         let e = Session::start(&PushOptions::new("me/model"), &hub).err().unwrap();
         assert!(matches!(e, Error::HubNoToken { .. }), "{e}");
         let e = Session::start(&PushOptions::new("me/model@dev"), &hub).err().unwrap();
         assert!(matches!(e, Error::BadRepoId { .. }), "{e}");
+    }
+
+    fn hub_at(endpoint: String) -> HubConfig {
+        HubConfig {
+            endpoint,
+            cache_dir: "/nonexistent".into(),
+            token: super::super::Token::new("hf_secret"),
+            offline: false,
+            progress: false,
+            tries: 1,
+        }
+    }
+
+    #[test]
+    fn an_unreachable_hub_names_the_url_not_the_token() {
+        // A port that was free a moment ago: connection refused.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let e = Session::start(
+            &PushOptions::new("me/model"),
+            &hub_at(format!("http://127.0.0.1:{port}")),
+        )
+        .err()
+        .unwrap();
+        assert!(matches!(e, Error::HubUnreachable { op: "whoami", .. }), "{e}");
+        assert_eq!(e.exit_code(), crate::error::ExitCode::Runtime);
+        let msg = format!("{e} {e:?}");
+        assert!(
+            msg.contains(&format!("127.0.0.1:{port}/api/whoami-v2")) && !msg.contains("hf_secret"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn a_malformed_answer_is_a_protocol_error() {
+        let url = super::super::fake::serve(vec![("/api/whoami-v2", super::super::fake::ok("not json", ""))]);
+        let e = Session::start(&PushOptions::new("me/model"), &hub_at(url))
+            .err()
+            .unwrap();
+        assert!(matches!(e, Error::HubProtocol { op: "whoami", .. }), "{e}");
+        let url = super::super::fake::serve(vec![
+            ("/api/whoami-v2", super::super::fake::ok(r#"{"name":"me"}"#, "")),
+            ("/api/repos/create", super::super::fake::ok("{}", "")),
+            (
+                "/api/models/me/model/preupload/main",
+                super::super::fake::ok(r#"{"files":[{"path":"a","uploadMode":"xet"}]}"#, ""),
+            ),
+        ]);
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("a"), b"1").unwrap();
+        let s = Session::start(&PushOptions::new("me/model"), &hub_at(url)).unwrap();
+        assert_eq!(s.username(), "me");
+        let e = s.finish(d.path(), None).unwrap_err();
+        assert!(e.to_string().contains("unknown uploadMode `xet`"), "{e}");
     }
 }
