@@ -1,10 +1,13 @@
 //! Criterion benches for the compute stage: one merge tile through the CPU backend, from a
-//! bf16 base and from an NF4 double-quant base, reported as bytes of output per second.
+//! bf16 base and from an NF4 double-quant base, reported as bytes of bf16 output per second,
+//! per core (one thread) for every instruction set the CPU has, and with all threads for the
+//! best one.
 //!
 //!   cargo bench --bench kernels
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use loraweld::compute::cpu::CpuBackend;
+use loraweld::compute::simd::Isa;
 use loraweld::compute::{Backend, BaseRows, LoraRows, MergeTile};
 use loraweld::quant::bnb::{AbsmaxRef, QuantView, NF4};
 use loraweld::FloatDtype;
@@ -23,21 +26,60 @@ fn bench(c: &mut Criterion) {
         .flat_map(|i| ((i as f32 - 127.5) / 127.5).to_le_bytes())
         .collect();
     let qmap: Vec<u8> = NF4.iter().flat_map(|x| x.to_le_bytes()).collect();
-    let threads = std::env::var("BENCH_THREADS").ok().and_then(|s| s.parse().ok());
-    let be = CpuBackend::new(threads).unwrap();
-    let mut g = c.benchmark_group(format!("merge_tile {rows}x{cols} on {}", be.name()));
-    g.throughput(Throughput::Bytes((n * 2) as u64));
-    for r in [8usize, 64] {
-        let a: Vec<f32> = (0..r * cols).map(|i| (i % 13) as f32 * 1e-3).collect();
-        let b: Vec<f32> = (0..rows * r).map(|i| (i % 7) as f32 * 1e-3).collect();
-        for kind in ["bf16", "nf4"] {
-            let base_rows = if kind == "bf16" {
-                BaseRows::Float {
-                    bytes: &base,
-                    dtype: FloatDtype::Bf16,
-                }
-            } else {
-                BaseRows::Bnb(QuantView {
+    let mut configs: Vec<(Isa, Option<usize>)> = Isa::available().into_iter().map(|i| (i, Some(1))).collect();
+    configs.push((Isa::detect(), None));
+    for (isa, threads) in configs {
+        let be = CpuBackend::new(threads).unwrap().with_isa(isa);
+        let mut g = c.benchmark_group(format!("merge_tile {rows}x{cols} on {}", be.name()));
+        g.throughput(Throughput::Bytes((n * 2) as u64));
+        for r in [8usize, 64] {
+            let a: Vec<f32> = (0..r * cols).map(|i| (i % 13) as f32 * 1e-3).collect();
+            let b: Vec<f32> = (0..rows * r).map(|i| (i % 7) as f32 * 1e-3).collect();
+            for kind in ["bf16", "nf4"] {
+                let base_rows = if kind == "bf16" {
+                    BaseRows::Float {
+                        bytes: &base,
+                        dtype: FloatDtype::Bf16,
+                    }
+                } else {
+                    BaseRows::Bnb(QuantView {
+                        codes: &codes,
+                        absmax: AbsmaxRef::Nested {
+                            codes: &absmax,
+                            nested_absmax: &nested,
+                            nested_map: &nmap,
+                            nested_blocksize: 256,
+                            offset: 0.02,
+                        },
+                        quant_map: &qmap,
+                        blocksize: 64,
+                        dtype: FloatDtype::Bf16,
+                    })
+                };
+                let tile = MergeTile {
+                    row0: 0,
+                    rows,
+                    cols,
+                    base: base_rows,
+                    lora: Some(LoraRows {
+                        a: &a,
+                        b: &b,
+                        r,
+                        scale: 2.0,
+                        delta_dtype: FloatDtype::F32,
+                    }),
+                    out_dtype: FloatDtype::Bf16,
+                };
+                let mut out = vec![0u8; tile.out_len()];
+                g.bench_with_input(BenchmarkId::new(kind, format!("r{r}")), &tile, |bch, t| {
+                    bch.iter(|| be.merge_tile(t, &mut out).unwrap())
+                });
+            }
+            let tile = MergeTile {
+                row0: 0,
+                rows,
+                cols,
+                base: BaseRows::Bnb(QuantView {
                     codes: &codes,
                     absmax: AbsmaxRef::Nested {
                         codes: &absmax,
@@ -49,55 +91,19 @@ fn bench(c: &mut Criterion) {
                     quant_map: &qmap,
                     blocksize: 64,
                     dtype: FloatDtype::Bf16,
-                })
-            };
-            let tile = MergeTile {
-                row0: 0,
-                rows,
-                cols,
-                base: base_rows,
-                lora: Some(LoraRows {
-                    a: &a,
-                    b: &b,
-                    r,
-                    scale: 2.0,
-                    delta_dtype: FloatDtype::F32,
                 }),
+                lora: None,
                 out_dtype: FloatDtype::Bf16,
             };
-            let mut out = vec![0u8; tile.out_len()];
-            g.bench_with_input(BenchmarkId::new(kind, format!("r{r}")), &tile, |bch, t| {
-                bch.iter(|| be.merge_tile(t, &mut out).unwrap())
-            });
+            if r == 8 {
+                let mut out = vec![0u8; tile.out_len()];
+                g.bench_with_input(BenchmarkId::new("nf4_decode_only", "r0"), &tile, |bch, t| {
+                    bch.iter(|| be.merge_tile(t, &mut out).unwrap())
+                });
+            }
         }
-        let tile = MergeTile {
-            row0: 0,
-            rows,
-            cols,
-            base: BaseRows::Bnb(QuantView {
-                codes: &codes,
-                absmax: AbsmaxRef::Nested {
-                    codes: &absmax,
-                    nested_absmax: &nested,
-                    nested_map: &nmap,
-                    nested_blocksize: 256,
-                    offset: 0.02,
-                },
-                quant_map: &qmap,
-                blocksize: 64,
-                dtype: FloatDtype::Bf16,
-            }),
-            lora: None,
-            out_dtype: FloatDtype::Bf16,
-        };
-        if r == 8 {
-            let mut out = vec![0u8; tile.out_len()];
-            g.bench_with_input(BenchmarkId::new("nf4_decode_only", "r0"), &tile, |bch, t| {
-                bch.iter(|| be.merge_tile(t, &mut out).unwrap())
-            });
-        }
+        g.finish();
     }
-    g.finish();
 }
 
 criterion_group!(benches, bench);

@@ -115,7 +115,7 @@ pub fn save(opts: &SaveOptions) -> Result<SaveReport> {
         )?,
         None => plan_adapter(&adapter, opts.dtype),
     };
-    let free = crate::sys::free_space(opts.temporary_location.as_deref().unwrap_or(&opts.out));
+    let free = crate::sys::free_space(&opts.out);
     let plan_text = describe(&plan, &opts.out, free);
     let mut report = SaveReport {
         out: opts.out.clone(),
@@ -144,15 +144,21 @@ pub fn save(opts: &SaveOptions) -> Result<SaveReport> {
             opts.out.display()
         )));
     }
-    // Preflight: weights plus a margin for the small files.
+    // Preflight, before any heavy work: weights plus a margin for the small files (and for the
+    // 4-bit quant-state JSON, whose final length the stats pass sets), at OUT and, when output
+    // is staged elsewhere, at the temporary location too (the final move then copies).
     let need = plan.file_bytes() + (1 << 20);
-    if let Some(f) = free {
-        if f < need {
-            return Err(Error::DiskFull {
-                path: opts.out.clone(),
-                need,
-                free: f,
-            });
+    let mut places = vec![(opts.out.clone(), free)];
+    if let Some(t) = &opts.temporary_location {
+        if !crate::sys::same_filesystem(t, &opts.out) {
+            places.push((t.clone(), crate::sys::free_space(t)));
+        }
+    }
+    for (path, free) in places {
+        if let Some(f) = free {
+            if f < need {
+                return Err(Error::DiskFull { path, need, free: f });
+            }
         }
     }
     let backend = pick_backend(opts)?;

@@ -30,12 +30,50 @@ fn unsafe_zeroed() -> libc::statvfs {
     unsafe { std::mem::zeroed() }
 }
 
+/// Whether two paths (or their nearest existing ancestors) are on the same filesystem.
+pub fn same_filesystem(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let dev = |p: &Path| -> Option<u64> {
+        let mut p = p;
+        loop {
+            if let Ok(m) = std::fs::metadata(p) {
+                return Some(m.dev());
+            }
+            p = p.parent()?;
+        }
+    };
+    match (dev(a), dev(b)) {
+        (Some(x), Some(y)) => x == y,
+        _ => false,
+    }
+}
+
 /// Tells the kernel we will not read `file`'s cached pages again (after they are on disk),
 /// so writing a big model does not crowd the page cache of a small machine.
 pub fn drop_cache(file: &File) {
     // SAFETY: the fd is valid for the lifetime of `file`; fadvise is only a hint.
     unsafe {
         libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED);
+    }
+}
+
+/// Starts writeback of `len` bytes at `offset` and drops that range from the page cache once
+/// it is on its way, so a buffered writer never holds much dirty memory.
+pub fn write_back(file: &File, offset: u64, len: u64) {
+    // SAFETY: the fd is valid for the lifetime of `file`; both calls are hints on a range of it.
+    unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            offset as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+        );
+        libc::posix_fadvise(
+            file.as_raw_fd(),
+            offset as libc::off_t,
+            len as libc::off_t,
+            libc::POSIX_FADV_DONTNEED,
+        );
     }
 }
 

@@ -16,5 +16,7 @@ mod lora;
 mod merged;
 /// `merged_4bit` against PEFT's merge into bitsandbytes `Linear4bit`.
 mod merged4;
+/// Disk preflight.
+mod resources;
 /// Every LoRA variant and architecture against tiny PEFT-made fixtures.
 mod variants;

@@ -3,7 +3,8 @@
 
 use rayon::prelude::*;
 
-use super::{simd, Backend, BaseRows, MergeTile};
+use super::simd::{self, Isa};
+use super::{Backend, BaseRows, MergeTile};
 use crate::error::{Error, Result};
 use crate::quant::dtype::decode_into;
 
@@ -14,7 +15,7 @@ const ROWS_PER_TASK: usize = 16;
 pub struct CpuBackend {
     pool: rayon::ThreadPool,
     threads: usize,
-    force_portable: bool,
+    isa: Isa,
 }
 
 impl CpuBackend {
@@ -31,21 +32,26 @@ impl CpuBackend {
         Ok(CpuBackend {
             pool,
             threads,
-            force_portable: false,
+            isa: Isa::detect(),
         })
     }
 
-    /// Forces the portable (non-AVX2) row kernel; for tests that compare both paths.
-    pub fn portable(mut self) -> Self {
-        self.force_portable = true;
+    /// Uses the row kernel compiled for `isa` (one of [`Isa::available`]); for tests and benches
+    /// that compare the paths.
+    pub fn with_isa(mut self, isa: Isa) -> Self {
+        self.isa = isa;
         self
+    }
+
+    /// Forces the portable row kernel.
+    pub fn portable(self) -> Self {
+        self.with_isa(Isa::Portable)
     }
 }
 
 impl Backend for CpuBackend {
     fn name(&self) -> String {
-        let isa = if self.force_portable { "portable" } else { simd::isa() };
-        format!("cpu ({isa}, {} threads)", self.threads)
+        format!("cpu ({}, {} threads)", self.isa.name(), self.threads)
     }
 
     fn merge_tile(&self, tile: &MergeTile<'_>, out: &mut [u8]) -> Result<bool> {
@@ -62,7 +68,7 @@ impl Backend for CpuBackend {
         if cols == 0 || tile.rows == 0 {
             return Ok(true);
         }
-        let force = self.force_portable;
+        let isa = self.isa;
         let finite = self.pool.install(|| {
             out.par_chunks_mut(row_bytes * ROWS_PER_TASK)
                 .enumerate()
@@ -83,7 +89,7 @@ impl Backend for CpuBackend {
                             Some(l) => (l.a, Some(&l.b[r * l.r..(r + 1) * l.r]), l.scale, l.delta_dtype),
                             None => (&[][..], None, 1.0, tile.out_dtype),
                         };
-                        finite &= simd::row(&mut w, &mut acc, a, b_row, scale, ddt, tile.out_dtype, out_row, force);
+                        finite &= simd::row(&mut w, &mut acc, a, b_row, scale, ddt, tile.out_dtype, out_row, isa);
                     }
                     finite
                 })
@@ -151,14 +157,16 @@ mod tests {
         };
         let mut want = vec![0u8; tile.out_len()];
         let wf = reference::merge_tile(&tile, &mut want);
-        for portable in [false, true] {
-            let be = CpuBackend::new(Some(2)).unwrap();
-            let be = if portable { be.portable() } else { be };
+        for isa in Isa::available() {
+            let be = CpuBackend::new(Some(2)).unwrap().with_isa(isa);
             let mut got = vec![0u8; tile.out_len()];
             let gf = be.merge_tile(&tile, &mut got).unwrap();
             assert_eq!(gf, wf);
             if let Some(i) = got.iter().zip(&want).position(|(x, y)| x != y) {
-                panic!("rows {rows} cols {cols} r {r} bnb {bnb} portable {portable}: first differing byte {i}");
+                panic!(
+                    "rows {rows} cols {cols} r {r} bnb {bnb} {}: first differing byte {i}",
+                    isa.name()
+                );
             }
         }
     }

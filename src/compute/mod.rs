@@ -14,7 +14,7 @@ pub mod cpu;
 pub mod cuda;
 pub mod general;
 pub mod reference;
-mod simd;
+pub mod simd;
 
 use crate::error::Result;
 use crate::options::FloatDtype;

@@ -1,7 +1,8 @@
-//! The one SIMD file: the row kernel compiled twice, once portable and once with AVX2+FMA
-//! enabled (chosen at run time). The source is the same; with `fma` enabled `f32::mul_add`
-//! becomes `vfmadd` and the loops vectorize, and because FMA is exactly rounded the bytes do not
-//! change. AVX-512 is left to the compiler's AVX2 code for now.
+//! The one SIMD file: the row kernel compiled three times, portable, AVX2+FMA and AVX-512
+//! (chosen at run time, best first). The source is the same; with `fma` enabled `f32::mul_add`
+//! becomes `vfmadd` and the loops vectorize to 256- or 512-bit lanes, and because FMA and the
+//! roundings are exactly specified the bytes do not change (proptest against the scalar
+//! reference for every path the CPU has).
 #![expect(unsafe_code)]
 
 use crate::options::FloatDtype;
@@ -69,6 +70,21 @@ fn row_body(
     finite
 }
 
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn row_avx512(
+    w: &mut [f32],
+    acc: &mut [f32],
+    a: &[f32],
+    b_row: Option<&[f32]>,
+    scale: f32,
+    delta_dtype: FloatDtype,
+    out_dtype: FloatDtype,
+    out: &mut [u8],
+) -> bool {
+    row_body(w, acc, a, b_row, scale, delta_dtype, out_dtype, out)
+}
+
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn row_avx2(
@@ -84,27 +100,61 @@ unsafe fn row_avx2(
     row_body(w, acc, a, b_row, scale, delta_dtype, out_dtype, out)
 }
 
-/// Which instruction set the row kernel uses on this machine.
-pub fn isa() -> &'static str {
-    if has_avx2_fma() {
-        "avx2+fma"
-    } else {
-        "portable"
+/// An instruction set the kernels are compiled for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    /// No target features beyond the baseline.
+    Portable,
+    /// AVX2 + FMA.
+    Avx2,
+    /// AVX-512 (F, BW, VL) + FMA.
+    Avx512,
+}
+
+impl Isa {
+    /// The best instruction set this CPU has.
+    pub fn detect() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let avx2 = std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
+            let avx512 = avx2
+                && std::is_x86_feature_detected!("avx512f")
+                && std::is_x86_feature_detected!("avx512bw")
+                && std::is_x86_feature_detected!("avx512vl");
+            if avx512 {
+                return Isa::Avx512;
+            }
+            if avx2 {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Portable
+    }
+
+    /// Every instruction set this CPU can run, best first.
+    pub fn available() -> Vec<Isa> {
+        match Isa::detect() {
+            Isa::Avx512 => vec![Isa::Avx512, Isa::Avx2, Isa::Portable],
+            Isa::Avx2 => vec![Isa::Avx2, Isa::Portable],
+            Isa::Portable => vec![Isa::Portable],
+        }
+    }
+
+    /// A short name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Portable => "portable",
+            Isa::Avx2 => "avx2+fma",
+            Isa::Avx512 => "avx512",
+        }
     }
 }
 
 fn has_avx2_fma() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    Isa::detect() != Isa::Portable
 }
 
-/// Runs the row kernel with the best instruction set available (`force_portable` for tests).
+/// Runs the row kernel compiled for `isa` (which must be one of [`Isa::available`]).
 #[allow(clippy::too_many_arguments)]
 pub fn row(
     w: &mut [f32],
@@ -115,13 +165,14 @@ pub fn row(
     delta_dtype: FloatDtype,
     out_dtype: FloatDtype,
     out: &mut [u8],
-    force_portable: bool,
+    isa: Isa,
 ) -> bool {
-    if !force_portable && has_avx2_fma() {
-        // SAFETY: the CPU supports AVX2 and FMA (checked at run time just above).
-        unsafe { row_avx2(w, acc, a, b_row, scale, delta_dtype, out_dtype, out) }
-    } else {
-        row_body(w, acc, a, b_row, scale, delta_dtype, out_dtype, out)
+    match isa {
+        // SAFETY: `isa` comes from `Isa::detect`/`available`, so the CPU has these features.
+        Isa::Avx512 => unsafe { row_avx512(w, acc, a, b_row, scale, delta_dtype, out_dtype, out) },
+        // SAFETY: as above.
+        Isa::Avx2 => unsafe { row_avx2(w, acc, a, b_row, scale, delta_dtype, out_dtype, out) },
+        Isa::Portable => row_body(w, acc, a, b_row, scale, delta_dtype, out_dtype, out),
     }
 }
 
