@@ -195,6 +195,14 @@ pub enum Error {
     /// The GPU backend was asked for but this build has no CUDA support.
     #[error("--device cuda: this build has no CUDA support (rebuild with --features cuda)")]
     CudaNotCompiled,
+    /// `verify` found problems (listed on stdout).
+    #[error("{}: verification failed ({problems} problem(s))", dir.display())]
+    VerifyFailed {
+        /// The directory.
+        dir: PathBuf,
+        /// How many problems.
+        problems: usize,
+    },
     /// A pipeline worker failed without a more specific error (a panic).
     #[error("internal error: {0}")]
     Internal(String),
@@ -261,6 +269,7 @@ impl Error {
         match self {
             Error::Io { .. }
             | Error::Internal(_)
+            | Error::VerifyFailed { .. }
             | Error::HubUnreachable { .. }
             | Error::HubProtocol { .. }
             | Error::HubDownload { .. } => ExitCode::Runtime,

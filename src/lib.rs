@@ -20,12 +20,14 @@ pub mod checkpoint;
 pub mod compute;
 pub mod error;
 pub mod hub;
+pub mod inspect;
 pub mod options;
 pub mod pipeline;
 pub mod plan;
 pub mod quant;
 mod save;
 pub mod sys;
+pub mod verify;
 pub mod writer;
 
 pub use error::{Error, ExitCode, Result};

@@ -54,6 +54,39 @@ enum Command {
     /// Push a saved directory to a Hub model repo (LFS upload + one commit).
     #[command(after_help = AFTER_HELP)]
     Push(PushArgs),
+    /// Re-hash every shard against the manifest and check headers and the index (exit 0 or 1).
+    Verify(VerifyArgs),
+    /// Show the tensors, dtypes, shapes, quant types and parameter count of a model, adapter or file.
+    Inspect(InspectArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(CompletionArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct VerifyArgs {
+    /// A directory written by `loraweld save` (or any safetensors model directory).
+    dir: PathBuf,
+    /// Print a JSON report on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+struct InspectArgs {
+    /// A model directory, an adapter directory, or one .safetensors file.
+    path: PathBuf,
+    /// For an adapter: the base to check its coverage against.
+    #[arg(long, value_name = "PATH")]
+    base: Option<PathBuf>,
+    /// Print a JSON report on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+struct CompletionArgs {
+    /// The shell.
+    shell: clap_complete::Shell,
 }
 
 /// The Hub flags shared by `save --push-to-hub` and `push`.
@@ -298,6 +331,64 @@ fn run(cli: Cli) -> Result<(), Error> {
                     print_push(&report.out, p);
                 }
             }
+            Ok(())
+        }
+        Command::Verify(args) => {
+            let r = loraweld::verify::verify(&args.dir)?;
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&r).map_err(|e| Error::Internal(e.to_string()))?
+                );
+            } else {
+                for f in &r.files {
+                    let m = match f.matches_manifest {
+                        Some(true) => "ok",
+                        Some(false) => "MISMATCH",
+                        None => "no manifest entry",
+                    };
+                    println!("{}  {} bytes  blake3 {}  {m}", f.file, f.bytes, f.blake3);
+                }
+                for p in &r.problems {
+                    println!("problem: {p}");
+                }
+                println!(
+                    "{}: {} ({} files, {} tensors{})",
+                    r.dir.display(),
+                    if r.ok() { "ok" } else { "FAILED" },
+                    r.files.len(),
+                    r.tensors,
+                    if r.had_manifest {
+                        ""
+                    } else {
+                        "; no manifest, hashes not compared"
+                    }
+                );
+            }
+            if r.ok() {
+                Ok(())
+            } else {
+                Err(Error::VerifyFailed {
+                    dir: args.dir.clone(),
+                    problems: r.problems.len(),
+                })
+            }
+        }
+        Command::Inspect(args) => {
+            let r = loraweld::inspect::inspect(&args.path, args.base.as_deref())?;
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&r).map_err(|e| Error::Internal(e.to_string()))?
+                );
+            } else {
+                print!("{}", loraweld::inspect::render(&r));
+            }
+            Ok(())
+        }
+        Command::Completions(args) => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(args.shell, &mut cmd, "loraweld", &mut std::io::stdout());
             Ok(())
         }
         Command::Push(args) => {

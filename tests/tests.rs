@@ -18,5 +18,7 @@ mod merged;
 mod merged4;
 /// Disk preflight.
 mod resources;
+/// `verify`, `inspect`, `completions`.
+mod tools;
 /// Every LoRA variant and architecture against tiny PEFT-made fixtures.
 mod variants;

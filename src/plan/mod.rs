@@ -351,7 +351,8 @@ const QUANT_SUFFIXES: [&str; 5] = [
 ];
 
 /// Finds bnb 4-bit weights: `P.weight` → its sources.
-pub(crate) fn find_quantized(ck: &Checkpoint) -> Result<BTreeMap<String, QuantSrc>> {
+/// The bnb 4-bit weights of a checkpoint: `P.weight` → its tensors and parsed quant state.
+pub fn find_quantized(ck: &Checkpoint) -> Result<BTreeMap<String, QuantSrc>> {
     let mut out = BTreeMap::new();
     for (name, loc) in &ck.tensors {
         let (prefix, qt) = if let Some(p) = name.strip_suffix(".quant_state.bitsandbytes__nf4") {
@@ -429,7 +430,8 @@ pub(crate) fn find_quantized(ck: &Checkpoint) -> Result<BTreeMap<String, QuantSr
     Ok(out)
 }
 
-pub(crate) fn is_quant_helper(name: &str, quantized: &BTreeMap<String, QuantSrc>) -> bool {
+/// Whether `name` is a 4-bit helper tensor (`absmax`, `quant_map`, …) of a weight in `quantized`.
+pub fn is_quant_helper(name: &str, quantized: &BTreeMap<String, QuantSrc>) -> bool {
     QUANT_SUFFIXES.iter().any(|s| {
         name.find(s)
             .map(|i| quantized.contains_key(&name[..i]))

@@ -1,0 +1,181 @@
+//! `loraweld verify DIR`: re-hashes every shard against the manifest, validates every header,
+//! and checks the index against the files. Reads; never writes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::checkpoint::mmap::MappedFile;
+use crate::checkpoint::safetensors::parse_header;
+use crate::error::{Error, Result};
+
+/// The manifest file name.
+pub const MANIFEST: &str = "loraweld-manifest.json";
+
+/// One checked file.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FileCheck {
+    /// File name.
+    pub file: String,
+    /// Bytes on disk.
+    pub bytes: u64,
+    /// blake3 of the file.
+    pub blake3: String,
+    /// Whether it matched the manifest (None without a manifest entry).
+    pub matches_manifest: Option<bool>,
+}
+
+/// What `verify` found.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct VerifyReport {
+    /// The directory.
+    pub dir: PathBuf,
+    /// Every problem, one line each; empty means the directory is sound.
+    pub problems: Vec<String>,
+    /// Weight files checked.
+    pub files: Vec<FileCheck>,
+    /// Tensors in all headers.
+    pub tensors: usize,
+    /// Whether a manifest was there to check hashes against.
+    pub had_manifest: bool,
+}
+
+impl VerifyReport {
+    /// No problems.
+    pub fn ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+fn hash_file(path: &Path) -> Result<(u64, String)> {
+    let m = MappedFile::open(path)?;
+    let mut h = blake3::Hasher::new();
+    h.update(m.bytes());
+    Ok((m.bytes().len() as u64, h.finalize().to_hex().to_string()))
+}
+
+/// Verifies a saved model or adapter directory.
+pub fn verify(dir: &Path) -> Result<VerifyReport> {
+    if !dir.is_dir() {
+        return Err(Error::NotFound {
+            path: dir.to_path_buf(),
+        });
+    }
+    let mut problems = Vec::new();
+    let manifest_path = dir.join(MANIFEST);
+    let manifest: Option<Value> = if manifest_path.is_file() {
+        let text = std::fs::read_to_string(&manifest_path).map_err(|e| Error::io(&manifest_path, e))?;
+        Some(serde_json::from_str(&text).map_err(|e| Error::json(&manifest_path, e))?)
+    } else {
+        None
+    };
+    let mut expected: BTreeMap<String, (u64, String)> = BTreeMap::new();
+    if let Some(m) = &manifest {
+        for s in m.get("shards").and_then(Value::as_array).into_iter().flatten() {
+            let (Some(f), Some(b), Some(h)) = (
+                s.get("file").and_then(Value::as_str),
+                s.get("bytes").and_then(Value::as_u64),
+                s.get("blake3").and_then(Value::as_str),
+            ) else {
+                problems.push(format!("{}: malformed shard entry {s}", manifest_path.display()));
+                continue;
+            };
+            if s.get("done").and_then(Value::as_bool) == Some(false) {
+                problems.push(format!("{f}: not finished (manifest says done: false)"));
+            }
+            expected.insert(f.to_string(), (b, h.to_string()));
+        }
+    }
+
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.ends_with(".safetensors"))
+        .collect();
+    names.sort();
+    if names.is_empty() {
+        problems.push(format!("{}: no .safetensors files", dir.display()));
+    }
+    let mut files = Vec::new();
+    let mut tensors_in: BTreeMap<String, String> = BTreeMap::new();
+    let mut data_bytes = 0u64;
+    for n in &names {
+        let p = dir.join(n);
+        let (bytes, hash) = hash_file(&p)?;
+        let matches = expected.get(n).map(|(b, h)| *b == bytes && *h == hash);
+        if matches == Some(false) {
+            problems.push(format!("{n}: blake3 or size differs from the manifest"));
+        }
+        let m = MappedFile::open(&p)?;
+        match parse_header(&p, m.bytes()) {
+            Ok(h) => {
+                for t in &h.tensors {
+                    data_bytes += t.nbytes();
+                    if tensors_in.insert(t.name.clone(), n.clone()).is_some() {
+                        problems.push(format!("{n}: tensor `{}` also appears in another file", t.name));
+                    }
+                }
+            }
+            Err(e) => problems.push(e.to_string()),
+        }
+        files.push(FileCheck {
+            file: n.clone(),
+            bytes,
+            blake3: hash,
+            matches_manifest: matches,
+        });
+    }
+    for f in expected.keys() {
+        if !names.contains(f) {
+            problems.push(format!("{f}: listed in the manifest but missing"));
+        }
+    }
+
+    // The index, when there is one, must name exactly the tensors the files hold.
+    let indexes: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .map(|n| n.to_string_lossy().contains(".safetensors.index") && n.to_string_lossy().ends_with(".json"))
+                .unwrap_or(false)
+        })
+        .collect();
+    for idx in &indexes {
+        let text = std::fs::read_to_string(idx).map_err(|e| Error::io(idx, e))?;
+        let v: Value = serde_json::from_str(&text).map_err(|e| Error::json(idx, e))?;
+        let Some(wm) = v.get("weight_map").and_then(Value::as_object) else {
+            problems.push(format!("{}: no weight_map", idx.display()));
+            continue;
+        };
+        let listed: BTreeSet<&String> = wm.keys().collect();
+        for (t, f) in wm {
+            match (f.as_str(), tensors_in.get(t)) {
+                (Some(f), Some(actual)) if f == actual => {}
+                (Some(f), Some(actual)) => problems.push(format!("index says `{t}` is in {f}, but it is in {actual}")),
+                (None, _) => problems.push(format!("index entry for `{t}` is not a file name")),
+                (_, None) => problems.push(format!("index lists `{t}`, which no file holds")),
+            }
+        }
+        for t in tensors_in.keys() {
+            if !listed.contains(t) {
+                problems.push(format!("`{t}` is in {} but not in the index", tensors_in[t]));
+            }
+        }
+        if let Some(ts) = v.pointer("/metadata/total_size").and_then(Value::as_u64) {
+            if ts != data_bytes {
+                problems.push(format!("index total_size {ts} != {data_bytes} bytes of tensor data"));
+            }
+        }
+    }
+    Ok(VerifyReport {
+        dir: dir.to_path_buf(),
+        problems,
+        files,
+        tensors: tensors_in.len(),
+        had_manifest: manifest.is_some(),
+    })
+}
