@@ -195,6 +195,21 @@ pub enum Error {
     /// The GPU backend was asked for but this build has no CUDA support.
     #[error("--device cuda: this build has no CUDA support (rebuild with --features cuda)")]
     CudaNotCompiled,
+    /// The GPU backend was asked for, but no usable CUDA device was found (no driver, the
+    /// link-time stub driver, no device, or the kernels did not load).
+    #[error("--device cuda: no usable CUDA device: {why}")]
+    NoCudaDevice {
+        /// What failed first, e.g. `cuInit: CUDA_ERROR_NO_DEVICE`.
+        why: String,
+    },
+    /// A CUDA driver call failed while merging on the GPU.
+    #[error("cuda: {op}: {what}")]
+    Cuda {
+        /// The operation (`launch lora_merge_bf16`, `copy to device`, ...).
+        op: String,
+        /// The driver's error.
+        what: String,
+    },
     /// `verify` found problems (listed on stdout).
     #[error("{}: verification failed ({problems} problem(s))", dir.display())]
     VerifyFailed {
@@ -269,6 +284,7 @@ impl Error {
         match self {
             Error::Io { .. }
             | Error::Internal(_)
+            | Error::Cuda { .. }
             | Error::VerifyFailed { .. }
             | Error::HubUnreachable { .. }
             | Error::HubProtocol { .. }

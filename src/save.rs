@@ -258,13 +258,26 @@ fn execute_and_upload(
     })
 }
 
+/// `--device`: `cuda` fails when there is no usable GPU; `auto` takes the GPU when this build
+/// has CUDA support and finds one, else the CPU, saying so in one line when a CUDA build could not
+/// use the GPU. The GPU backend's device memory is capped by `--maximum-memory-usage` applied to
+/// free VRAM.
 fn pick_backend(opts: &SaveOptions) -> Result<Box<dyn Backend>> {
     match opts.device {
         DeviceChoice::Cpu => Ok(Box::new(CpuBackend::new(opts.threads)?)),
-        DeviceChoice::Cuda => Ok(Box::new(CudaBackend::new()?)),
-        DeviceChoice::Auto => match CudaBackend::new() {
+        DeviceChoice::Cuda => Ok(Box::new(CudaBackend::new(opts.maximum_memory_usage, opts.threads)?)),
+        DeviceChoice::Auto => match CudaBackend::new(opts.maximum_memory_usage, opts.threads) {
             Ok(b) => Ok(Box::new(b)),
-            Err(_) => Ok(Box::new(CpuBackend::new(opts.threads)?)),
+            Err(e) => {
+                match e {
+                    Error::CudaNotCompiled => {}
+                    Error::NoCudaDevice { why } => {
+                        eprintln!("loraweld: notice: no usable CUDA device ({why}); using the CPU")
+                    }
+                    e => eprintln!("loraweld: notice: the GPU backend failed to start ({e}); using the CPU"),
+                }
+                Ok(Box::new(CpuBackend::new(opts.threads)?))
+            }
         },
     }
 }

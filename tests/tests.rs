@@ -8,6 +8,8 @@ mod util;
 mod bad_input;
 /// The command line itself: `--help`, `--dry-run`, `--json`.
 mod cli;
+/// The CUDA backend against the CPU backend, byte for byte, and the no-GPU fallback.
+mod gpu;
 /// The Hugging Face Hub against the mock Hub: push, download by repo id, resume, offline, errors.
 mod hub;
 /// `--save-method lora`.

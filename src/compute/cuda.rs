@@ -1,28 +1,56 @@
-//! The CUDA backend slot. This build has no GPU kernels yet: constructing the backend reports
-//! [`Error::CudaNotCompiled`], so callers carry no `cfg` and `--device auto` falls back to the
-//! CPU with a one-line notice (candle's `dummy_cuda_backend.rs` pattern).
+//! The CUDA backend: the hand-written PTX of `kernels/lora_merge.ptx`, launched through `cust`
+//! (cargo feature `cuda`). Bit-identical to [`super::reference`] on every non-NaN output (and
+//! on NaN for bf16 outputs, which are canonical 0x7FC0 on both sides; see kernels/README.md).
+//!
+//! A tile is cut into row chunks that flow through two slots, each with its own stream, pinned
+//! host staging and device buffers. While the GPU copies in, computes and copies out one chunk,
+//! the calling thread copies the previous chunk's result out of pinned memory and stages the next
+//! chunk's inputs, so host copies, transfers and kernels overlap (the pipeline's reader and packer
+//! threads overlap disk I/O with all of it).
+//!
+//! Without the `cuda` feature the same names exist and [`CudaBackend::new`] returns
+//! [`Error::CudaNotCompiled`], so callers carry no `cfg` (candle's `dummy_cuda_backend.rs`).
 
-use super::{Backend, MergeTile};
-use crate::error::{Error, Result};
+#[cfg(feature = "cuda")]
+#[expect(unsafe_code)]
+mod driver;
 
-/// Placeholder for the GPU backend; cannot be constructed in this build.
-pub struct CudaBackend {
-    _private: (),
-}
+#[cfg(feature = "cuda")]
+pub use driver::{bench, CudaBackend};
 
-impl CudaBackend {
-    /// Always fails in this build: the PTX kernels are not part of it yet.
-    pub fn new() -> Result<Self> {
-        Err(Error::CudaNotCompiled)
+#[cfg(not(feature = "cuda"))]
+pub use stub::CudaBackend;
+
+#[cfg(not(feature = "cuda"))]
+mod stub {
+    use crate::compute::{Backend, MergeTile};
+    use crate::error::{Error, Result};
+    use crate::options::MemoryBudget;
+
+    /// Placeholder for the GPU backend; cannot be constructed in this build.
+    pub struct CudaBackend {
+        _private: (),
     }
-}
 
-impl Backend for CudaBackend {
-    fn name(&self) -> String {
-        "cuda".into()
+    impl CudaBackend {
+        /// Always fails in this build: it was compiled without the `cuda` feature.
+        pub fn new(_budget: MemoryBudget, _threads: Option<usize>) -> Result<Self> {
+            Err(Error::CudaNotCompiled)
+        }
+
+        /// The GPU's name.
+        pub fn device_name(&self) -> &str {
+            ""
+        }
     }
 
-    fn merge_tile(&self, _tile: &MergeTile<'_>, _out: &mut [u8]) -> Result<bool> {
-        Err(Error::CudaNotCompiled)
+    impl Backend for CudaBackend {
+        fn name(&self) -> String {
+            "cuda".into()
+        }
+
+        fn merge_tile(&self, _tile: &MergeTile<'_>, _out: &mut [u8]) -> Result<bool> {
+            Err(Error::CudaNotCompiled)
+        }
     }
 }

@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# The GPU proof, run on a machine with an NVIDIA GPU from the repository root. It builds nothing:
+# the binaries come prebuilt in gpu-bin/ (see kernels/README.md, "Proof on a GPU machine"):
+#
+#   gpu-bin/loraweld gpu-bin/synth gpu-bin/gpu-bench   cargo build --release --features cuda --bins --examples
+#   gpu-bin/tests                                      cargo test --release --features cuda --no-run
+#   gpu-bin/bnb/bitsandbytes/                          the bitsandbytes 0.50.2 wheel's Python files and
+#                                                      libbitsandbytes_cuda130.so (for the PyTorch peer)
+#
+#   scripts/gpu-proof.sh check   # GPU bytes == CPU bytes (tests/gpu.rs)
+#   scripts/gpu-proof.sh bench   # kernel vs copy bandwidth and FMA rate; the PyTorch peer
+#   scripts/gpu-proof.sh e2e     # an 8B-shaped NF4 checkpoint merged with --device cpu and cuda
+#
+# Logs go to $OUT (or /tmp/gpu-proof); a short table is printed last.
+set -uo pipefail
+B=gpu-bin
+OUT="${OUT:-/tmp/gpu-proof}"
+mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv,noheader \
+    | tee "$OUT/gpu.txt"
+
+check() {
+    echo "== check: GPU bytes == CPU bytes"
+    "$B/tests" gpu:: --nocapture --test-threads 1 2>&1 | tee "$OUT/check.log" | grep -vE "^\s*$"
+}
+
+bench() {
+    echo "== bench: kernel throughput (device-resident) and the tile path"
+    "$B/gpu-bench" 2>&1 | tee "$OUT/bench.log" | grep -v "^csv,"
+    echo "== peer: PyTorch + bitsandbytes (dequantize_4bit -> float -> addmm_ -> bf16)"
+    PYTHONPATH="$B/bnb${PYTHONPATH:+:$PYTHONPATH}" python3 scripts/gpu-peer.py 2>&1 | tee "$OUT/peer.log" | grep -v "^csv,"
+    python3 - "$OUT/bench.log" "$OUT/peer.log" <<'EOF'
+import sys
+k, p = {}, {}
+for line in open(sys.argv[1]):
+    f = line.strip().split(",")
+    if f[:2] == ["csv", "kernel"]:
+        k[(int(f[2]), int(f[3]), int(f[4]))] = float(f[5])
+for line in open(sys.argv[2]):
+    f = line.strip().split(",")
+    if f[:2] == ["csv", "peer"]:
+        p[(int(f[2]), int(f[3]), int(f[4]))] = float(f[5])
+print("loraweld kernel vs PyTorch peer (same shapes, same card):")
+for key in sorted(k, key=lambda x: (x[2], x)):
+    if key in p:
+        print(f"  {key[0]:>6}x{key[1]:<6} r={key[2]:<3} kernel {k[key]:8.3f} ms  peer {p[key]:8.3f} ms  {p[key] / k[key]:5.1f}x")
+EOF
+}
+
+e2e() {
+    W="${E2E_DIR:-/tmp/lw-e2e}"
+    rm -rf "$W" /dev/shm/lw-out
+    mkdir -p "$W"
+    echo "== e2e: synthesize an 8B-shaped NF4 double-quant checkpoint + r=16 LoRA on 7 modules"
+    local t0=$SECONDS
+    "$B/synth" "$W" --base nf4 --hidden 4096 --layers 32 --intermediate 14336 --vocab 128256 \
+        --heads 32 --kv-heads 8 --r 16 --alpha 32 >"$OUT/synth.log" 2>&1 || { cat "$OUT/synth.log"; return 1; }
+    echo "synth: $((SECONDS - t0)) s; $(du -sh "$W/base_nf4" | cut -f1) base, $(du -sh "$W/lora" | cut -f1) adapter"
+    df -h "$W" /dev/shm | tail -n +1
+    for dst in disk shm; do
+        for dev in cpu cuda; do
+            if [ "$dst" = disk ]; then out="$W/out"; else out=/dev/shm/lw-out; fi
+            rm -rf "$out"
+            sync
+            "$B/loraweld" save "$W/lora" "$out" --device "$dev" --json \
+                >"$OUT/e2e-$dst-$dev.json" 2>"$OUT/e2e-$dst-$dev.err" || { cat "$OUT/e2e-$dst-$dev.err"; return 1; }
+            rm -rf "$out"
+        done
+    done
+    echo "== e2e: I/O floor on the same disk: dd 16 GB, O_DIRECT + fdatasync"
+    dd if=/dev/zero of="$W/dd" bs=8M count=1907 oflag=direct conv=fdatasync 2>&1 | tail -n 1 | tee "$OUT/dd.log"
+    rm -f "$W/dd"
+    python3 - "$OUT" <<'EOF'
+import json, sys, os
+out = sys.argv[1]
+print("e2e (8B-shaped NF4 dq -> merged_16bit bf16):")
+print(f"  {'output':<6} {'device':<6} {'wall s':>7} {'read s':>7} {'compute s':>9} {'pack s':>7} {'GB out':>7} {'GB/s':>6}  backend")
+for dst in ("disk", "shm"):
+    for dev in ("cpu", "cuda"):
+        p = os.path.join(out, f"e2e-{dst}-{dev}.json")
+        if not os.path.exists(p):
+            continue
+        r = json.load(open(p))
+        st = r["stages"]
+        gb = r["bytes_written"] / 1e9
+        print(f"  {dst:<6} {dev:<6} {r['seconds']:7.2f} {st['read_s']:7.2f} {st['compute_s']:9.2f} {st['pack_s']:7.2f} {gb:7.2f} {gb / r['seconds']:6.2f}  {r['backend']}")
+EOF
+    rm -rf "$W"
+}
+
+for step in "${@:-check}"; do
+    case "$step" in
+        check) check ;;
+        bench) bench ;;
+        e2e) e2e ;;
+        *) echo "gpu-proof: unknown step $step (check, bench, e2e)"; exit 2 ;;
+    esac
+done

@@ -1,0 +1,863 @@
+//! The `cust` side of the CUDA backend: device setup, the two staging slots, and one launcher
+//! for the `lora_merge_*` kernels. Every `unsafe` block here is a driver call (FFI) or an
+//! allocation of plain bytes; each says why it is sound.
+
+use std::ffi::{c_void, CStr};
+use std::os::raw::c_char;
+use std::sync::Mutex;
+
+use cust::context::{Context, CurrentContext};
+use cust::device::Device;
+use cust::error::CudaError;
+use cust::event::{Event, EventFlags};
+use cust::function::{BlockSize, GridSize};
+use cust::memory::{DeviceBuffer, LockedBuffer};
+use cust::module::Module;
+use cust::stream::{Stream, StreamFlags};
+use cust::sys as cu;
+use rayon::prelude::*;
+
+use crate::compute::cpu::CpuBackend;
+use crate::compute::{Backend, BaseRows, MergeTile};
+use crate::error::{Error, Result};
+use crate::options::{FloatDtype, MemoryBudget};
+use crate::quant::bnb::AbsmaxRef;
+
+/// The kernels, embedded (candle's `include_str!` of its PTX).
+const PTX: &str = include_str!("../../../kernels/lora_merge.ptx");
+/// The FMA-rate probe used by [`bench`].
+const FMA_PTX: &str = include_str!("../../../kernels/fma_rate.ptx");
+
+/// Converts a driver error into ours, naming the operation.
+fn cu_err(op: impl Into<String>) -> impl FnOnce(CudaError) -> Error {
+    let op = op.into();
+    move |e| Error::Cuda {
+        op,
+        what: e.to_string(),
+    }
+}
+
+/// The driver's name for a raw result code; the stub library's own code is spelled out.
+fn result_name(rc: cu::CUresult) -> String {
+    let code = rc as u32;
+    if code == 34 {
+        return "CUDA_ERROR_STUB_LIBRARY (libcuda.so.1 is the link-time stub; no NVIDIA driver here)".into();
+    }
+    let mut p: *const c_char = std::ptr::null();
+    // SAFETY: FFI; `p` is a valid out-pointer, and on success the driver points it at a static
+    // NUL-terminated string.
+    let ok = unsafe { cu::cuGetErrorName(rc, &mut p) } == cu::cudaError_enum::CUDA_SUCCESS;
+    if ok && !p.is_null() {
+        // SAFETY: checked non-null; the driver's error names are static C strings.
+        let name = unsafe { CStr::from_ptr(p) };
+        return name.to_string_lossy().into_owned();
+    }
+    format!("CUresult {code}")
+}
+
+/// Initializes the driver and takes device 0's primary context (current on this thread).
+fn open_device() -> Result<(Context, String)> {
+    let none = |why: String| Error::NoCudaDevice { why };
+    // Raw cuInit so that the stub's code is named rather than reported as "unknown error".
+    // SAFETY: FFI with a valid flags value (0).
+    let rc = unsafe { cu::cuInit(0) };
+    if rc != cu::cudaError_enum::CUDA_SUCCESS {
+        return Err(none(format!("cuInit: {}", result_name(rc))));
+    }
+    let n = Device::num_devices().map_err(|e| none(format!("cuDeviceGetCount: {e}")))?;
+    if n == 0 {
+        return Err(none("the driver reports no CUDA device".into()));
+    }
+    let dev = Device::get_device(0).map_err(|e| none(format!("cuDeviceGet: {e}")))?;
+    let name = dev.name().unwrap_or_else(|_| "CUDA device 0".into());
+    let ctx = Context::new(dev).map_err(|e| none(format!("cuDevicePrimaryCtxRetain: {e}")))?;
+    Ok((ctx, name))
+}
+
+/// The fast kernels' block: 128 threads, each an 8x8 output tile, so 128 columns x 64 rows
+/// (kernels/README.md).
+const FAST_BLOCK: (u32, u32) = (32, 4);
+
+fn fast_grid(rows: usize, cols: usize) -> GridSize {
+    (cols.div_ceil(128) as u32, rows.div_ceil(64) as u32).into()
+}
+
+/// Dtype code used by the kernels' flag bits (0 bf16, 1 f16, 2 f32).
+fn dt_code(dt: FloatDtype) -> u32 {
+    match dt {
+        FloatDtype::Bf16 => 0,
+        FloatDtype::F16 => 1,
+        FloatDtype::F32 => 2,
+    }
+}
+
+fn dt_suffix(dt: FloatDtype) -> &'static str {
+    match dt {
+        FloatDtype::Bf16 => "bf16",
+        FloatDtype::F16 => "f16",
+        FloatDtype::F32 => "f32",
+    }
+}
+
+/// How one tile maps onto the kernels: the entry point and its `p_flags` word.
+struct KernelSpec {
+    /// `lora_merge_{out}` (8x8 register tiles) or `lora_merge_any_{out}` (any shape).
+    name: String,
+    fast: bool,
+    flags: u32,
+    log2_bs: u32,
+    log2_nbs: u32,
+    offset: f32,
+}
+
+impl KernelSpec {
+    /// `None` for the rare tiles the kernels do not cover (a non-power-of-two nested
+    /// blocksize, a malformed code table); those run on the CPU backend.
+    fn of(tile: &MergeTile<'_>) -> Option<Self> {
+        let (mut flags, mut log2_bs, mut log2_nbs, mut offset) = (0u32, 0u32, 0u32, 0f32);
+        match tile.base {
+            BaseRows::Float { dtype, .. } => {
+                flags |= 1 + dt_code(dtype);
+            }
+            BaseRows::Bnb(q) => {
+                if !q.blocksize.is_power_of_two() || q.blocksize < 8 || q.quant_map.len() != 64 {
+                    return None;
+                }
+                log2_bs = q.blocksize.trailing_zeros();
+                flags |= dt_code(q.dtype) << 3;
+                if let AbsmaxRef::Nested {
+                    nested_blocksize,
+                    offset: off,
+                    nested_map,
+                    ..
+                } = q.absmax
+                {
+                    if !nested_blocksize.is_power_of_two() || nested_map.len() != 1024 {
+                        return None;
+                    }
+                    flags |= 4;
+                    log2_nbs = nested_blocksize.trailing_zeros();
+                    offset = off;
+                }
+            }
+        }
+        if let Some(l) = tile.lora {
+            flags |= 32 | (dt_code(l.delta_dtype) << 6);
+        }
+        let fast = tile.cols % 8 == 0;
+        let name = format!(
+            "lora_merge_{}{}",
+            if fast { "" } else { "any_" },
+            dt_suffix(tile.out_dtype)
+        );
+        Some(KernelSpec {
+            name,
+            fast,
+            flags,
+            log2_bs,
+            log2_nbs,
+            offset,
+        })
+    }
+}
+
+/// A kernel argument: the address of a local of the parameter's exact type.
+fn arg<T>(p: &T) -> *mut c_void {
+    p as *const T as *mut c_void
+}
+
+/// Copies with a few threads: one core's `memcpy` is well under the PCIe rate.
+fn par_copy(pool: &rayon::ThreadPool, dst: &mut [u8], src: &[u8]) {
+    const PIECE: usize = 1 << 20;
+    if src.len() < 2 * PIECE {
+        dst.copy_from_slice(src);
+        return;
+    }
+    pool.install(|| {
+        dst.par_chunks_mut(PIECE)
+            .zip(src.par_chunks(PIECE))
+            .for_each(|(d, s)| d.copy_from_slice(s))
+    });
+}
+
+fn f32_bytes_into(dst: &mut [u8], src: &[f32]) {
+    for (d, v) in dst.chunks_exact_mut(4).zip(src) {
+        d.copy_from_slice(&v.to_le_bytes());
+    }
+}
+
+/// Writes `B` rows (`[n, r]`, row-major) as `Bt[k][i]` with `rows_pad` columns, zero-padded.
+fn stage_bt(dst: &mut [u8], b: &[f32], r: usize, rows_pad: usize) {
+    dst.fill(0);
+    for (i, row) in b.chunks_exact(r).enumerate() {
+        for (k, v) in row.iter().enumerate() {
+            let o = (k * rows_pad + i) * 4;
+            dst[o..o + 4].copy_from_slice(&v.to_le_bytes());
+        }
+    }
+}
+
+/// Pinned host bytes that grow on demand.
+fn host_buf(b: &mut Option<LockedBuffer<u8>>, n: usize) -> Result<&mut LockedBuffer<u8>> {
+    if b.as_ref().is_none_or(|x| x.len() < n) {
+        *b = None;
+        let cap = n.max(4096).next_multiple_of(1 << 16);
+        // SAFETY: u8 has no invalid bit patterns; every byte read back was written first.
+        let nb = unsafe { LockedBuffer::uninitialized(cap) }.map_err(cu_err("cuMemAllocHost"))?;
+        *b = Some(nb);
+    }
+    Ok(b.as_mut().expect("allocated just above"))
+}
+
+/// Device bytes that grow on demand.
+fn dev_buf(b: &mut Option<DeviceBuffer<u8>>, n: usize) -> Result<&mut DeviceBuffer<u8>> {
+    if b.as_ref().is_none_or(|x| x.len() < n) {
+        *b = None;
+        let cap = n.max(4096).next_multiple_of(1 << 16);
+        // SAFETY: device bytes are only read by kernels after a copy or a kernel wrote them.
+        let nb = unsafe { DeviceBuffer::uninitialized(cap) }.map_err(cu_err("cuMemAlloc"))?;
+        *b = Some(nb);
+    }
+    Ok(b.as_mut().expect("allocated just above"))
+}
+
+/// Byte offsets of the sections of one chunk's upload, each 16-byte aligned.
+struct Layout {
+    end: usize,
+}
+
+impl Layout {
+    fn push(&mut self, n: usize) -> usize {
+        let at = self.end;
+        self.end = (at + n).next_multiple_of(16);
+        at
+    }
+}
+
+/// A chunk in flight: where its bytes go in the caller's output.
+struct Pending {
+    out_start: usize,
+    len: usize,
+}
+
+/// One of the two staging slots: a stream with its own pinned and device buffers.
+struct Slot {
+    stream: Stream,
+    host_in: Option<LockedBuffer<u8>>,
+    host_out: Option<LockedBuffer<u8>>,
+    host_flag: LockedBuffer<u8>,
+    dev_in: Option<DeviceBuffer<u8>>,
+    dev_out: Option<DeviceBuffer<u8>>,
+    pending: Option<Pending>,
+}
+
+impl Slot {
+    fn new() -> Result<Self> {
+        Ok(Slot {
+            stream: Stream::new(StreamFlags::NON_BLOCKING, None).map_err(cu_err("cuStreamCreate"))?,
+            host_in: None,
+            host_out: None,
+            host_flag: LockedBuffer::new(&0u8, 16).map_err(cu_err("cuMemAllocHost"))?,
+            dev_in: None,
+            dev_out: None,
+            pending: None,
+        })
+    }
+
+    /// Waits for this slot's chunk, copies its output into `out`, and says whether it was all
+    /// finite (the kernel's flag word stayed 0).
+    fn drain(&mut self, out: &mut [u8], pool: &rayon::ThreadPool) -> Result<bool> {
+        let Some(p) = self.pending.take() else {
+            return Ok(true);
+        };
+        self.stream.synchronize().map_err(cu_err("cuStreamSynchronize"))?;
+        let host = self.host_out.as_ref().expect("a pending chunk has an output buffer");
+        par_copy(pool, &mut out[p.out_start..p.out_start + p.len], &host[..p.len]);
+        Ok(self.host_flag[..4] == [0, 0, 0, 0])
+    }
+}
+
+/// Everything that lives in the CUDA context. Field order is drop order: the context goes last.
+struct Gpu {
+    slots: [Slot; 2],
+    host_a: Option<LockedBuffer<u8>>,
+    dev_a: Option<DeviceBuffer<u8>>,
+    module: Module,
+    ctx: Context,
+}
+
+impl Drop for Gpu {
+    fn drop(&mut self) {
+        // Buffers are freed in this context from whichever thread drops the backend.
+        let _ = CurrentContext::set_current(&self.ctx);
+        for s in &self.slots {
+            let _ = s.stream.synchronize();
+        }
+    }
+}
+
+/// What one chunk needs besides the tile: rows, the A pointer, the LoRA rank and scale.
+struct ChunkArgs<'t, 'a> {
+    tile: &'t MergeTile<'a>,
+    spec: &'t KernelSpec,
+    row: usize,
+    n_rows: usize,
+    a_ptr: u64,
+}
+
+impl Gpu {
+    /// Stages chunk `c` into slot `s`, then queues its upload, kernel and download.
+    fn launch_chunk(&mut self, s: usize, c: &ChunkArgs<'_, '_>, pool: &rayon::ThreadPool) -> Result<()> {
+        let tile = c.tile;
+        let cols = tile.cols;
+        let osz = tile.out_dtype.size();
+        let n = c.n_rows * cols;
+        let k0 = (tile.row0 + c.row as u64) * cols as u64;
+        let k1 = k0 + n as u64;
+        let internal = |what: &str| Error::Internal(format!("cuda: {what} out of range for tile at row {}", tile.row0));
+
+        let (r, scale, b_rows) = match &tile.lora {
+            Some(l) => (l.r, l.scale, &l.b[c.row * l.r..(c.row + c.n_rows) * l.r]),
+            None => (0, 0.0, &[][..]),
+        };
+        let (base_src, absmax_src, nabs_src, qmap_src, nmap_src, blk0, nblk0) = match tile.base {
+            BaseRows::Float { bytes, dtype } => {
+                let s = dtype.size();
+                let src = bytes
+                    .get(c.row * cols * s..(c.row + c.n_rows) * cols * s)
+                    .ok_or_else(|| internal("base rows"))?;
+                (src, &[][..], &[][..], &[][..], &[][..], 0u64, 0u64)
+            }
+            BaseRows::Bnb(q) => {
+                let codes = q
+                    .codes
+                    .get((k0 / 2) as usize..k1.div_ceil(2) as usize)
+                    .ok_or_else(|| internal("4-bit codes"))?;
+                let b0 = k0 >> c.spec.log2_bs;
+                let b1 = (k1 - 1) >> c.spec.log2_bs;
+                match q.absmax {
+                    AbsmaxRef::Plain(bytes) => {
+                        let am = bytes
+                            .get(b0 as usize * 4..(b1 as usize + 1) * 4)
+                            .ok_or_else(|| internal("absmax"))?;
+                        (codes, am, &[][..], q.quant_map, &[][..], b0, 0)
+                    }
+                    AbsmaxRef::Nested {
+                        codes: am_codes,
+                        nested_absmax,
+                        nested_map,
+                        ..
+                    } => {
+                        let am = am_codes
+                            .get(b0 as usize..b1 as usize + 1)
+                            .ok_or_else(|| internal("absmax"))?;
+                        let nb0 = b0 >> c.spec.log2_nbs;
+                        let nb1 = b1 >> c.spec.log2_nbs;
+                        let na = nested_absmax
+                            .get(nb0 as usize * 4..(nb1 as usize + 1) * 4)
+                            .ok_or_else(|| internal("nested absmax"))?;
+                        (codes, am, na, q.quant_map, nested_map, b0, nb0)
+                    }
+                }
+            }
+        };
+
+        let mut lay = Layout { end: 0 };
+        let off_flag = lay.push(16);
+        let off_qmap = lay.push(64);
+        let off_nmap = lay.push(1024);
+        // B goes transposed and padded to 8 rows: Bt[k][row] (kernels/README.md).
+        let rows_pad = c.n_rows.next_multiple_of(8);
+        let off_b = lay.push(if r > 0 { r * rows_pad * 4 } else { 0 });
+        let off_abs = lay.push(absmax_src.len());
+        let off_nabs = lay.push(nabs_src.len());
+        let off_base = lay.push(base_src.len());
+        let in_len = lay.end;
+        let out_len = n * osz;
+
+        let func = self
+            .module
+            .get_function(&c.spec.name)
+            .map_err(cu_err(format!("cuModuleGetFunction {}", c.spec.name)))?;
+        let slot = &mut self.slots[s];
+        {
+            let h = host_buf(&mut slot.host_in, in_len)?;
+            h[off_flag..off_flag + 16].fill(0);
+            h[off_qmap..off_qmap + 64].fill(0);
+            h[off_qmap..off_qmap + qmap_src.len()].copy_from_slice(qmap_src);
+            h[off_nmap..off_nmap + 1024].fill(0);
+            h[off_nmap..off_nmap + nmap_src.len()].copy_from_slice(nmap_src);
+            if r > 0 {
+                stage_bt(&mut h[off_b..off_b + r * rows_pad * 4], b_rows, r, rows_pad);
+            }
+            h[off_abs..off_abs + absmax_src.len()].copy_from_slice(absmax_src);
+            h[off_nabs..off_nabs + nabs_src.len()].copy_from_slice(nabs_src);
+            par_copy(pool, &mut h[off_base..off_base + base_src.len()], base_src);
+        }
+        host_buf(&mut slot.host_out, out_len)?;
+        let dev_in = dev_buf(&mut slot.dev_in, in_len)?.as_device_ptr().as_raw();
+        let dev_out = dev_buf(&mut slot.dev_out, out_len)?.as_device_ptr().as_raw();
+        let stream = slot.stream.as_inner();
+        let host_in = slot.host_in.as_ref().expect("staged above").as_ptr();
+        // SAFETY: FFI. `host_in` is pinned and holds `in_len` staged bytes; `dev_in` has room for
+        // them. The slot is not touched again until `drain` has synchronized its stream.
+        let rc = unsafe { cu::cuMemcpyHtoDAsync_v2(dev_in, host_in as *const c_void, in_len, stream) };
+        if rc != cu::cudaError_enum::CUDA_SUCCESS {
+            return Err(Error::Cuda {
+                op: "copy to device".into(),
+                what: result_name(rc),
+            });
+        }
+
+        // Arguments in the kernel's parameter order (kernels/lora_merge.ptx).
+        let p_out = dev_out;
+        let p_base = dev_in + off_base as u64;
+        let p_absmax = dev_in + off_abs as u64;
+        let p_nabs = dev_in + off_nabs as u64;
+        let p_nmap = dev_in + off_nmap as u64;
+        let p_qmap = dev_in + off_qmap as u64;
+        let p_a = c.a_ptr;
+        let p_b = dev_in + off_b as u64;
+        let p_flag = dev_in + off_flag as u64;
+        let (p_k0, p_blk0, p_nblk0) = (k0, blk0, nblk0);
+        let (p_rows, p_cols, p_r) = (c.n_rows as u32, cols as u32, r as u32);
+        let (p_scale, p_offset) = (scale, c.spec.offset);
+        let (p_flags, p_log2bs, p_log2nbs) = (c.spec.flags, c.spec.log2_bs, c.spec.log2_nbs);
+        let (grid, block): (GridSize, BlockSize) = if c.spec.fast {
+            (fast_grid(c.n_rows, cols), FAST_BLOCK.into())
+        } else {
+            ((n.div_ceil(256).min(65535) as u32).into(), 256u32.into())
+        };
+        let args = [
+            arg(&p_out),
+            arg(&p_base),
+            arg(&p_absmax),
+            arg(&p_nabs),
+            arg(&p_nmap),
+            arg(&p_qmap),
+            arg(&p_a),
+            arg(&p_b),
+            arg(&p_flag),
+            arg(&p_k0),
+            arg(&p_blk0),
+            arg(&p_nblk0),
+            arg(&p_rows),
+            arg(&p_cols),
+            arg(&p_r),
+            arg(&p_scale),
+            arg(&p_offset),
+            arg(&p_flags),
+            arg(&p_log2bs),
+            arg(&p_log2nbs),
+        ];
+        // SAFETY: FFI. The arguments point at locals of the exact types and order the kernel
+        // declares; every device pointer lies inside a live allocation sized for this chunk.
+        unsafe { slot.stream.launch(&func, grid, block, 0, &args) }
+            .map_err(cu_err(format!("launch {}", c.spec.name)))?;
+
+        let host_out = slot.host_out.as_mut().expect("allocated above").as_mut_ptr();
+        let host_flag = slot.host_flag.as_mut_ptr();
+        // SAFETY: FFI. Both destinations are pinned, sized for the copies, and not read until
+        // `drain` has synchronized the stream.
+        let rc = unsafe {
+            let rc = cu::cuMemcpyDtoHAsync_v2(host_out as *mut c_void, dev_out, out_len, stream);
+            if rc == cu::cudaError_enum::CUDA_SUCCESS {
+                cu::cuMemcpyDtoHAsync_v2(host_flag as *mut c_void, p_flag, 4, stream)
+            } else {
+                rc
+            }
+        };
+        if rc != cu::cudaError_enum::CUDA_SUCCESS {
+            return Err(Error::Cuda {
+                op: "copy from device".into(),
+                what: result_name(rc),
+            });
+        }
+        slot.pending = Some(Pending {
+            out_start: c.row * cols * osz,
+            len: out_len,
+        });
+        Ok(())
+    }
+
+    /// After an error: wait for whatever is queued and forget it.
+    fn abandon(&mut self) {
+        for s in &mut self.slots {
+            let _ = s.stream.synchronize();
+            s.pending = None;
+        }
+    }
+}
+
+/// The GPU merge backend. See the module docs.
+pub struct CudaBackend {
+    gpu: Mutex<Gpu>,
+    /// Tiles the kernels do not cover, bit for bit the same arithmetic.
+    cpu: CpuBackend,
+    /// A few threads for pinned ↔ pageable copies.
+    copier: rayon::ThreadPool,
+    device: String,
+    /// Target bytes per chunk (output or input, whichever is larger).
+    chunk_bytes: usize,
+    /// Device bytes this backend may use: `maximum_memory_usage` applied to free VRAM.
+    device_budget: u64,
+}
+
+impl CudaBackend {
+    /// Opens device 0, loads the kernels, and sizes the staging from `budget` applied to the
+    /// device's free memory. Fails with [`Error::NoCudaDevice`] when there is no usable GPU
+    /// (no driver, the link-time stub, no device, or the kernels do not load).
+    pub fn new(budget: MemoryBudget, threads: Option<usize>) -> Result<Self> {
+        let (ctx, device) = open_device()?;
+        let none = |why: String| Error::NoCudaDevice { why };
+        let module = Module::from_ptx(PTX, &[]).map_err(|e| none(format!("loading kernels/lora_merge.ptx: {e}")))?;
+        let (free, _total) = cust::memory::mem_get_info().map_err(|e| none(format!("cuMemGetInfo: {e}")))?;
+        let device_budget = match budget {
+            MemoryBudget::Fraction(f) => (free as f64 * f) as u64,
+            MemoryBudget::Bytes(b) => b.min(free as u64),
+        };
+        if device_budget < 1 << 20 {
+            return Err(none(format!(
+                "the device memory budget is {device_budget} bytes ({free} free), below 1 MiB"
+            )));
+        }
+        // Two slots of (input + output) ≈ four chunks, plus A (at most a quarter of the budget).
+        let chunk_bytes = (device_budget / 8).clamp(64 << 10, 16 << 20) as usize;
+        let slots = [Slot::new()?, Slot::new()?];
+        let copier = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads.unwrap_or(8).clamp(1, 8))
+            .thread_name(|i| format!("loraweld-cuda-copy-{i}"))
+            .build()
+            .map_err(|e| Error::Internal(format!("cannot start copy threads: {e}")))?;
+        Ok(CudaBackend {
+            gpu: Mutex::new(Gpu {
+                slots,
+                host_a: None,
+                dev_a: None,
+                module,
+                ctx,
+            }),
+            cpu: CpuBackend::new(threads)?,
+            copier,
+            device,
+            chunk_bytes,
+            device_budget,
+        })
+    }
+
+    /// The GPU's name (`NVIDIA H100 80GB HBM3`).
+    pub fn device_name(&self) -> &str {
+        &self.device
+    }
+
+    /// Rows per chunk: `chunk_bytes` over the widest per-row stream (input, output or B).
+    fn chunk_rows(&self, tile: &MergeTile<'_>) -> usize {
+        let base = match tile.base {
+            BaseRows::Float { dtype, .. } => dtype.size(),
+            BaseRows::Bnb(_) => 1,
+        };
+        let r = tile.lora.map(|l| l.r).unwrap_or(0);
+        let row_bytes = tile.cols * tile.out_dtype.size().max(base) + r * 4;
+        let max_elems = (i32::MAX as usize) / tile.cols.max(1);
+        (self.chunk_bytes / row_bytes.max(1)).clamp(1, max_elems.max(1))
+    }
+
+    fn run_tile(&self, gpu: &mut Gpu, tile: &MergeTile<'_>, spec: &KernelSpec, out: &mut [u8]) -> Result<bool> {
+        let a_ptr = match &tile.lora {
+            Some(l) => {
+                let a_len = l.a.len() * 4;
+                let h = host_buf(&mut gpu.host_a, a_len)?;
+                f32_bytes_into(&mut h[..a_len], l.a);
+                let src = h.as_ptr();
+                let d = dev_buf(&mut gpu.dev_a, a_len)?.as_device_ptr().as_raw();
+                // SAFETY: FFI; a synchronous copy of `a_len` pinned bytes into a buffer of at least
+                // that size. No kernel is in flight (every tile ends with both slots drained).
+                let rc = unsafe { cu::cuMemcpyHtoD_v2(d, src as *const c_void, a_len) };
+                if rc != cu::cudaError_enum::CUDA_SUCCESS {
+                    return Err(Error::Cuda {
+                        op: "copy lora_A to device".into(),
+                        what: result_name(rc),
+                    });
+                }
+                d
+            }
+            None => 0,
+        };
+        let rows_per = self.chunk_rows(tile);
+        let mut finite = true;
+        let (mut row, mut j) = (0usize, 0usize);
+        while row < tile.rows {
+            let n_rows = rows_per.min(tile.rows - row);
+            let s = j % 2;
+            finite &= gpu.slots[s].drain(out, &self.copier)?;
+            let c = ChunkArgs {
+                tile,
+                spec,
+                row,
+                n_rows,
+                a_ptr,
+            };
+            gpu.launch_chunk(s, &c, &self.copier)?;
+            row += n_rows;
+            j += 1;
+        }
+        for k in 0..2 {
+            finite &= gpu.slots[(j + k) % 2].drain(out, &self.copier)?;
+        }
+        Ok(finite)
+    }
+}
+
+impl Backend for CudaBackend {
+    fn name(&self) -> String {
+        format!("cuda ({})", self.device)
+    }
+
+    fn merge_tile(&self, tile: &MergeTile<'_>, out: &mut [u8]) -> Result<bool> {
+        if out.len() != tile.out_len() {
+            return Err(Error::Internal(format!(
+                "tile output buffer is {} bytes, expected {}",
+                out.len(),
+                tile.out_len()
+            )));
+        }
+        if tile.rows == 0 || tile.cols == 0 {
+            return Ok(true);
+        }
+        let a_bytes = tile.lora.map(|l| l.a.len() as u64 * 4).unwrap_or(0);
+        let spec = match KernelSpec::of(tile) {
+            Some(s) if a_bytes <= self.device_budget / 4 => s,
+            _ => return self.cpu.merge_tile(tile, out),
+        };
+        let mut gpu = self
+            .gpu
+            .lock()
+            .map_err(|_| Error::Internal("the cuda state was poisoned by a panic".into()))?;
+        CurrentContext::set_current(&gpu.ctx).map_err(cu_err("cuCtxSetCurrent"))?;
+        let res = self.run_tile(&mut gpu, tile, &spec, out);
+        if res.is_err() {
+            gpu.abandon();
+        }
+        res
+    }
+}
+
+/// Kernel timings on device-resident data, for `examples/gpu-bench.rs` and BENCHMARKS.md.
+pub mod bench {
+    use super::*;
+
+    /// One timed configuration.
+    #[derive(Debug, Clone)]
+    pub struct KernelTiming {
+        /// Output rows.
+        pub rows: usize,
+        /// Columns.
+        pub cols: usize,
+        /// LoRA rank.
+        pub r: usize,
+        /// Median milliseconds per launch.
+        pub ms: f64,
+        /// Bytes the launch must move: codes + absmax + B read, output written (A is L2-resident
+        /// and counted once).
+        pub bytes: u64,
+    }
+
+    impl KernelTiming {
+        /// Achieved GB/s (bytes read plus bytes written).
+        pub fn gbs(&self) -> f64 {
+            self.bytes as f64 / (self.ms * 1e-3) / 1e9
+        }
+        /// Achieved TFLOP/s of the rank-r update (2·r FLOP per element).
+        pub fn tflops(&self) -> f64 {
+            2.0 * self.r as f64 * (self.rows * self.cols) as f64 / (self.ms * 1e-3) / 1e12
+        }
+    }
+
+    /// A context, stream and the modules, for timing.
+    pub struct Bench {
+        stream: Stream,
+        module: Module,
+        fma: Module,
+        /// The GPU's name.
+        pub device: String,
+        _ctx: Context,
+    }
+
+    fn time_ms(stream: &Stream, iters: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+        let mut v = Vec::with_capacity(iters);
+        let start = Event::new(EventFlags::DEFAULT).map_err(cu_err("cuEventCreate"))?;
+        let stop = Event::new(EventFlags::DEFAULT).map_err(cu_err("cuEventCreate"))?;
+        for _ in 0..iters {
+            start.record(stream).map_err(cu_err("cuEventRecord"))?;
+            f()?;
+            stop.record(stream).map_err(cu_err("cuEventRecord"))?;
+            stop.synchronize().map_err(cu_err("cuEventSynchronize"))?;
+            v.push(stop.elapsed_time_f32(&start).map_err(cu_err("cuEventElapsedTime"))? as f64);
+        }
+        v.sort_by(f64::total_cmp);
+        Ok(v[v.len() / 2])
+    }
+
+    fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
+        let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+        let mut v = vec![0u8; n];
+        for c in v.chunks_mut(8) {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            let b = s.to_le_bytes();
+            c.copy_from_slice(&b[..c.len()]);
+        }
+        v
+    }
+
+    fn random_f32(n: usize, seed: u64, scale: f32) -> Vec<u8> {
+        random_bytes(n * 4, seed)
+            .chunks_exact(4)
+            .flat_map(|c| {
+                let u = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                (((u >> 8) as f32 / (1u32 << 24) as f32 - 0.5) * scale).to_le_bytes()
+            })
+            .collect()
+    }
+
+    fn upload(bytes: &[u8]) -> Result<DeviceBuffer<u8>> {
+        DeviceBuffer::from_slice(bytes).map_err(cu_err("cuMemAlloc + copy"))
+    }
+
+    impl Bench {
+        /// Opens device 0.
+        pub fn new() -> Result<Self> {
+            let (ctx, device) = open_device()?;
+            let module = Module::from_ptx(PTX, &[]).map_err(cu_err("load lora_merge.ptx"))?;
+            let fma = Module::from_ptx(FMA_PTX, &[]).map_err(cu_err("load fma_rate.ptx"))?;
+            let stream = Stream::new(StreamFlags::NON_BLOCKING, None).map_err(cu_err("cuStreamCreate"))?;
+            Ok(Bench {
+                stream,
+                module,
+                fma,
+                device,
+                _ctx: ctx,
+            })
+        }
+
+        /// Device-to-device copy bandwidth in GB/s, counting bytes read plus bytes written.
+        pub fn copy_gbs(&self, bytes: usize) -> Result<f64> {
+            // SAFETY: plain bytes; the copy's source content does not matter for timing.
+            let src = unsafe { DeviceBuffer::<u8>::uninitialized(bytes) }.map_err(cu_err("cuMemAlloc"))?;
+            // SAFETY: as above.
+            let dst = unsafe { DeviceBuffer::<u8>::uninitialized(bytes) }.map_err(cu_err("cuMemAlloc"))?;
+            let (s, d) = (src.as_device_ptr().as_raw(), dst.as_device_ptr().as_raw());
+            let stream = self.stream.as_inner();
+            let copy = || {
+                // SAFETY: FFI; both buffers hold `bytes` bytes and outlive the synchronized copy.
+                let rc = unsafe { cu::cuMemcpyDtoDAsync_v2(d, s, bytes, stream) };
+                if rc == cu::cudaError_enum::CUDA_SUCCESS {
+                    Ok(())
+                } else {
+                    Err(Error::Cuda {
+                        op: "cuMemcpyDtoDAsync".into(),
+                        what: result_name(rc),
+                    })
+                }
+            };
+            time_ms(&self.stream, 3, copy)?;
+            let ms = time_ms(&self.stream, 20, copy)?;
+            Ok(2.0 * bytes as f64 / (ms * 1e-3) / 1e9)
+        }
+
+        /// Plain f32 FMA rate (TFLOP/s) of `kernels/fma_rate.ptx`: independent chains, no memory.
+        pub fn fma_tflops(&self) -> Result<f64> {
+            let func = self.fma.get_function("fma_rate").map_err(cu_err("fma_rate"))?;
+            let (blocks, threads, iters) = (132u32 * 16, 256u32, 4096u32);
+            // SAFETY: plain bytes, written by the kernel.
+            let out = unsafe { DeviceBuffer::<u8>::uninitialized((blocks * threads) as usize * 4) }
+                .map_err(cu_err("cuMemAlloc"))?;
+            let p_out = out.as_device_ptr().as_raw();
+            let p_iters = iters;
+            let p_x = 0.999f32;
+            let run = || {
+                let args = [
+                    &p_out as *const u64 as *mut c_void,
+                    &p_iters as *const u32 as *mut c_void,
+                    &p_x as *const f32 as *mut c_void,
+                ];
+                // SAFETY: FFI; arguments match `fma_rate(u64, u32, f32)`, `out` holds one f32 per thread.
+                unsafe { self.stream.launch(&func, blocks, threads, 0, &args) }.map_err(cu_err("launch fma_rate"))
+            };
+            time_ms(&self.stream, 2, run)?;
+            let ms = time_ms(&self.stream, 10, run)?;
+            // 32 FMAs per loop iteration per thread, 2 FLOP each.
+            Ok(64.0 * iters as f64 * (blocks * threads) as f64 / (ms * 1e-3) / 1e12)
+        }
+
+        /// Times `lora_merge_bf16` on an NF4 double-quant weight `[rows, cols]` (blocksize 64)
+        /// with a rank-`r` update, all inputs resident on the device.
+        pub fn nf4_merge(&self, rows: usize, cols: usize, r: usize, iters: usize) -> Result<KernelTiming> {
+            let n = rows * cols;
+            let nb = n.div_ceil(64);
+            let codes = upload(&random_bytes(n.div_ceil(2), 1))?;
+            let absmax = upload(&random_bytes(nb, 2))?;
+            let nabs = upload(&random_f32(nb.div_ceil(256), 3, 0.1))?;
+            let nmap = upload(&random_f32(256, 4, 2.0))?;
+            let qmap: Vec<u8> = crate::quant::bnb::NF4.iter().flat_map(|x| x.to_le_bytes()).collect();
+            let qmap = upload(&qmap)?;
+            let a = upload(&random_f32(r * cols, 5, 0.02))?;
+            // Bt [r, rows] (rows is a multiple of 8 here, so no padding).
+            let b = upload(&random_f32(rows * r, 6, 0.02))?;
+            let flag = upload(&[0u8; 16])?;
+            // SAFETY: plain bytes, written by the kernel.
+            let out = unsafe { DeviceBuffer::<u8>::uninitialized(n * 2) }.map_err(cu_err("cuMemAlloc"))?;
+            let func = self
+                .module
+                .get_function("lora_merge_bf16")
+                .map_err(cu_err("lora_merge_bf16"))?;
+            let ptr = |b: &DeviceBuffer<u8>| b.as_device_ptr().as_raw();
+            let (p_out, p_base, p_absmax, p_nabs, p_nmap, p_qmap) =
+                (ptr(&out), ptr(&codes), ptr(&absmax), ptr(&nabs), ptr(&nmap), ptr(&qmap));
+            let (p_a, p_b, p_flag, p_k0, p_blk0, p_nblk0) = (ptr(&a), ptr(&b), ptr(&flag), 0u64, 0u64, 0u64);
+            let (p_rows, p_cols, p_r) = (rows as u32, cols as u32, r as u32);
+            let (p_scale, p_offset) = (2.0f32, 0.03f32);
+            // nf4 base, nested, bf16 quant dtype, LoRA, f32 delta
+            let (p_flags, p_log2bs, p_log2nbs) = (4u32 | 32 | (2 << 6), 6u32, 8u32);
+            let run = || {
+                let args = [
+                    arg(&p_out),
+                    arg(&p_base),
+                    arg(&p_absmax),
+                    arg(&p_nabs),
+                    arg(&p_nmap),
+                    arg(&p_qmap),
+                    arg(&p_a),
+                    arg(&p_b),
+                    arg(&p_flag),
+                    arg(&p_k0),
+                    arg(&p_blk0),
+                    arg(&p_nblk0),
+                    arg(&p_rows),
+                    arg(&p_cols),
+                    arg(&p_r),
+                    arg(&p_scale),
+                    arg(&p_offset),
+                    arg(&p_flags),
+                    arg(&p_log2bs),
+                    arg(&p_log2nbs),
+                ];
+                let grid = fast_grid(rows, cols);
+                // SAFETY: FFI; arguments in the kernel's order and types; buffers sized for the shape.
+                unsafe { self.stream.launch(&func, grid, FAST_BLOCK, 0, &args) }
+                    .map_err(cu_err("launch lora_merge_bf16"))
+            };
+            time_ms(&self.stream, 3, run)?;
+            let ms = time_ms(&self.stream, iters, run)?;
+            let bytes = (n.div_ceil(2) + nb + rows * r * 4 + r * cols * 4 + n * 2) as u64;
+            Ok(KernelTiming {
+                rows,
+                cols,
+                r,
+                ms,
+                bytes,
+            })
+        }
+    }
+}

@@ -1,0 +1,618 @@
+//! The GPU backend against the CPU backend (the spec), byte for byte: random tiles of every
+//! kind (NF4/FP4, double quant on and off, bf16/fp16/f32 bases and outputs, r from 1 to 128,
+//! odd shapes, tiles that start mid-weight), big tensors, special values, and whole fixture
+//! merges. Without a usable GPU each of these prints why it skipped; the fallback tests check
+//! what a machine without one gets (one notice line and the CPU's bytes, or a clear error).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use loraweld::compute::cpu::CpuBackend;
+use loraweld::compute::cuda::CudaBackend;
+use loraweld::compute::{Backend, BaseRows, LoraRows, MergeTile};
+use loraweld::quant::bnb::{AbsmaxRef, QuantView, NF4};
+use loraweld::{DeviceChoice, FloatDtype, MemoryBudget, SaveOptions, ShardOrder};
+
+/// The fixtures, found from the working directory first so that a test binary built elsewhere
+/// runs from a checkout on the GPU machine.
+fn fixtures() -> PathBuf {
+    let here = Path::new("tests/fixtures/llama");
+    if here.is_dir() {
+        return here.to_path_buf();
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llama")
+}
+
+/// The GPU backend, or `None` after printing why this test is skipped.
+fn gpu(test: &str) -> Option<CudaBackend> {
+    match CudaBackend::new(MemoryBudget::Fraction(0.5), None) {
+        Ok(b) => {
+            println!("{test}: on {}", b.device_name());
+            Some(b)
+        }
+        Err(e) => {
+            println!("{test}: SKIPPED, no usable GPU: {e}");
+            None
+        }
+    }
+}
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E3779B97F4A7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [-scale/2, scale/2).
+    fn f32(&mut self, scale: f32) -> f32 {
+        ((self.next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * scale
+    }
+}
+
+fn le(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn encode(v: &[f32], dt: FloatDtype) -> Vec<u8> {
+    let mut out = vec![0u8; v.len() * dt.size()];
+    loraweld::quant::dtype::encode_into(v, dt, &mut out);
+    out
+}
+
+/// FP4 as bitsandbytes stores `quant_map` (code 8 is +0.0 in the file).
+fn fp4_map(code8: f32) -> [f32; 16] {
+    let v = [
+        0., 0.0625, 8., 12., 4., 6., 2., 3., 0., -0.0625, -8., -12., -4., -6., -2., -3.,
+    ];
+    let mut m = [0f32; 16];
+    for (i, x) in v.iter().enumerate() {
+        m[i] = *x as f32 / 12.0;
+    }
+    m[8] = code8;
+    m
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Base {
+    Nf4 {
+        nested: bool,
+        blocksize: u64,
+        qdt: FloatDtype,
+    },
+    Fp4 {
+        nested: bool,
+        blocksize: u64,
+        qdt: FloatDtype,
+        neg_zero: bool,
+    },
+    Float(FloatDtype),
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Case {
+    base: Base,
+    /// Rows of the whole weight; the tile is rows `row0..row0 + rows`.
+    total_rows: usize,
+    row0: usize,
+    rows: usize,
+    cols: usize,
+    /// 0 = no LoRA.
+    r: usize,
+    scale: f32,
+    delta: FloatDtype,
+    out: FloatDtype,
+    seed: u64,
+}
+
+/// The inputs of a case, owned.
+struct Inputs {
+    codes: Vec<u8>,
+    absmax: Vec<u8>,
+    nested_absmax: Vec<u8>,
+    nested_map: Vec<u8>,
+    quant_map: Vec<u8>,
+    float: Vec<u8>,
+    a: Vec<f32>,
+    b: Vec<f32>,
+}
+
+fn inputs(c: &Case) -> Inputs {
+    let mut g = Rng(c.seed);
+    let n = c.total_rows * c.cols;
+    let (blocksize, nested) = match c.base {
+        Base::Nf4 { blocksize, nested, .. } | Base::Fp4 { blocksize, nested, .. } => (blocksize, nested),
+        Base::Float(_) => (64, false),
+    };
+    let nb = (n as u64).div_ceil(blocksize) as usize;
+    let codes: Vec<u8> = (0..n.div_ceil(2)).map(|_| g.next() as u8).collect();
+    let absmax = if nested {
+        (0..nb).map(|_| g.next() as u8).collect()
+    } else {
+        le(&(0..nb).map(|_| 0.002 + g.f32(0.2).abs()).collect::<Vec<_>>())
+    };
+    let nested_absmax = le(&(0..nb.div_ceil(256))
+        .map(|_| 0.01 + g.f32(0.1).abs())
+        .collect::<Vec<_>>());
+    let nested_map = le(&(0..256).map(|i| (i as f32 - 127.0) / 128.0).collect::<Vec<_>>());
+    let quant_map = match c.base {
+        Base::Fp4 { neg_zero, .. } => le(&fp4_map(if neg_zero { -0.0 } else { 0.0 })),
+        _ => le(&NF4),
+    };
+    let fdt = match c.base {
+        Base::Float(dt) => dt,
+        _ => FloatDtype::Bf16,
+    };
+    let float = encode(&(0..n).map(|_| g.f32(1.0)).collect::<Vec<_>>(), fdt);
+    let a = (0..c.r * c.cols).map(|_| g.f32(0.1)).collect();
+    let b = (0..c.total_rows * c.r).map(|_| g.f32(0.1)).collect();
+    Inputs {
+        codes,
+        absmax,
+        nested_absmax,
+        nested_map,
+        quant_map,
+        float,
+        a,
+        b,
+    }
+}
+
+fn tile<'a>(c: &Case, x: &'a Inputs) -> MergeTile<'a> {
+    let base = match c.base {
+        Base::Float(dt) => {
+            let s = dt.size();
+            BaseRows::Float {
+                bytes: &x.float[c.row0 * c.cols * s..(c.row0 + c.rows) * c.cols * s],
+                dtype: dt,
+            }
+        }
+        Base::Nf4 { nested, blocksize, qdt }
+        | Base::Fp4 {
+            nested, blocksize, qdt, ..
+        } => BaseRows::Bnb(QuantView {
+            codes: &x.codes,
+            absmax: if nested {
+                AbsmaxRef::Nested {
+                    codes: &x.absmax,
+                    nested_absmax: &x.nested_absmax,
+                    nested_map: &x.nested_map,
+                    nested_blocksize: 256,
+                    offset: 0.0123,
+                }
+            } else {
+                AbsmaxRef::Plain(&x.absmax)
+            },
+            quant_map: &x.quant_map,
+            blocksize,
+            dtype: qdt,
+        }),
+    };
+    MergeTile {
+        row0: c.row0 as u64,
+        rows: c.rows,
+        cols: c.cols,
+        base,
+        lora: (c.r > 0).then(|| LoraRows {
+            a: &x.a,
+            b: &x.b[c.row0 * c.r..(c.row0 + c.rows) * c.r],
+            r: c.r,
+            scale: c.scale,
+            delta_dtype: c.delta,
+        }),
+        out_dtype: c.out,
+    }
+}
+
+/// Runs one case on both backends; `Err` names the first differing byte.
+fn compare(gpu: &CudaBackend, cpu: &CpuBackend, c: &Case) -> Result<(), String> {
+    let x = inputs(c);
+    let t = tile(c, &x);
+    let mut want = vec![0x5Au8; t.out_len()];
+    let mut got = vec![0xA5u8; t.out_len()];
+    let wf = cpu.merge_tile(&t, &mut want).map_err(|e| e.to_string())?;
+    let gf = gpu.merge_tile(&t, &mut got).map_err(|e| format!("{c:?}: {e}"))?;
+    if let Some(i) = got.iter().zip(&want).position(|(g, w)| g != w) {
+        let sz = c.out.size();
+        let e = i / sz;
+        return Err(format!(
+            "{c:?}: first differing byte {i} (element {e}, row {}, col {}): gpu {:02x?} cpu {:02x?}",
+            e / c.cols,
+            e % c.cols,
+            &got[e * sz..(e + 1) * sz],
+            &want[e * sz..(e + 1) * sz]
+        ));
+    }
+    if gf != wf {
+        return Err(format!("{c:?}: finite flag gpu {gf} cpu {wf}"));
+    }
+    Ok(())
+}
+
+const DTS: [FloatDtype; 3] = [FloatDtype::Bf16, FloatDtype::F16, FloatDtype::F32];
+
+#[test]
+fn gpu_tiles_equal_cpu_bytes() {
+    let Some(gpu) = gpu("gpu_tiles_equal_cpu_bytes") else {
+        return;
+    };
+    let cpu = CpuBackend::new(None).unwrap();
+    let mut g = Rng(5);
+    let ranks = [
+        0usize, 1, 2, 3, 4, 5, 7, 8, 12, 16, 17, 31, 32, 33, 63, 64, 65, 100, 127, 128,
+    ];
+    let shapes = [
+        (1, 8),
+        (3, 67),
+        (17, 130),
+        (64, 256),
+        (65, 688),
+        (5, 63),
+        (33, 1),
+        (7, 8),
+        (130, 264),
+        (2, 4104),
+    ];
+    let mut n = 0;
+    let mut failures = Vec::new();
+    for (i, &r) in ranks.iter().enumerate() {
+        for (j, &(rows, cols)) in shapes.iter().enumerate() {
+            let blocksize = [32u64, 64, 128, 256][(i + j) % 4];
+            let qdt = DTS[(i + 2 * j) % 3];
+            let base = match (i + j) % 6 {
+                0 => Base::Nf4 {
+                    nested: true,
+                    blocksize,
+                    qdt,
+                },
+                1 => Base::Nf4 {
+                    nested: false,
+                    blocksize,
+                    qdt,
+                },
+                2 => Base::Fp4 {
+                    nested: true,
+                    blocksize,
+                    qdt,
+                    neg_zero: j % 2 == 0,
+                },
+                3 => Base::Fp4 {
+                    nested: false,
+                    blocksize,
+                    qdt,
+                    neg_zero: j % 2 == 1,
+                },
+                k => Base::Float(DTS[(k + j) % 3]),
+            };
+            let row0 = [0usize, 1, 3, 64][j % 4];
+            let c = Case {
+                base,
+                total_rows: row0 + rows + (j % 3),
+                row0,
+                rows,
+                cols,
+                r,
+                scale: [2.0, 0.5, std::f32::consts::SQRT_2, 16.0][i % 4],
+                delta: if i % 5 == 0 { DTS[j % 3] } else { FloatDtype::F32 },
+                out: DTS[(i + j) % 3],
+                seed: g.next(),
+            };
+            n += 1;
+            if let Err(e) = compare(&gpu, &cpu, &c) {
+                failures.push(e);
+            }
+        }
+    }
+    println!("gpu_tiles_equal_cpu_bytes: {n} cases, {} differ", failures.len());
+    assert!(
+        failures.is_empty(),
+        "{} of {n} cases differ:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn gpu_big_tensors_equal_cpu_bytes() {
+    let Some(gpu) = gpu("gpu_big_tensors_equal_cpu_bytes") else {
+        return;
+    };
+    let cpu = CpuBackend::new(None).unwrap();
+    let bf = FloatDtype::Bf16;
+    let f32_ = FloatDtype::F32;
+    let cases = [
+        (
+            Base::Nf4 {
+                nested: true,
+                blocksize: 64,
+                qdt: bf,
+            },
+            4096,
+            4096,
+            64,
+            bf,
+        ),
+        (
+            Base::Nf4 {
+                nested: true,
+                blocksize: 64,
+                qdt: bf,
+            },
+            14336,
+            4096,
+            16,
+            bf,
+        ),
+        (
+            Base::Fp4 {
+                nested: false,
+                blocksize: 64,
+                qdt: bf,
+                neg_zero: false,
+            },
+            4096,
+            14336,
+            128,
+            bf,
+        ),
+        (
+            Base::Fp4 {
+                nested: true,
+                blocksize: 128,
+                qdt: FloatDtype::F16,
+                neg_zero: false,
+            },
+            1024,
+            4096,
+            1,
+            FloatDtype::F16,
+        ),
+        (
+            Base::Nf4 {
+                nested: false,
+                blocksize: 64,
+                qdt: bf,
+            },
+            3001,
+            4104,
+            33,
+            f32_,
+        ),
+        (Base::Float(bf), 8192, 8192, 64, bf),
+        (Base::Float(FloatDtype::F16), 4096, 4100, 16, FloatDtype::F16),
+    ];
+    let mut failures = Vec::new();
+    for (k, (base, rows, cols, r, out)) in cases.into_iter().enumerate() {
+        let c = Case {
+            base,
+            total_rows: rows,
+            row0: 0,
+            rows,
+            cols,
+            r,
+            scale: 2.0,
+            delta: FloatDtype::F32,
+            out,
+            seed: 100 + k as u64,
+        };
+        let t0 = std::time::Instant::now();
+        let res = compare(&gpu, &cpu, &c);
+        println!(
+            "  {rows}x{cols} r={r} {base:?} -> {out:?}: {:?} in {:.2}s",
+            res.is_ok(),
+            t0.elapsed().as_secs_f64()
+        );
+        if let Err(e) = res {
+            failures.push(e);
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// NaN, infinities, subnormals and values that overflow the output dtype. Non-NaN outputs and
+/// bf16 NaN (always 0x7FC0) are compared bit for bit; the payload of an f16/f32 NaN is not
+/// specified (the CPU's own scalar and SIMD paths need not agree on it), only that it is NaN.
+#[test]
+fn gpu_special_values_equal_cpu() {
+    let Some(gpu) = gpu("gpu_special_values_equal_cpu") else {
+        return;
+    };
+    let cpu = CpuBackend::new(None).unwrap();
+    let specials = [
+        f32::NAN,
+        -f32::NAN,
+        f32::from_bits(0x7F81_2345),
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::MAX,
+        -f32::MAX,
+        f32::from_bits(0x7F7F_8000),
+        f32::from_bits(0x7F7F_7FFF),
+        65504.0,
+        65520.0,
+        65519.99,
+        f32::from_bits(1),
+        -f32::from_bits(0x0040_0000),
+        f32::MIN_POSITIVE,
+        1e-40,
+        6e-8,
+        3e-8,
+        0.0,
+        -0.0,
+        1.0 + 1.0 / 256.0,
+        1.0 + 3.0 / 256.0,
+        1.0 + 1.0 / 2048.0,
+    ];
+    let (rows, cols) = (4, specials.len() * 8);
+    let mut base = Vec::new();
+    for i in 0..rows * cols {
+        base.push(specials[(i * 7 + i / cols) % specials.len()]);
+    }
+    let mut failures = 0;
+    for (r, scale) in [(0usize, 1.0f32), (4, 1.0), (4, 1e30), (8, f32::INFINITY)] {
+        let a: Vec<f32> = (0..r * cols).map(|i| [0.5f32, -0.25, 1e-3, 3.0][i % 4]).collect();
+        let b: Vec<f32> = (0..rows * r).map(|i| [1.0f32, -1.0, 0.125][i % 3]).collect();
+        for out in DTS {
+            let bytes = le(&base);
+            let t = MergeTile {
+                row0: 0,
+                rows,
+                cols,
+                base: BaseRows::Float {
+                    bytes: &bytes,
+                    dtype: FloatDtype::F32,
+                },
+                lora: (r > 0).then(|| LoraRows {
+                    a: &a,
+                    b: &b,
+                    r,
+                    scale,
+                    delta_dtype: FloatDtype::F32,
+                }),
+                out_dtype: out,
+            };
+            let mut want = vec![0u8; t.out_len()];
+            let mut got = vec![0u8; t.out_len()];
+            let wf = cpu.merge_tile(&t, &mut want).unwrap();
+            let gf = gpu.merge_tile(&t, &mut got).unwrap();
+            assert_eq!(gf, wf, "finite flag, r {r} scale {scale} out {out:?}");
+            let sz = out.size();
+            for (e, (gw, ww)) in got.chunks_exact(sz).zip(want.chunks_exact(sz)).enumerate() {
+                let is_nan = |w: &[u8]| match out {
+                    FloatDtype::F32 => f32::from_le_bytes([w[0], w[1], w[2], w[3]]).is_nan(),
+                    FloatDtype::F16 => u16::from_le_bytes([w[0], w[1]]) & 0x7FFF > 0x7C00,
+                    FloatDtype::Bf16 => false,
+                };
+                let same = gw == ww || (is_nan(gw) && is_nan(ww));
+                if !same {
+                    failures += 1;
+                    if failures < 10 {
+                        println!(
+                            "  r {r} scale {scale} out {out:?} element {e} (base {:e}): gpu {gw:02x?} cpu {ww:02x?}",
+                            base[e]
+                        );
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(failures, 0, "special values differ");
+}
+
+/// Compares every `.safetensors` file of `want` with the same name in `got`.
+fn files_equal(got: &Path, want: &Path) -> Result<usize, String> {
+    let (a, b) = (got, want);
+    let mut names: Vec<_> = std::fs::read_dir(b)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().ends_with(".safetensors"))
+        .collect();
+    names.sort();
+    for n in &names {
+        let (x, y) = (std::fs::read(a.join(n)).unwrap(), std::fs::read(b.join(n)).unwrap());
+        if x != y {
+            let i = x
+                .iter()
+                .zip(&y)
+                .position(|(p, q)| p != q)
+                .unwrap_or(x.len().min(y.len()));
+            return Err(format!("{}: first differing byte {i}", n.to_string_lossy()));
+        }
+    }
+    Ok(names.len())
+}
+
+#[test]
+fn gpu_fixture_merges_equal_cpu() {
+    if gpu("gpu_fixture_merges_equal_cpu").is_none() {
+        return;
+    }
+    let fx = fixtures();
+    let tmp = tempfile::tempdir().unwrap();
+    let refs = [
+        ("lora", None, "ref_merged_16bit"),
+        ("lora_on_nf4", None, "ref_merged_16bit_from_nf4"),
+        ("lora_on_nf4", Some("base_fp4"), "ref_merged_16bit_from_fp4"),
+    ];
+    for (adapter, base, reference) in refs {
+        let mut outs = Vec::new();
+        for device in [DeviceChoice::Cpu, DeviceChoice::Cuda] {
+            let out = tmp
+                .path()
+                .join(format!("{adapter}-{}-{device:?}", base.unwrap_or("default")));
+            let mut o = SaveOptions::new(fx.join(adapter), &out);
+            o.base = base.map(|b| fx.join(b));
+            o.device = device;
+            o.max_shard_size = 2_000_000;
+            o.shard_order = ShardOrder::Module;
+            let rep = loraweld::save(&o).unwrap();
+            println!("  {adapter} base {base:?}: {} in {:.3}s", rep.backend, rep.seconds);
+            outs.push(out);
+        }
+        let n = files_equal(&outs[1], &outs[0]).unwrap_or_else(|e| panic!("{adapter} base {base:?}: gpu vs cpu: {e}"));
+        assert!(n > 0);
+        // The PEFT-made reference too, where its shard layout is module order.
+        if adapter == "lora_on_nf4" {
+            files_equal(&outs[1], &fx.join(reference)).unwrap_or_else(|e| panic!("{adapter}: gpu vs {reference}: {e}"));
+        }
+    }
+}
+
+/// What a CUDA build does on a machine with no usable GPU (CI runs this against the stub driver).
+#[test]
+fn no_gpu_auto_falls_back_with_one_notice_and_cuda_fails_clearly() {
+    if CudaBackend::new(MemoryBudget::Fraction(0.5), None).is_ok() {
+        println!("no_gpu_auto_falls_back…: SKIPPED, this machine has a usable GPU");
+        return;
+    }
+    let fx = fixtures();
+    let tmp = tempfile::tempdir().unwrap();
+    let bin = env!("CARGO_BIN_EXE_loraweld");
+    let out = tmp.path().join("auto");
+    let o = Command::new(bin)
+        .args(["save", fx.join("lora_on_nf4").to_str().unwrap(), out.to_str().unwrap()])
+        .args(["--max-shard-size", "2MB", "--shard-order", "module"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    let notices: Vec<&str> = stderr.lines().filter(|l| l.contains("notice")).collect();
+    if cfg!(feature = "cuda") {
+        assert_eq!(notices.len(), 1, "{stderr}");
+        assert!(
+            notices[0].starts_with("loraweld: notice: no usable CUDA device ("),
+            "{stderr}"
+        );
+        assert!(notices[0].ends_with("; using the CPU"), "{stderr}");
+    } else {
+        assert!(
+            notices.is_empty(),
+            "a build without cuda has nothing to fall back from: {stderr}"
+        );
+    }
+    let want = fx.join("ref_merged_16bit_from_nf4");
+    files_equal(&out, &want).unwrap();
+
+    let o = Command::new(bin)
+        .args([
+            "save",
+            fx.join("lora_on_nf4").to_str().unwrap(),
+            tmp.path().join("cuda").to_str().unwrap(),
+        ])
+        .args(["--device", "cuda"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    let needle = if cfg!(feature = "cuda") {
+        "loraweld: error: --device cuda: no usable CUDA device: "
+    } else {
+        "loraweld: error: --device cuda: this build has no CUDA support"
+    };
+    assert!(stderr.starts_with(needle), "{stderr}");
+    assert!(!tmp.path().join("cuda").exists());
+}
