@@ -210,6 +210,12 @@ pub enum Error {
         /// The driver's error.
         what: String,
     },
+    /// SIGINT stopped the run; the staging directory is kept for the next run to resume.
+    #[error("{}: interrupted; run the same command again to resume", out.display())]
+    Interrupted {
+        /// The output directory.
+        out: PathBuf,
+    },
     /// `verify` found problems (listed on stdout).
     #[error("{}: verification failed ({problems} problem(s))", dir.display())]
     VerifyFailed {
@@ -286,6 +292,7 @@ impl Error {
             | Error::Internal(_)
             | Error::Cuda { .. }
             | Error::VerifyFailed { .. }
+            | Error::Interrupted { .. }
             | Error::HubUnreachable { .. }
             | Error::HubProtocol { .. }
             | Error::HubDownload { .. } => ExitCode::Runtime,

@@ -311,6 +311,11 @@ fn run(cli: Cli) -> Result<(), Error> {
             if args.json {
                 let s = serde_json::to_string_pretty(&report).map_err(|e| Error::Internal(e.to_string()))?;
                 println!("{s}");
+            } else if report.up_to_date {
+                eprintln!(
+                    "loraweld: {} is up to date (same inputs and options; --force rewrites it)",
+                    report.out.display()
+                );
             } else if opts.dry_run {
                 print!("{}", report.plan_text);
                 println!("backend: {}", report.backend);
@@ -422,6 +427,8 @@ fn print_push(dir: &std::path::Path, p: &PushReport) {
 }
 
 fn main() -> ProcessExit {
+    // SIGINT stops a save at the next work item and keeps its staging directory for a re-run.
+    loraweld::sys::install_sigint_handler();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

@@ -13,7 +13,7 @@
 //! Memory is bounded by the channel depth × the tile size, not by the model. The first error
 //! wins; "channel closed" errors in other stages are its consequences and are dropped.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, Sender};
@@ -119,7 +119,7 @@ pub struct ShardResult {
 
 /// Called by the packer with each shard's path once it is complete and synced (the Hub push
 /// uploads it from there while the pipeline goes on). It must not block for long.
-pub type OnShard = dyn Fn(&Path, &ShardResult) + Sync;
+pub type OnShard<'a> = dyn Fn(&Path, &ShardResult) + Sync + 'a;
 
 /// Busy time per stage.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -183,7 +183,7 @@ pub fn execute(
     backend: &dyn Backend,
     dir: &Path,
     cfg: ExecConfig,
-    on_shard: Option<&OnShard>,
+    on_shard: Option<&OnShard<'_>>,
 ) -> Result<(Vec<ShardResult>, StageTimes)> {
     let (work_tx, work_rx) = bounded::<Work>(cfg.depth);
     let (pack_tx, pack_rx) = bounded::<Packed>(cfg.depth);
@@ -219,10 +219,16 @@ pub fn execute(
 fn read_stage<'a>(plan: &Plan, inputs: Inputs<'a>, cfg: ExecConfig, tx: Sender<Work<'a>>) -> Result<Duration> {
     let mut busy = Duration::ZERO;
     for (si, shard) in plan.shards.iter().enumerate() {
+        if shard.skip {
+            continue;
+        }
         if tx.send(Work::StartShard(si)).is_err() {
             return Ok(busy);
         }
         for &ti in &shard.tensors {
+            if crate::sys::interrupted() {
+                return Err(Error::Interrupted { out: PathBuf::new() });
+            }
             let t0 = Instant::now();
             let t = &plan.tensors[ti];
             let mut items = Vec::new();
@@ -728,7 +734,7 @@ fn pack_stage(
     dir: &Path,
     rx: Receiver<Packed<'_>>,
     pool: Sender<Vec<u8>>,
-    on_shard: Option<&OnShard>,
+    on_shard: Option<&OnShard<'_>>,
 ) -> Result<(Vec<ShardResult>, Duration)> {
     let mut busy = Duration::ZERO;
     let mut results = Vec::with_capacity(plan.shards.len());
@@ -795,7 +801,7 @@ fn pack_stage(
         }
         busy += t0.elapsed();
     }
-    if results.len() != plan.shards.len() {
+    if results.len() != plan.shards.iter().filter(|s| !s.skip).count() {
         return Err(Error::Internal(
             "the pipeline stopped before every shard was written".into(),
         ));

@@ -14,10 +14,13 @@ use crate::error::{Error, Result};
 use crate::hub::push::{PushReport, Session};
 use crate::hub::Need;
 use crate::options::{DeviceChoice, SaveMethod, SaveOptions};
+use crate::pipeline::OnShard;
 use crate::pipeline::{execute, ExecConfig, Inputs, ShardResult, StageTimes};
 use crate::plan::{describe, plan_adapter, plan_merged, MergeOpts, Plan, PlanCounts, QuantSpec};
 use crate::writer::meta;
+use crate::writer::resume::{self, RunKey};
 use crate::writer::staging::Staging;
+use std::collections::BTreeMap;
 
 /// What a save did: the machine-readable report behind `--json`.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -56,6 +59,10 @@ pub struct SaveReport {
     pub peak_rss: Option<u64>,
     /// One-line warnings (e.g. a LoRA merged into tied embeddings).
     pub warnings: Vec<String>,
+    /// OUT was already a finished save of the same inputs and options: nothing was done.
+    pub up_to_date: bool,
+    /// Shards kept from an interrupted earlier run.
+    pub resumed_shards: usize,
     /// The push to the Hub, with `--push-to-hub`: username, commit URL, what was sent.
     pub push: Option<PushReport>,
     /// The plan as text (for `--dry-run`).
@@ -63,7 +70,11 @@ pub struct SaveReport {
     pub plan_text: String,
 }
 
-const MANIFEST: &str = "loraweld-manifest.json";
+const MANIFEST: &str = resume::MANIFEST;
+
+fn poisoned<T>(_: T) -> Error {
+    Error::Internal("a lock was poisoned by a panicking thread".into())
+}
 
 /// Saves according to `opts`. See the crate docs.
 pub fn save(opts: &SaveOptions) -> Result<SaveReport> {
@@ -136,11 +147,23 @@ pub fn save(opts: &SaveOptions) -> Result<SaveReport> {
         peak_rss: None,
         warnings: plan.warnings.clone(),
         push: None,
+        up_to_date: false,
+        resumed_shards: 0,
         plan_text,
     };
+    let run = run_key(opts, &adapter, ck.as_ref())?;
     if opts.out.exists() && !opts.force && !opts.dry_run {
+        // Like make: a finished OUT of the same inputs and options is up to date.
+        if let Some(shards) = resume::up_to_date(&opts.out, &run) {
+            report.up_to_date = true;
+            report.bytes_written = 0;
+            report.shards = shards;
+            report.seconds = t0.elapsed().as_secs_f64();
+            report.peak_rss = crate::sys::peak_rss();
+            return Ok(report);
+        }
         return Err(Error::Usage(format!(
-            "{}: already exists (use --force to replace it)",
+            "{}: already exists from other inputs or options (use --force to replace it)",
             opts.out.display()
         )));
     }
@@ -174,7 +197,7 @@ pub fn save(opts: &SaveOptions) -> Result<SaveReport> {
         Some(p) => Some(Session::start(p, &opts.hub)?),
         None => None,
     };
-    let staging = Staging::create(&opts.out, opts.temporary_location.as_deref())?;
+    let mut staging = Staging::create(&opts.out, opts.temporary_location.as_deref())?;
     let cfg = ExecConfig::from_budget(opts.maximum_memory_usage.bytes(), opts.allow_nonfinite);
     let inputs = Inputs {
         base: ck.as_ref(),
@@ -184,8 +207,58 @@ pub fn save(opts: &SaveOptions) -> Result<SaveReport> {
         // merged_4bit: block statistics first (the quant-state JSON sizes depend on them).
         crate::pipeline::quant_stats(&mut plan, inputs, backend.as_ref(), cfg)?;
     }
-    let (shards, stages) = execute_and_upload(&plan, inputs, backend.as_ref(), staging.path(), cfg, session.as_ref())?;
+    // Resume: keep the shards an interrupted run of the same inputs and options finished.
+    let kept = resume::reusable(staging.path(), &run, &plan)?;
+    for (s, k) in plan.shards.iter_mut().zip(&kept) {
+        s.skip = k.is_some();
+    }
+    let done = std::sync::Mutex::new(
+        kept.iter()
+            .flatten()
+            .map(|r| (r.file.clone(), r.clone()))
+            .collect::<BTreeMap<_, _>>(),
+    );
+    resume::write_manifest(
+        staging.path(),
+        &resume::manifest(&run, &plan, &done.lock().map_err(poisoned)?.clone()),
+    )?;
+    let record = |_: &Path, r: &ShardResult| {
+        if let Ok(mut d) = done.lock() {
+            d.insert(r.file.clone(), r.clone());
+            let _ = resume::write_manifest(staging.path(), &resume::manifest(&run, &plan, &d));
+        }
+    };
+    let kept_paths: Vec<PathBuf> = kept.iter().flatten().map(|r| staging.path().join(&r.file)).collect();
+    let executed = execute_and_upload(
+        &plan,
+        inputs,
+        backend.as_ref(),
+        staging.path(),
+        cfg,
+        session.as_ref(),
+        &record,
+        &kept_paths,
+    );
+    let (written, stages) = match executed {
+        Ok(x) => x,
+        Err(Error::Interrupted { .. }) => {
+            staging.keep();
+            return Err(Error::Interrupted { out: opts.out.clone() });
+        }
+        Err(e) => return Err(e),
+    };
+    // Every planned shard, in plan order: kept ones from the earlier run, the rest just written.
+    let mut by_file: BTreeMap<String, ShardResult> = written.into_iter().map(|r| (r.file.clone(), r)).collect();
+    let mut shards = Vec::with_capacity(plan.shards.len());
+    for (s, k) in plan.shards.iter().zip(kept) {
+        match k.or_else(|| by_file.remove(&s.file_name)) {
+            Some(r) => shards.push(r),
+            None => return Err(Error::Internal(format!("{}: no result for shard", s.file_name))),
+        }
+    }
+    report.resumed_shards = plan.shards.iter().filter(|s| s.skip).count();
     let files = finish(
+        &run,
         opts,
         &adapter,
         ck.as_ref(),
@@ -221,6 +294,7 @@ pub fn save(opts: &SaveOptions) -> Result<SaveReport> {
 /// [`execute`], with each shard handed to the Hub session as soon as the packer closes it: an
 /// uploader thread takes finished shard paths from a channel and sends them through LFS while
 /// the pipeline goes on. The first error wins, the pipeline's before the uploader's.
+#[allow(clippy::too_many_arguments)]
 fn execute_and_upload(
     plan: &Plan,
     inputs: Inputs<'_>,
@@ -228,12 +302,17 @@ fn execute_and_upload(
     dir: &Path,
     cfg: ExecConfig,
     session: Option<&Session>,
+    record: &OnShard<'_>,
+    already_done: &[PathBuf],
 ) -> Result<(Vec<ShardResult>, StageTimes)> {
     let Some(session) = session else {
-        return execute(plan, inputs, backend, dir, cfg, None);
+        return execute(plan, inputs, backend, dir, cfg, Some(record));
     };
     // Unbounded on purpose: an item is a path, and the packer must never wait for the network.
     let (tx, rx) = crossbeam_channel::unbounded::<PathBuf>();
+    for p in already_done {
+        let _ = tx.send(p.clone());
+    }
     std::thread::scope(|s| {
         let uploader = std::thread::Builder::new()
             .name("loraweld.upload".into())
@@ -244,7 +323,8 @@ fn execute_and_upload(
                 Ok(())
             })
             .map_err(|e| Error::Internal(format!("starting the upload thread: {e}")))?;
-        let on_shard = move |path: &Path, _: &ShardResult| {
+        let on_shard = move |path: &Path, r: &ShardResult| {
+            record(path, r);
             let _ = tx.send(path.to_path_buf());
         };
         let done = execute(plan, inputs, backend, dir, cfg, Some(&on_shard));
@@ -319,7 +399,9 @@ fn absolute(p: &Path) -> PathBuf {
 }
 
 /// Writes everything around the shards into the staging dir; returns the file names.
+#[allow(clippy::too_many_arguments)]
 fn finish(
+    run: &RunKey,
     opts: &SaveOptions,
     adapter: &Adapter,
     ck: Option<&Checkpoint>,
@@ -373,9 +455,24 @@ fn finish(
     };
     meta::write_file(dir, "README.md", card.as_bytes())?;
     files.push("README.md".into());
-    let mut inputs = vec![adapter.weights_path().to_path_buf()];
+    let done: BTreeMap<String, ShardResult> = shards.iter().map(|r| (r.file.clone(), r.clone())).collect();
+    resume::write_manifest(dir, &resume::manifest(run, plan, &done))?;
+    files.push(MANIFEST.into());
+    Ok(files)
+}
+
+/// The inputs and options that decide the output bytes (the run's fingerprint).
+fn run_key(opts: &SaveOptions, adapter: &Adapter, ck: Option<&Checkpoint>) -> Result<RunKey> {
+    let mut inputs = vec![
+        adapter.weights_path().to_path_buf(),
+        adapter.dir.join("adapter_config.json"),
+    ];
     if let Some(c) = ck {
         inputs.extend(c.files());
+        let cfg = c.dir.join("config.json");
+        if cfg.is_file() {
+            inputs.push(cfg);
+        }
     }
     let options = json!({
         "save_method": opts.save_method.as_str(),
@@ -384,8 +481,11 @@ fn finish(
         "variant": opts.variant,
         "shard_order": format!("{:?}", opts.shard_order).to_lowercase(),
         "padding_side": format!("{:?}", opts.padding_side).to_lowercase(),
+        "untie_embeddings": opts.untie_embeddings,
+        "quant_type": opts.quant_type.as_str(),
+        "blocksize": opts.blocksize,
+        "double_quant": opts.double_quant,
+        "allow_nonfinite": opts.allow_nonfinite,
     });
-    meta::write_file(dir, MANIFEST, meta::manifest(shards, &inputs, options)?.as_bytes())?;
-    files.push(MANIFEST.into());
-    Ok(files)
+    RunKey::new(&inputs, options)
 }

@@ -77,6 +77,35 @@ pub fn write_back(file: &File, offset: u64, len: u64) {
     }
 }
 
+/// Takes an exclusive advisory lock on `file` without waiting; false when another process
+/// holds it. The lock goes with the file descriptor.
+pub fn try_lock(file: &File) -> bool {
+    // SAFETY: the fd is valid for the lifetime of `file`; flock has no memory effects.
+    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+}
+
+/// Set once by the SIGINT handler; the pipeline stops at the next work item when it is set.
+/// The only process-wide state in the library: a signal handler can do nothing else safely.
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether SIGINT arrived.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+extern "C" fn on_sigint(_: libc::c_int) {
+    INTERRUPTED.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Makes SIGINT stop a save cleanly at the next work item, leaving a resumable staging
+/// directory (the CLI installs it; a library user may).
+pub fn install_sigint_handler() {
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t);
+    }
+}
+
 /// Peak resident set size of this process (`VmHWM`), in bytes.
 pub fn peak_rss() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;

@@ -55,22 +55,42 @@ fn json_report_lists_shards_with_their_hashes() {
     assert_eq!(manifest["shards"][0]["blake3"], shards[0]["blake3"]);
 }
 
+/// Like make: the same command again is up to date and does nothing; other options need
+/// --force; --force rewrites.
 #[test]
-fn existing_output_needs_force() {
+fn existing_output_is_up_to_date_or_needs_force() {
     let w = Workdir::new();
     let out = w.join("merged");
-    let args = |force: bool| {
-        let mut v = vec![fixtures().join("lora"), out.clone()];
-        if force {
-            v.push("--force".into());
-        }
+    let args = |extra: &[&str]| {
+        let mut v: Vec<std::ffi::OsString> = vec![fixtures().join("lora").into(), out.clone().into()];
+        v.extend(extra.iter().map(Into::into));
         v
     };
-    LoraweldCommand::save(args(false)).ok();
-    let err = LoraweldCommand::save(args(false)).fails_with(2);
-    assert!(err.contains("already exists (use --force"), "{err}");
-    LoraweldCommand::save(args(true)).ok();
-    assert!(out.join("model.safetensors").is_file());
+    LoraweldCommand::save(args(&[])).ok();
+    let shard = out.join("model.safetensors");
+    let before = std::fs::metadata(&shard).unwrap().modified().unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_loraweld"))
+        .arg("save")
+        .args(args(&["--json"]))
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["up_to_date"], true);
+    assert_eq!(r["bytes_written"], 0);
+    assert_eq!(
+        std::fs::metadata(&shard).unwrap().modified().unwrap(),
+        before,
+        "nothing rewritten"
+    );
+    let err = LoraweldCommand::save(args(&["--dtype", "f32"])).fails_with(2);
+    assert!(
+        err.contains("already exists from other inputs or options (use --force"),
+        "{err}"
+    );
+    LoraweldCommand::save(args(&["--dtype", "f32", "--force"])).ok();
+    let o = LoraweldCommand::save(args(&["--dtype", "f32", "--json"])).ok();
+    assert!(o.contains("\"up_to_date\": true"), "{o}");
 }
 
 /// `--help` is documentation: this golden file guards it (regenerate with

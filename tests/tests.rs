@@ -20,6 +20,8 @@ mod merged;
 mod merged4;
 /// Disk preflight.
 mod resources;
+/// Kill -9 and SIGINT at random moments, then resume.
+mod resume;
 /// `verify`, `inspect`, `completions`.
 mod tools;
 /// Every LoRA variant and architecture against tiny PEFT-made fixtures.

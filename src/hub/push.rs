@@ -100,7 +100,8 @@ pub fn push(dir: &Path, opts: &PushOptions, hub: &HubConfig, temporary_location:
     let temp = temporary_location
         .map(Path::to_path_buf)
         .unwrap_or_else(std::env::temp_dir);
-    let staging = Staging::create(&temp.join("push"), Some(&temp))?;
+    // One staging folder per process: concurrent pushes must not share (or lock) one.
+    let staging = Staging::create(&temp.join(format!("push-{}", std::process::id())), Some(&temp))?;
     let card = staging.path().join("README.md");
     let text = super::card::card_for(dir, &opts.tags)?;
     std::fs::write(&card, text).map_err(|e| Error::io(&card, e))?;

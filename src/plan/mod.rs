@@ -273,6 +273,8 @@ pub struct ShardPlan {
     pub header: Vec<u8>,
     /// Total file bytes.
     pub file_len: u64,
+    /// Already written and verified by an earlier, interrupted run: do not write again.
+    pub skip: bool,
 }
 
 /// Counts of what the plan does.
@@ -648,6 +650,7 @@ pub(crate) fn layout(
             format!("{base_name}-{:05}-of-{n:05}.{ext}", si + 1)
         };
         shards.push(ShardPlan {
+            skip: false,
             file_name,
             file_len: header.len() as u64 + off,
             header,

@@ -3,5 +3,6 @@
 
 pub mod meta;
 pub mod pyjson;
+pub mod resume;
 pub mod shard;
 pub mod staging;

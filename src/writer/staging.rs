@@ -1,6 +1,8 @@
-//! The staging directory: output is written into a hidden sibling of `OUT` (or under
-//! `--temporary-location`), synced, and renamed into place only when complete. A failed run
-//! removes it, so nothing that looks like a finished model is ever left behind.
+//! The staging directory: output is written into a hidden sibling of `OUT`,
+//! `.<OUT>.loraweld-partial` (or the same name under `--temporary-location`), synced, and renamed
+//! into place only when complete. A failed run removes it, so nothing that looks like a finished
+//! model is ever left behind; a run stopped by SIGINT, or killed, leaves it for the next run
+//! to resume (see `resume.rs`). A lock file keeps two runs from writing the same `OUT`.
 
 use std::path::{Path, PathBuf};
 
@@ -11,10 +13,13 @@ use crate::error::{Error, Result};
 pub struct Staging {
     dir: PathBuf,
     committed: bool,
+    keep: bool,
+    _lock: std::fs::File,
 }
 
 impl Staging {
-    /// Creates `.<name>.loraweld-<pid>` beside `out`, or inside `temp` when given.
+    /// Opens (or creates) `.<name>.loraweld-partial` beside `out`, or inside `temp` when given,
+    /// keeping what an interrupted run left there, and locks it.
     pub fn create(out: &Path, temp: Option<&Path>) -> Result<Self> {
         let name = out
             .file_name()
@@ -29,12 +34,32 @@ impl Staging {
                 .unwrap_or_else(|| PathBuf::from(".")),
         };
         std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
-        let dir = parent.join(format!(".{name}.loraweld-{}", std::process::id()));
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let dir = parent.join(format!(".{name}.loraweld-partial"));
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let lock_path = dir.join(".lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| Error::io(&lock_path, e))?;
+        if !crate::sys::try_lock(&lock) {
+            return Err(Error::Usage(format!(
+                "{}: another loraweld run is writing it",
+                out.display()
+            )));
         }
-        std::fs::create_dir(&dir).map_err(|e| Error::io(&dir, e))?;
-        Ok(Staging { dir, committed: false })
+        Ok(Staging {
+            dir,
+            committed: false,
+            keep: false,
+            _lock: lock,
+        })
+    }
+
+    /// Leaves the directory in place on drop (a stopped run, to be resumed).
+    pub fn keep(&mut self) {
+        self.keep = true;
     }
 
     /// The directory to write into.
@@ -45,6 +70,7 @@ impl Staging {
     /// Syncs and renames the staging directory to `out`. An existing `out` is replaced only
     /// with `force`; it is moved aside first and removed after the rename succeeds.
     pub fn commit(mut self, out: &Path, force: bool) -> Result<()> {
+        let _ = std::fs::remove_file(self.dir.join(".lock"));
         sync_dir(&self.dir)?;
         let mut aside = None;
         if out.exists() {
@@ -88,7 +114,7 @@ impl Staging {
 
 impl Drop for Staging {
     fn drop(&mut self) {
-        if !self.committed {
+        if !self.committed && !self.keep {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
@@ -132,9 +158,21 @@ mod tests {
         {
             let s = Staging::create(&out, None).unwrap();
             std::fs::write(s.path().join("model.safetensors"), b"x").unwrap();
+            assert!(Staging::create(&out, None).is_err(), "a second run is locked out");
         }
         assert!(!out.exists());
         assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
+        {
+            let mut s = Staging::create(&out, None).unwrap();
+            std::fs::write(s.path().join("model.safetensors"), b"x").unwrap();
+            s.keep();
+        }
+        let s = Staging::create(&out, None).unwrap();
+        assert_eq!(
+            std::fs::read(s.path().join("model.safetensors")).unwrap(),
+            b"x",
+            "kept for resume"
+        );
     }
 
     #[test]

@@ -1,0 +1,196 @@
+//! Crash-safe, resumable output: the run's fingerprint and the manifest of shards.
+//!
+//! The manifest (`loraweld-manifest.json`) records, per run, every input's fingerprint (size,
+//! mtime and a blake3 of its safetensors header or JSON bytes) and the options that change the
+//! output; per shard, the blake3 of its planned header, its size and blake3, and a done flag.
+//! It is rewritten (atomically) after every shard, in the staging directory. A run that finds
+//! the staging directory of an earlier run with the same fingerprint keeps the shards whose
+//! header and bytes still verify and writes only the others; the result is byte-identical to an
+//! uninterrupted run because every byte is a function of the inputs and options. A finished
+//! `OUT` whose manifest has the same fingerprint is up to date: the run does nothing.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+
+use super::pyjson::dumps_indent2;
+use crate::checkpoint::mmap::MappedFile;
+use crate::error::{Error, Result};
+use crate::pipeline::ShardResult;
+use crate::plan::Plan;
+
+/// The manifest's file name.
+pub const MANIFEST: &str = "loraweld-manifest.json";
+
+/// What makes two runs produce the same bytes.
+#[derive(Debug, Clone)]
+pub struct RunKey {
+    /// blake3 over everything below.
+    pub key: String,
+    /// Per input: path, size, mtime, content fingerprint.
+    pub inputs: Vec<Value>,
+    /// The output-changing options.
+    pub options: Value,
+}
+
+fn file_print(path: &Path) -> Result<Value> {
+    let md = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    let mtime = md
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    // Safetensors: the header (8-byte length + JSON); JSON files: the whole text.
+    let head = if path.extension().is_some_and(|e| e == "safetensors") {
+        let m = MappedFile::open(path)?;
+        let b = m.bytes();
+        let n = b
+            .get(..8)
+            .and_then(|x| x.try_into().ok())
+            .map(u64::from_le_bytes)
+            .unwrap_or(0) as usize;
+        blake3::hash(b.get(..8 + n).unwrap_or(b)).to_hex().to_string()
+    } else {
+        blake3::hash(&std::fs::read(path).map_err(|e| Error::io(path, e))?)
+            .to_hex()
+            .to_string()
+    };
+    Ok(json!({"path": path.display().to_string(), "size": md.len(), "mtime_ns": mtime, "header_blake3": head}))
+}
+
+impl RunKey {
+    /// Fingerprints the inputs and options.
+    pub fn new(inputs: &[PathBuf], options: Value) -> Result<Self> {
+        let prints = inputs.iter().map(|p| file_print(p)).collect::<Result<Vec<_>>>()?;
+        let mut h = blake3::Hasher::new();
+        h.update(env!("CARGO_PKG_VERSION").as_bytes());
+        h.update(options.to_string().as_bytes());
+        for p in &prints {
+            h.update(p.to_string().as_bytes());
+        }
+        Ok(RunKey {
+            key: h.finalize().to_hex().to_string(),
+            inputs: prints,
+            options,
+        })
+    }
+}
+
+/// The manifest for `plan`, with `done` shards (by file name) marked finished.
+pub fn manifest(run: &RunKey, plan: &Plan, done: &BTreeMap<String, ShardResult>) -> String {
+    let shards: Vec<Value> = plan
+        .shards
+        .iter()
+        .map(|s| {
+            let d = done.get(&s.file_name);
+            json!({
+                "file": s.file_name,
+                "header_blake3": blake3::hash(&s.header).to_hex().to_string(),
+                "bytes": s.file_len,
+                "blake3": d.map(|r| r.blake3.clone()),
+                "done": d.is_some(),
+            })
+        })
+        .collect();
+    let v = json!({
+        "loraweld_version": env!("CARGO_PKG_VERSION"),
+        "run_key": run.key,
+        "options": run.options,
+        "inputs": run.inputs,
+        "shards": shards,
+    });
+    dumps_indent2(&v, false) + "\n"
+}
+
+/// Writes the manifest atomically (temp file + rename) into `dir`.
+pub fn write_manifest(dir: &Path, text: &str) -> Result<()> {
+    let tmp = dir.join(format!(".{MANIFEST}.tmp"));
+    std::fs::write(&tmp, text).map_err(|e| Error::io(&tmp, e))?;
+    let to = dir.join(MANIFEST);
+    std::fs::rename(&tmp, &to).map_err(|e| Error::io(&to, e))
+}
+
+fn read_manifest(dir: &Path) -> Option<Value> {
+    let text = std::fs::read_to_string(dir.join(MANIFEST)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// Whether `out` holds a finished save of exactly this run (same fingerprint, every shard done
+/// and present with its size).
+pub fn up_to_date(out: &Path, run: &RunKey) -> Option<Vec<ShardResult>> {
+    let m = read_manifest(out)?;
+    if m.get("run_key")?.as_str()? != run.key {
+        return None;
+    }
+    let mut results = Vec::new();
+    for s in m.get("shards")?.as_array()? {
+        let file = s.get("file")?.as_str()?;
+        let bytes = s.get("bytes")?.as_u64()?;
+        if !s.get("done")?.as_bool()? || std::fs::metadata(out.join(file)).ok()?.len() != bytes {
+            return None;
+        }
+        results.push(ShardResult {
+            file: file.to_string(),
+            bytes,
+            blake3: s.get("blake3")?.as_str()?.to_string(),
+        });
+    }
+    Some(results)
+}
+
+/// Shards of an interrupted run in `staging` that can be kept: same fingerprint, same planned
+/// header, and a file whose size and blake3 match the manifest. Everything else in `staging`
+/// is removed. Returns one entry per planned shard.
+pub fn reusable(staging: &Path, run: &RunKey, plan: &Plan) -> Result<Vec<Option<ShardResult>>> {
+    let mut keep: Vec<Option<ShardResult>> = vec![None; plan.shards.len()];
+    let m = read_manifest(staging);
+    let same_run = m.as_ref().and_then(|m| m.get("run_key")).and_then(Value::as_str) == Some(run.key.as_str());
+    if same_run {
+        let entries: BTreeMap<String, &Value> = m
+            .as_ref()
+            .and_then(|m| m.get("shards"))
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|s| Some((s.get("file")?.as_str()?.to_string(), s)))
+            .collect();
+        for (i, s) in plan.shards.iter().enumerate() {
+            let Some(e) = entries.get(&s.file_name) else { continue };
+            let header = blake3::hash(&s.header).to_hex().to_string();
+            let ok_entry = e.get("done").and_then(Value::as_bool) == Some(true)
+                && e.get("header_blake3").and_then(Value::as_str) == Some(header.as_str())
+                && e.get("bytes").and_then(Value::as_u64) == Some(s.file_len);
+            let Some(want) = e.get("blake3").and_then(Value::as_str).filter(|_| ok_entry) else {
+                continue;
+            };
+            let path = staging.join(&s.file_name);
+            let Ok(mf) = MappedFile::open(&path) else { continue };
+            if mf.bytes().len() as u64 == s.file_len && blake3::hash(mf.bytes()).to_hex().as_str() == want {
+                keep[i] = Some(ShardResult {
+                    file: s.file_name.clone(),
+                    bytes: s.file_len,
+                    blake3: want.to_string(),
+                });
+            }
+        }
+    }
+    // Remove whatever is not kept: partial shards, other runs' files, old metadata.
+    let kept: Vec<&str> = keep.iter().flatten().map(|r| r.file.as_str()).collect();
+    for e in std::fs::read_dir(staging).map_err(|e| Error::io(staging, e))? {
+        let e = e.map_err(|e| Error::io(staging, e))?;
+        let name = e.file_name().to_string_lossy().to_string();
+        if kept.contains(&name.as_str()) || name == ".lock" {
+            continue;
+        }
+        let p = e.path();
+        let r = if p.is_dir() {
+            std::fs::remove_dir_all(&p)
+        } else {
+            std::fs::remove_file(&p)
+        };
+        r.map_err(|err| Error::io(&p, err))?;
+    }
+    Ok(keep)
+}
