@@ -28,7 +28,7 @@ use crate::plan::{BaseSrc, Extra, FactorSrc, FileRef, Op, Plan, QuantPart, Quant
 use crate::quant::bnb::{AbsmaxRef, QuantView};
 use crate::quant::dtype::{decode_into, encode_into, float_of, round_through};
 use crate::quant::encode;
-use crate::writer::shard::ShardWriter;
+use crate::writer::shard::{lead_for, AlignedBuf, ShardWriter};
 
 /// The mapped inputs a plan reads from.
 #[derive(Clone, Copy)]
@@ -167,6 +167,12 @@ enum Work<'a> {
 
 enum Packed<'a> {
     StartShard(usize),
+    /// A computed tile at `buf[lead..lead + len]`, placed for a copy-free direct write.
+    Aligned {
+        buf: AlignedBuf,
+        lead: usize,
+        len: usize,
+    },
     Borrowed {
         data: &'a [u8],
         file: &'a MappedFile,
@@ -187,7 +193,7 @@ pub fn execute(
 ) -> Result<(Vec<ShardResult>, StageTimes)> {
     let (work_tx, work_rx) = bounded::<Work>(cfg.depth);
     let (pack_tx, pack_rx) = bounded::<Packed>(cfg.depth);
-    let (pool_tx, pool_rx) = bounded::<Vec<u8>>(cfg.depth * 2 + 2);
+    let (pool_tx, pool_rx) = bounded::<AlignedBuf>(cfg.depth * 2 + 2);
     std::thread::scope(|s| {
         let reader = s.spawn(|| read_stage(plan, inputs, cfg, work_tx));
         let compute = s.spawn(|| compute_stage(plan, inputs, backend, cfg, work_rx, pack_tx, pool_rx));
@@ -444,14 +450,16 @@ impl<'a, 'p> Computer<'a, 'p> {
         row0: u64,
         rows: usize,
         out_dtype: FloatDtype,
-        buf: &mut Vec<u8>,
+        buf: &mut [u8],
     ) -> Result<bool> {
         let Op::Compute { base, lora, extra } = op else {
             return Err(Error::Internal("compute of a non-compute op".into()));
         };
+        if buf.len() != rows * cols * out_dtype.size() {
+            return Err(Error::Internal("tile buffer has the wrong length".into()));
+        }
         self.load(key, op);
         let (base_rows, release) = self.base_rows(base, cols, row0, rows);
-        buf.resize(rows * cols * out_dtype.size(), 0);
         let finite = match (&self.factors, extra) {
             (Factors::General(f), Some(x)) => {
                 general_rows(f, x, base_rows, cols, row0, rows, &mut self.f32s);
@@ -509,6 +517,7 @@ impl<'a, 'p> Computer<'a, 'p> {
                 self.f32s.iter().all(|v| v.is_finite())
             }
             _ => {
+                bytes.resize(rows * cols * 4, 0);
                 let finite = self.encoded(key, op, cols, row0, rows, FloatDtype::F32, &mut bytes)?;
                 self.f32s.resize(rows * cols, 0.0);
                 decode_into(&bytes, FloatDtype::F32, &mut self.f32s);
@@ -544,7 +553,7 @@ impl<'a, 'p> Computer<'a, 'p> {
         let mut codes = vec![0u8; len];
         let absmax = &mut self.absmax.as_mut().expect("set above").1;
         for (j, (block, c)) in self.f32s[..len].chunks(bs).zip(codes.chunks_mut(bs)).enumerate() {
-            let partial = k0 + j * bs + bs > n && n % bs != 0;
+            let partial = k0 + j * bs + bs > n && !n.is_multiple_of(bs);
             absmax.push(encode::quantize_block(block, partial, g.quant_type, c));
         }
         buf.resize(len.div_ceil(2), 0);
@@ -675,7 +684,7 @@ fn compute_stage<'a>(
     cfg: ExecConfig,
     rx: Receiver<Work<'a>>,
     tx: Sender<Packed<'a>>,
-    pool: Receiver<Vec<u8>>,
+    pool: Receiver<AlignedBuf>,
 ) -> Result<Duration> {
     let mut busy = Duration::ZERO;
     let mut c = Computer::new(plan, inputs, backend);
@@ -705,21 +714,44 @@ fn compute_stage<'a>(
             Work::Tile { tensor, row0, rows } => {
                 let t0 = Instant::now();
                 let t = &plan.tensors[tensor];
-                // Pooled buffers keep their contents: resizing only zero-fills new bytes.
-                let mut buf = pool.try_recv().unwrap_or_default();
-                let finite = match &t.op {
-                    Op::Quant { group, .. } => c.quant_codes(*group, row0, rows, &mut buf)?,
+                let (finite, packed) = match &t.op {
+                    Op::Quant { group, .. } => {
+                        let mut buf = Vec::new();
+                        (c.quant_codes(*group, row0, rows, &mut buf)?, Packed::Owned(buf))
+                    }
                     op => {
                         let out_dtype = float_of(t.dtype)
                             .ok_or_else(|| Error::Internal(format!("`{}` is not a float output", t.name)))?;
-                        c.encoded(tensor, op, t.cols as usize, row0, rows, out_dtype, &mut buf)?
+                        // The tile goes where its bytes sit in their 4 KiB page of the shard, so
+                        // the writer can hand the buffer to the disk without copying it.
+                        let cols = t.cols as usize;
+                        let len = rows * cols * out_dtype.size();
+                        let pos = plan.shards[t.shard].header.len() as u64
+                            + t.offset
+                            + row0 * (cols * out_dtype.size()) as u64;
+                        let lead = lead_for(pos);
+                        let mut buf = pool
+                            .try_recv()
+                            .ok()
+                            .filter(|b| b.capacity() >= lead + len)
+                            .unwrap_or_else(|| AlignedBuf::new(lead + len));
+                        let finite = c.encoded(
+                            tensor,
+                            op,
+                            cols,
+                            row0,
+                            rows,
+                            out_dtype,
+                            &mut buf.as_mut_slice()[lead..lead + len],
+                        )?;
+                        (finite, Packed::Aligned { buf, lead, len })
                     }
                 };
                 if !finite && !cfg.allow_nonfinite {
                     return Err(Error::NonFinite { tensor: t.name.clone() });
                 }
                 busy += t0.elapsed();
-                Packed::Owned(buf)
+                packed
             }
         };
         if tx.send(out).is_err() {
@@ -733,7 +765,7 @@ fn pack_stage(
     plan: &Plan,
     dir: &Path,
     rx: Receiver<Packed<'_>>,
-    pool: Sender<Vec<u8>>,
+    pool: Sender<AlignedBuf>,
     on_shard: Option<&OnShard<'_>>,
 ) -> Result<(Vec<ShardResult>, Duration)> {
     let mut busy = Duration::ZERO;
@@ -745,7 +777,7 @@ fn pack_stage(
             Packed::StartShard(i) => {
                 let sh = &plan.shards[i];
                 let path = dir.join(&sh.file_name);
-                let mut f = ShardWriter::create(&path)?;
+                let mut f = ShardWriter::create_with(&path, true, Some(pool.clone()))?;
                 f.write(&sh.header)?;
                 let mut h = blake3::Hasher::new();
                 h.update(&sh.header);
@@ -767,7 +799,16 @@ fn pack_stage(
                 f.write(&buf)?;
                 h.update(&buf);
                 *n += buf.len() as u64;
-                let _ = pool.try_send(buf);
+            }
+            Packed::Aligned { buf, lead, len } => {
+                let (_, f, h, n) = open
+                    .as_mut()
+                    .ok_or_else(|| Error::Internal("data before shard start".into()))?;
+                h.update(&buf.as_slice()[lead..lead + len]);
+                *n += len as u64;
+                if let Some(back) = f.write_owned(buf, lead, len)? {
+                    let _ = pool.try_send(back);
+                }
             }
             Packed::EndShard(i) => {
                 let (oi, f, h, n) = open

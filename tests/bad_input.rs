@@ -150,7 +150,7 @@ fn header_offsets_out_of_range() {
     let mut h: serde_json::Value = serde_json::from_slice(bytes[8..8 + n].trim_ascii_end()).unwrap();
     h["lm_head.weight"]["data_offsets"] = serde_json::json!([0, 99_000_000]);
     let mut text = serde_json::to_string(&h).unwrap();
-    while text.len() % 8 != 0 {
+    while !text.len().is_multiple_of(8) {
         text.push(' ');
     }
     let mut out = (text.len() as u64).to_le_bytes().to_vec();

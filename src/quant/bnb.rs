@@ -251,10 +251,7 @@ impl QuantView<'_> {
             }
             let pairs = ((block_end - k) / 2) as usize;
             let bytes = &self.codes[(k / 2) as usize..(k / 2) as usize + pairs];
-            for (o, &byte) in out[idx..idx + 2 * pairs].chunks_exact_mut(2).zip(bytes) {
-                o[0] = lut[(byte >> 4) as usize];
-                o[1] = lut[(byte & 0x0f) as usize];
-            }
+            crate::compute::simd::decode_nibbles(&lut, bytes, &mut out[idx..idx + 2 * pairs]);
             idx += 2 * pairs;
             k += 2 * pairs as u64;
             if k < block_end {
@@ -393,7 +390,7 @@ mod tests {
             for (j, g) in got.iter().enumerate() {
                 let k = start + j as u64;
                 let byte = codes[(k / 2) as usize];
-                let code = if k % 2 == 0 { byte >> 4 } else { byte & 0x0f };
+                let code = if k.is_multiple_of(2) { byte >> 4 } else { byte & 0x0f };
                 let want = crate::quant::dtype::round_through(NF4[code as usize] * v.absmax.get((k / bs) as usize), FloatDtype::Bf16);
                 proptest::prop_assert_eq!(g.to_bits(), want.to_bits());
             }

@@ -27,27 +27,66 @@ const WINDOWS: usize = 3;
 /// Buffered mode: start writeback and drop cached pages every this many bytes.
 const FLUSH_EVERY: u64 = 64 << 20;
 
-/// An aligned window: backing storage and the aligned start inside it.
-struct Window {
+/// A byte buffer whose start is 4 KiB-aligned in memory, so `O_DIRECT` can write from it.
+/// The compute stage fills these directly at the byte position the data will have in its
+/// 4 KiB page of the file, so the packer can hand them to the disk without copying.
+pub struct AlignedBuf {
     storage: Vec<u8>,
     start: usize,
+    cap: usize,
+}
+
+impl AlignedBuf {
+    /// A zeroed buffer of `cap` bytes (rounded up to a whole page).
+    pub fn new(cap: usize) -> Self {
+        let cap = cap.next_multiple_of(ALIGN).max(ALIGN);
+        let storage = vec![0u8; cap + ALIGN];
+        let start = storage.as_ptr().align_offset(ALIGN);
+        AlignedBuf { storage, start, cap }
+    }
+
+    /// Usable bytes.
+    pub fn capacity(&self) -> usize {
+        self.cap
+    }
+
+    /// The aligned bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        &self.storage[self.start..self.start + self.cap]
+    }
+
+    /// The aligned bytes, writable.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        &mut self.storage[self.start..self.start + self.cap]
+    }
+}
+
+/// The in-page offset at which data for file position `pos` must start in an [`AlignedBuf`].
+pub fn lead_for(pos: u64) -> usize {
+    (pos % ALIGN as u64) as usize
+}
+
+/// A window being filled: its buffer and how many bytes it holds.
+struct Window {
+    buf: AlignedBuf,
     fill: usize,
 }
 
 impl Window {
     fn new() -> Self {
-        let storage = vec![0u8; CHUNK + ALIGN];
-        let start = storage.as_ptr().align_offset(ALIGN);
         Window {
-            storage,
-            start,
+            buf: AlignedBuf::new(CHUNK),
             fill: 0,
         }
     }
+}
 
-    fn bytes(&self, len: usize) -> &[u8] {
-        &self.storage[self.start..self.start + len]
-    }
+/// What the I/O thread writes: a buffer, its length, and where the buffer goes afterwards.
+struct IoItem {
+    buf: AlignedBuf,
+    len: usize,
+    /// A compute buffer (back to the compute pool) rather than a window.
+    owned: bool,
 }
 
 /// A write-only output file, written front to back.
@@ -57,9 +96,9 @@ pub struct ShardWriter {
     direct: bool,
     /// The window being filled (direct mode).
     current: Option<Window>,
-    /// Full windows to the I/O thread, and empty ones back.
-    to_io: Option<Sender<(Window, usize)>>,
-    free: Receiver<Window>,
+    /// Full buffers to the I/O thread, and empty windows back.
+    to_io: Option<Sender<IoItem>>,
+    free: Receiver<AlignedBuf>,
     io: Option<JoinHandle<std::io::Result<()>>>,
     written: u64,
     flushed: u64,
@@ -68,11 +107,12 @@ pub struct ShardWriter {
 impl ShardWriter {
     /// Creates `path`, with `O_DIRECT` when the filesystem allows it.
     pub fn create(path: &Path) -> Result<Self> {
-        Self::create_with(path, true)
+        Self::create_with(path, true, None)
     }
 
-    /// Creates `path`; `try_direct = false` forces buffered writes.
-    pub fn create_with(path: &Path, try_direct: bool) -> Result<Self> {
+    /// Creates `path`; `try_direct = false` forces buffered writes. Compute buffers passed to
+    /// [`ShardWriter::write_owned`] go back through `recycle` once written.
+    pub fn create_with(path: &Path, try_direct: bool, recycle: Option<Sender<AlignedBuf>>) -> Result<Self> {
         let flags = if try_direct { libc::O_DIRECT } else { 0 };
         let direct = OpenOptions::new()
             .write(true)
@@ -84,20 +124,25 @@ impl ShardWriter {
             Ok(f) => (f, try_direct),
             Err(_) => (File::create(path).map_err(|e| Error::io(path, e))?, false),
         };
-        let (free_tx, free_rx) = bounded::<Window>(WINDOWS);
+        let (free_tx, free_rx) = bounded::<AlignedBuf>(WINDOWS + 1);
         let (to_io, io, current) = if direct {
             for _ in 1..WINDOWS {
-                let _ = free_tx.send(Window::new());
+                let _ = free_tx.send(AlignedBuf::new(CHUNK));
             }
-            let (tx, rx) = bounded::<(Window, usize)>(WINDOWS);
+            let (tx, rx) = bounded::<IoItem>(WINDOWS);
             let mut f = file.try_clone().map_err(|e| Error::io(path, e))?;
             let handle = std::thread::Builder::new()
                 .name("loraweld-io".into())
                 .spawn(move || -> std::io::Result<()> {
-                    for (mut w, len) in rx {
-                        f.write_all(w.bytes(len))?;
-                        w.fill = 0;
-                        let _ = free_tx.send(w);
+                    for item in rx {
+                        f.write_all(&item.buf.as_slice()[..item.len])?;
+                        if item.owned {
+                            if let Some(r) = &recycle {
+                                let _ = r.try_send(item.buf);
+                            }
+                        } else {
+                            let _ = free_tx.try_send(item.buf);
+                        }
                     }
                     Ok(())
                 })
@@ -133,8 +178,8 @@ impl ShardWriter {
         while !data.is_empty() {
             let w = self.current.as_mut().expect("direct mode always holds a window");
             let n = (CHUNK - w.fill).min(data.len());
-            let s = w.start + w.fill;
-            w.storage[s..s + n].copy_from_slice(&data[..n]);
+            let f = w.fill;
+            w.buf.as_mut_slice()[f..f + n].copy_from_slice(&data[..n]);
             w.fill += n;
             self.written += n as u64;
             data = &data[n..];
@@ -148,17 +193,75 @@ impl ShardWriter {
     /// Hands the current window (`len` bytes, aligned) to the I/O thread and takes a free one.
     fn send_window(&mut self, len: usize) -> Result<()> {
         let w = self.current.take().expect("direct mode always holds a window");
-        let sent = self.to_io.as_ref().map(|tx| tx.send((w, len)).is_ok()).unwrap_or(false);
-        if !sent {
-            return Err(self.io_error());
+        self.send(IoItem {
+            buf: w.buf,
+            len,
+            owned: false,
+        })?;
+        self.next_window()
+    }
+
+    fn send(&mut self, item: IoItem) -> Result<()> {
+        let sent = self.to_io.as_ref().map(|tx| tx.send(item).is_ok()).unwrap_or(false);
+        if sent {
+            Ok(())
+        } else {
+            Err(self.io_error())
         }
+    }
+
+    fn next_window(&mut self) -> Result<()> {
         match self.free.recv() {
-            Ok(w) => {
-                self.current = Some(w);
+            Ok(buf) => {
+                self.current = Some(Window { buf, fill: 0 });
                 Ok(())
             }
             Err(_) => Err(self.io_error()),
         }
+    }
+
+    /// Appends `len` bytes held at `buf[lead..lead + len]`, where `lead` must be
+    /// [`lead_for`] of the current length; the buffer goes to the disk without being copied
+    /// (only the partial pages at its two ends are). Returns the buffer when it was not taken
+    /// (buffered mode, or too small to be worth it), for the caller to reuse.
+    pub fn write_owned(&mut self, mut buf: AlignedBuf, lead: usize, len: usize) -> Result<Option<AlignedBuf>> {
+        let direct_ok =
+            self.direct && lead == lead_for(self.written) && len >= 4 * ALIGN && lead + len <= buf.capacity();
+        if !direct_ok {
+            self.write(&buf.as_slice()[lead..lead + len])?;
+            return Ok(Some(buf));
+        }
+        // The window's last partial page goes in front of the data; its whole pages go first.
+        let w = self.current.take().expect("direct mode always holds a window");
+        let whole = w.fill - w.fill % ALIGN;
+        debug_assert_eq!(w.fill - whole, lead);
+        buf.as_mut_slice()[..lead].copy_from_slice(&w.buf.as_slice()[whole..w.fill]);
+        if whole > 0 {
+            self.send(IoItem {
+                buf: w.buf,
+                len: whole,
+                owned: false,
+            })?;
+            self.next_window()?;
+        } else {
+            self.current = Some(Window { buf: w.buf, fill: 0 });
+        }
+        // The data's last partial page starts the next window.
+        let end = lead + len;
+        let full = end - end % ALIGN;
+        let tail = end - full;
+        {
+            let w = self.current.as_mut().expect("set above");
+            w.buf.as_mut_slice()[..tail].copy_from_slice(&buf.as_slice()[full..end]);
+            w.fill = tail;
+        }
+        self.written += len as u64;
+        self.send(IoItem {
+            buf,
+            len: full,
+            owned: true,
+        })?;
+        Ok(None)
     }
 
     /// The I/O thread's error, after it stopped.
@@ -177,8 +280,7 @@ impl ShardWriter {
             if fill > 0 {
                 let padded = fill.next_multiple_of(ALIGN);
                 if let Some(w) = self.current.as_mut() {
-                    let s = w.start;
-                    w.storage[s + fill..s + padded].fill(0);
+                    w.buf.as_mut_slice()[fill..padded].fill(0);
                 }
                 self.send_window(padded)?;
             }
@@ -214,13 +316,26 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         for direct in [true, false] {
             let p = d.path().join(format!("f{direct}"));
-            let mut w = ShardWriter::create_with(&p, direct).unwrap();
+            let (tx, rx) = bounded::<AlignedBuf>(8);
+            let mut w = ShardWriter::create_with(&p, direct, Some(tx)).unwrap();
             let mut want = Vec::new();
             for i in 0..40usize {
                 let chunk: Vec<u8> = (0..(i * 977_131) % (3 * CHUNK / 2) + 1)
                     .map(|j| (i + j) as u8)
                     .collect();
-                w.write(&chunk).unwrap();
+                if i % 3 == 0 {
+                    // The zero-copy path: data placed at its in-page position.
+                    let lead = lead_for(want.len() as u64);
+                    let mut b = rx
+                        .try_recv()
+                        .ok()
+                        .filter(|b| b.capacity() >= lead + chunk.len())
+                        .unwrap_or_else(|| AlignedBuf::new(lead + chunk.len()));
+                    b.as_mut_slice()[lead..lead + chunk.len()].copy_from_slice(&chunk);
+                    w.write_owned(b, lead, chunk.len()).unwrap();
+                } else {
+                    w.write(&chunk).unwrap();
+                }
                 want.extend_from_slice(&chunk);
             }
             assert_eq!(w.finish().unwrap(), want.len() as u64);
@@ -233,7 +348,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         for (len, direct) in [(0usize, true), (CHUNK, true), (4096, true), (0, false)] {
             let p = d.path().join(format!("g{len}{direct}"));
-            let mut w = ShardWriter::create_with(&p, direct).unwrap();
+            let mut w = ShardWriter::create_with(&p, direct, None).unwrap();
             let data = vec![7u8; len];
             w.write(&data).unwrap();
             assert_eq!(w.finish().unwrap(), len as u64);

@@ -144,7 +144,7 @@ impl KernelSpec {
         if let Some(l) = tile.lora {
             flags |= 32 | (dt_code(l.delta_dtype) << 6);
         }
-        let fast = tile.cols % 8 == 0;
+        let fast = tile.cols.is_multiple_of(8);
         let name = format!(
             "lora_merge_{}{}",
             if fast { "" } else { "any_" },
