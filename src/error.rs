@@ -186,6 +186,12 @@ pub enum Error {
         /// Free bytes.
         free: u64,
     },
+    /// The disk filled up while writing (ENOSPC), after the preflight.
+    #[error("{}: no space left on device while writing", path.display())]
+    NoSpace {
+        /// The file being written.
+        path: PathBuf,
+    },
     /// The merge produced NaN or Inf.
     #[error("tensor `{tensor}`: merge produced a non-finite value (NaN or Inf)")]
     NonFinite {
@@ -300,7 +306,7 @@ impl Error {
             Error::HubHttp { status, .. } if !(400..500).contains(status) || matches!(status, 408 | 429) => {
                 ExitCode::Runtime
             }
-            Error::DiskFull { .. } => ExitCode::Resources,
+            Error::DiskFull { .. } | Error::NoSpace { .. } => ExitCode::Resources,
             _ => ExitCode::BadInput,
         }
     }
@@ -312,7 +318,7 @@ impl Error {
             return Error::NotFound { path };
         }
         if source.raw_os_error() == Some(libc::ENOSPC) {
-            return Error::DiskFull { path, need: 0, free: 0 };
+            return Error::NoSpace { path };
         }
         Error::Io { path, source }
     }

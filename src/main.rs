@@ -274,6 +274,8 @@ impl SaveArgs {
         o.allow_nonfinite = self.allow_nonfinite;
         o.force = self.force;
         o.untie_embeddings = self.untie_embeddings;
+        // Progress bars only for a person watching: stderr is a terminal and no JSON is wanted.
+        o.progress = std::io::IsTerminal::is_terminal(&std::io::stderr()) && !self.json;
         o.quant_type = match self.quant_type.as_str() {
             "nf4" => loraweld::quant::bnb::QuantType::Nf4,
             "fp4" => loraweld::quant::bnb::QuantType::Fp4,

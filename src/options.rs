@@ -279,6 +279,8 @@ pub struct SaveOptions {
     pub force: bool,
     /// With tied embeddings, keep the input embedding and write a separate merged head.
     pub untie_embeddings: bool,
+    /// Draw a progress bar on stderr (the CLI sets this when stderr is a terminal).
+    pub progress: bool,
     /// `merged_4bit` from a 16-bit base: quant type.
     pub quant_type: crate::quant::bnb::QuantType,
     /// `merged_4bit` from a 16-bit base: block size.
@@ -312,6 +314,7 @@ impl SaveOptions {
             allow_nonfinite: false,
             force: false,
             untie_embeddings: false,
+            progress: false,
             quant_type: crate::quant::bnb::QuantType::Nf4,
             blocksize: 64,
             double_quant: true,

@@ -14,6 +14,7 @@
 //! wins; "channel closed" errors in other stages are its consequences and are dropped.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, Sender};
@@ -94,10 +95,11 @@ pub struct ExecConfig {
 }
 
 impl ExecConfig {
-    /// Derives tile size and depth from a budget in bytes: about a sixteenth of the budget per
-    /// tile, between 1 MiB and 64 MiB, with two items in flight per channel.
+    /// Derives tile size and depth from a budget in bytes: a sixty-fourth of the budget per
+    /// tile, between 1 MiB and 64 MiB, with two items in flight per channel. Small tiles keep
+    /// the resident set a function of the budget, not of the model's largest tensor.
     pub fn from_budget(budget: u64, allow_nonfinite: bool) -> Self {
-        let tile = (budget / 16).clamp(1 << 20, 64 << 20) as usize;
+        let tile = (budget / 64).clamp(1 << 20, 64 << 20) as usize;
         ExecConfig {
             tile_bytes: tile,
             depth: 2,
@@ -190,6 +192,7 @@ pub fn execute(
     dir: &Path,
     cfg: ExecConfig,
     on_shard: Option<&OnShard<'_>>,
+    progress: Option<&AtomicU64>,
 ) -> Result<(Vec<ShardResult>, StageTimes)> {
     let (work_tx, work_rx) = bounded::<Work>(cfg.depth);
     let (pack_tx, pack_rx) = bounded::<Packed>(cfg.depth);
@@ -197,7 +200,7 @@ pub fn execute(
     std::thread::scope(|s| {
         let reader = s.spawn(|| read_stage(plan, inputs, cfg, work_tx));
         let compute = s.spawn(|| compute_stage(plan, inputs, backend, cfg, work_rx, pack_tx, pool_rx));
-        let packer = s.spawn(|| pack_stage(plan, dir, pack_rx, pool_tx, on_shard));
+        let packer = s.spawn(|| pack_stage(plan, dir, pack_rx, pool_tx, on_shard, progress));
         let join = |h: std::thread::ScopedJoinHandle<'_, Result<Duration>>| {
             h.join()
                 .unwrap_or_else(|_| Err(Error::Internal("a pipeline stage panicked".into())))
@@ -318,14 +321,14 @@ type RowsF32 = (Vec<(u64, usize)>, Vec<f32>);
 fn adapter_f32(inputs: &Inputs<'_>, info: &crate::checkpoint::safetensors::TensorInfo, transpose: bool) -> Vec<f32> {
     let dt = float_of(info.dtype).unwrap_or(crate::options::FloatDtype::F32);
     let mut v = vec![0f32; info.numel() as usize];
-    decode_into(
-        inputs.data(&Src {
-            file: FileRef::Adapter,
-            info: info.clone(),
-        }),
-        dt,
-        &mut v,
-    );
+    let src = Src {
+        file: FileRef::Adapter,
+        info: info.clone(),
+    };
+    decode_into(inputs.data(&src), dt, &mut v);
+    // The factor now lives in `v`; drop its pages from our resident set.
+    let abs = inputs.abs(&src);
+    inputs.file(FileRef::Adapter).release(abs, abs + info.nbytes() as usize);
     if !transpose || info.shape.len() != 2 {
         return v;
     }
@@ -767,6 +770,7 @@ fn pack_stage(
     rx: Receiver<Packed<'_>>,
     pool: Sender<AlignedBuf>,
     on_shard: Option<&OnShard<'_>>,
+    progress: Option<&AtomicU64>,
 ) -> Result<(Vec<ShardResult>, Duration)> {
     let mut busy = Duration::ZERO;
     let mut results = Vec::with_capacity(plan.shards.len());
@@ -790,6 +794,9 @@ fn pack_stage(
                 f.write(data)?;
                 h.update(data);
                 *n += data.len() as u64;
+                if let Some(p) = progress {
+                    p.fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
                 file.release(abs, abs + data.len());
             }
             Packed::Owned(buf) => {
@@ -799,6 +806,9 @@ fn pack_stage(
                 f.write(&buf)?;
                 h.update(&buf);
                 *n += buf.len() as u64;
+                if let Some(p) = progress {
+                    p.fetch_add(buf.len() as u64, Ordering::Relaxed);
+                }
             }
             Packed::Aligned { buf, lead, len } => {
                 let (_, f, h, n) = open
@@ -806,6 +816,9 @@ fn pack_stage(
                     .ok_or_else(|| Error::Internal("data before shard start".into()))?;
                 h.update(&buf.as_slice()[lead..lead + len]);
                 *n += len as u64;
+                if let Some(p) = progress {
+                    p.fetch_add(len as u64, Ordering::Relaxed);
+                }
                 if let Some(back) = f.write_owned(buf, lead, len)? {
                     let _ = pool.try_send(back);
                 }

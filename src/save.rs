@@ -21,6 +21,7 @@ use crate::writer::meta;
 use crate::writer::resume::{self, RunKey};
 use crate::writer::staging::Staging;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// What a save did: the machine-readable report behind `--json`.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -177,7 +178,9 @@ pub fn save(opts: &SaveOptions) -> Result<SaveReport> {
             places.push((t.clone(), crate::sys::free_space(t)));
         }
     }
-    for (path, free) in places {
+    // Test hook: LORAWELD_NO_DISK_PREFLIGHT=1 skips this check, so tests can fill a disk mid-write.
+    let preflight = std::env::var_os("LORAWELD_NO_DISK_PREFLIGHT").is_none();
+    for (path, free) in places.into_iter().filter(|_| preflight) {
         if let Some(f) = free {
             if f < need {
                 return Err(Error::DiskFull { path, need, free: f });
@@ -229,16 +232,47 @@ pub fn save(opts: &SaveOptions) -> Result<SaveReport> {
         }
     };
     let kept_paths: Vec<PathBuf> = kept.iter().flatten().map(|r| staging.path().join(&r.file)).collect();
-    let executed = execute_and_upload(
-        &plan,
-        inputs,
-        backend.as_ref(),
-        staging.path(),
-        cfg,
-        session.as_ref(),
-        &record,
-        &kept_paths,
-    );
+    // A progress bar on stderr when asked (the CLI asks when stderr is a terminal).
+    let written_bytes = AtomicU64::new(0);
+    let total: u64 = plan.shards.iter().filter(|s| !s.skip).map(|s| s.file_len).sum();
+    let finished = std::sync::atomic::AtomicBool::new(false);
+    let executed = std::thread::scope(|sc| {
+        let bar = opts.progress.then(|| {
+            let (written, finished) = (&written_bytes, &finished);
+            sc.spawn(move || {
+                let pb = indicatif::ProgressBar::new(total);
+                pb.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                    )
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                    .progress_chars("=> "),
+                );
+                pb.set_message("loraweld: writing");
+                while !finished.load(Ordering::Relaxed) {
+                    pb.set_position(written.load(Ordering::Relaxed));
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                pb.finish_and_clear();
+            })
+        });
+        let r = execute_and_upload(
+            &plan,
+            inputs,
+            backend.as_ref(),
+            staging.path(),
+            cfg,
+            session.as_ref(),
+            &record,
+            &kept_paths,
+            Some(&written_bytes),
+        );
+        finished.store(true, Ordering::Relaxed);
+        if let Some(b) = bar {
+            let _ = b.join();
+        }
+        r
+    });
     let (written, stages) = match executed {
         Ok(x) => x,
         Err(Error::Interrupted { .. }) => {
@@ -304,9 +338,10 @@ fn execute_and_upload(
     session: Option<&Session>,
     record: &OnShard<'_>,
     already_done: &[PathBuf],
+    progress: Option<&AtomicU64>,
 ) -> Result<(Vec<ShardResult>, StageTimes)> {
     let Some(session) = session else {
-        return execute(plan, inputs, backend, dir, cfg, Some(record));
+        return execute(plan, inputs, backend, dir, cfg, Some(record), progress);
     };
     // Unbounded on purpose: an item is a path, and the packer must never wait for the network.
     let (tx, rx) = crossbeam_channel::unbounded::<PathBuf>();
@@ -327,7 +362,7 @@ fn execute_and_upload(
             record(path, r);
             let _ = tx.send(path.to_path_buf());
         };
-        let done = execute(plan, inputs, backend, dir, cfg, Some(&on_shard));
+        let done = execute(plan, inputs, backend, dir, cfg, Some(&on_shard), progress);
         drop(on_shard);
         let uploaded = uploader
             .join()

@@ -10,6 +10,8 @@ mod bad_input;
 mod cli;
 /// The CUDA backend against the CPU backend, byte for byte, and the no-GPU fallback.
 mod gpu;
+/// Hostile inputs, one test per case.
+mod hostile;
 /// The Hugging Face Hub against the mock Hub: push, download by repo id, resume, offline, errors.
 mod hub;
 /// `--save-method lora`.
