@@ -414,7 +414,7 @@ impl<'a, 'p> Computer<'a, 'p> {
         cols: usize,
         row0: u64,
         rows: usize,
-    ) -> (BaseRows<'a>, (&'a MappedFile, usize, usize)) {
+    ) -> (BaseRows<'a>, Release<'a>) {
         let inputs = &self.inputs;
         match base {
             BaseSrc::Float(src, dt) => {
@@ -428,16 +428,24 @@ impl<'a, 'p> Computer<'a, 'p> {
                         bytes: &data[s..e],
                         dtype: *dt,
                     },
-                    (inputs.file(src.file), abs + s, abs + e),
+                    Release(vec![(inputs.file(src.file), abs + s, abs + e)]),
                 )
             }
             BaseSrc::Bnb(q) => {
                 let abs = inputs.abs(&q.codes);
                 let k0 = row0 as usize * cols;
                 let k1 = k0 + rows * cols;
+                // The block scales of these rows are consumed too (u8 with double quant, f32
+                // without): on a 70B model they are over a gigabyte, so release them as well.
+                let bs = q.state.blocksize as usize;
+                let per_block = q.absmax.info.dtype.bits() as usize / 8;
+                let am_abs = inputs.abs(&q.absmax);
                 (
                     BaseRows::Bnb(inputs.quant_view(q)),
-                    (inputs.file(q.codes.file), abs + k0 / 2, abs + k1 / 2),
+                    Release(vec![
+                        (inputs.file(q.codes.file), abs + k0 / 2, abs + k1 / 2),
+                        (inputs.file(q.absmax.file), am_abs + k0 / bs * per_block, am_abs + k1 / bs * per_block),
+                    ]),
                 )
             }
         }
@@ -491,7 +499,7 @@ impl<'a, 'p> Computer<'a, 'p> {
                 self.backend.merge_tile(&tile, buf)?
             }
         };
-        release.0.release(release.1, release.2);
+        release.run();
         Ok(finite)
     }
 
@@ -516,7 +524,7 @@ impl<'a, 'p> Computer<'a, 'p> {
                     return Err(Error::Internal("general factors missing".into()));
                 };
                 general_rows(f, x, base_rows, cols, row0, rows, &mut self.f32s);
-                release.0.release(release.1, release.2);
+                release.run();
                 self.f32s.iter().all(|v| v.is_finite())
             }
             _ => {
@@ -609,6 +617,17 @@ impl<'a, 'p> Computer<'a, 'p> {
                 }
             }
         })
+    }
+}
+
+/// Input ranges a tile consumed, released once the tile is computed.
+struct Release<'a>(Vec<(&'a MappedFile, usize, usize)>);
+
+impl Release<'_> {
+    fn run(&self) {
+        for (f, s, e) in &self.0 {
+            f.release(*s, *e);
+        }
     }
 }
 
