@@ -62,17 +62,19 @@ impl MappedFile {
 
     /// Drops the resident pages of `range` (bytes of the file) from this process.
     ///
-    /// Only whole pages inside the range are released; reading them again faults them back
-    /// in from the page cache or disk, so this is a pure memory hint.
+    /// The range is widened to whole pages: a boundary page shared with a neighbour that is still
+    /// to be read is dropped too, and that read faults it back in from the page cache. Released
+    /// only inward, those shared pages would never be dropped by either side, and on a 70B model
+    /// they add up (two per tile). This is a pure memory hint either way.
     pub fn release(&self, start: usize, end: usize) {
         let Some(m) = &self.map else { return };
         let page = page_size();
-        let s = start.div_ceil(page) * page;
-        let e = (end.min(m.len()) / page) * page;
+        let s = start / page * page;
+        let e = end.min(m.len()).div_ceil(page) * page;
         if e > s {
-            // SAFETY: MADV_DONTNEED on a private read-only file mapping only drops our copy of
-            // the pages; the file contents are unchanged and later reads refault them. No
-            // slice into this range is read concurrently in a way that assumes residency.
+            // SAFETY: MADV_DONTNEED on a private, read-only, never-written file mapping only drops
+            // page-table entries; any later or concurrent read refaults the same file contents,
+            // so no slice into the map ever observes different bytes.
             let _ = unsafe { m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, s, e - s) };
         }
     }
