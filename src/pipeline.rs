@@ -408,13 +408,7 @@ impl<'a, 'p> Computer<'a, 'p> {
         self.key = Some(key);
     }
 
-    fn base_rows(
-        &self,
-        base: &'p BaseSrc,
-        cols: usize,
-        row0: u64,
-        rows: usize,
-    ) -> (BaseRows<'a>, Release<'a>) {
+    fn base_rows(&self, base: &'p BaseSrc, cols: usize, row0: u64, rows: usize) -> (BaseRows<'a>, Release<'a>) {
         let inputs = &self.inputs;
         match base {
             BaseSrc::Float(src, dt) => {
@@ -444,7 +438,11 @@ impl<'a, 'p> Computer<'a, 'p> {
                     BaseRows::Bnb(inputs.quant_view(q)),
                     Release(vec![
                         (inputs.file(q.codes.file), abs + k0 / 2, abs + k1 / 2),
-                        (inputs.file(q.absmax.file), am_abs + k0 / bs * per_block, am_abs + k1 / bs * per_block),
+                        (
+                            inputs.file(q.absmax.file),
+                            am_abs + k0 / bs * per_block,
+                            am_abs + k1 / bs * per_block,
+                        ),
                     ]),
                 )
             }

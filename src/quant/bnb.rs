@@ -125,8 +125,10 @@ impl QuantState {
                         return Err(bad(format!("nested_dtype `{nd}`, expected float32")));
                     }
                 }
-                if !off.is_finite() {
-                    return Err(bad("nested_offset is not finite".into()));
+                // The offset is used as an f32; a finite f64 beyond f32's range would become inf
+                // (found by the quant_state fuzz target).
+                if !off.is_finite() || !(off as f32).is_finite() {
+                    return Err(bad(format!("nested_offset {off} is not a finite f32")));
                 }
                 Some((nb, off as f32))
             }
@@ -312,6 +314,8 @@ mod tests {
             (br#"{"quant_type": "nf4", "blocksize": 64, "dtype": "bfloat16", "shape": [2]}"#, "shape"),
             (br#"{"quant_type": "nf4""#, "json"),
             (br#"{"quant_type": "nf4", "blocksize": 64, "dtype": "bfloat16", "shape": [2, 2], "nested_blocksize": 256}"#, "together"),
+            // Fuzz regression (fuzz/artifacts/quant_state/crash-66c3eeaf…): finite as f64, inf as f32.
+            (br#"{"quant_type": "nf4", "blocksize": 64, "dtype": "bfloat16", "shape": [256, 688], "nested_blocksize": 256, "nested_dtype": "float32", "nested_offset": 0.05529999e099}"#, "not a finite f32"),
         ] {
             let e = QuantState::parse(Path::new("m"), "w", j).unwrap_err();
             assert!(e.to_string().contains(needle), "{e}");
