@@ -377,6 +377,9 @@ pub(crate) struct Computer<'a, 'p> {
     f32s: Vec<f32>,
     /// Block absmax values of the quant group whose codes were last produced.
     absmax: Option<(usize, Vec<f32>)>,
+    /// The op whose factors are loaded: all its input ranges are released when the next
+    /// tensor starts (catching pages faulted in around tile edges and by small helper tensors).
+    prev: Option<&'p Op>,
 }
 
 impl<'a, 'p> Computer<'a, 'p> {
@@ -390,12 +393,16 @@ impl<'a, 'p> Computer<'a, 'p> {
             bytes: Vec::new(),
             f32s: Vec::new(),
             absmax: None,
+            prev: None,
         }
     }
 
-    fn load(&mut self, key: usize, op: &Op) {
+    fn load(&mut self, key: usize, op: &'p Op) {
         if self.key == Some(key) {
             return;
+        }
+        if let Some(prev) = self.prev.replace(op) {
+            self.release_all(prev);
         }
         self.factors = match op {
             Op::Compute { lora: Some(l), .. } => Factors::Fast {
@@ -406,6 +413,29 @@ impl<'a, 'p> Computer<'a, 'p> {
             _ => Factors::None,
         };
         self.key = Some(key);
+    }
+
+    /// Releases every input range `op` read.
+    fn release_all(&self, op: &Op) {
+        let Op::Compute { base, .. } = op else { return };
+        let whole = |src: &Src| {
+            let abs = self.inputs.abs(src);
+            self.inputs
+                .file(src.file)
+                .release(abs, abs + src.info.nbytes() as usize);
+        };
+        match base {
+            BaseSrc::Float(src, _) => whole(src),
+            BaseSrc::Bnb(q) => {
+                whole(&q.codes);
+                whole(&q.absmax);
+                whole(&q.quant_map);
+                if let Some((na, nm)) = &q.nested {
+                    whole(na);
+                    whole(nm);
+                }
+            }
+        }
     }
 
     fn base_rows(&self, base: &'p BaseSrc, cols: usize, row0: u64, rows: usize) -> (BaseRows<'a>, Release<'a>) {
