@@ -80,6 +80,7 @@ fn poisoned<T>(_: T) -> Error {
 /// Saves according to `opts`. See the crate docs.
 pub fn save(opts: &SaveOptions) -> Result<SaveReport> {
     let t0 = Instant::now();
+    crate::sys::fix_malloc_threshold();
     let adapter_dir = resolve_adapter(&opts.adapter, &opts.hub)?;
     let adapter = Adapter::open(&adapter_dir)?;
     let base_dir = match opts.save_method {

@@ -106,6 +106,19 @@ pub fn install_sigint_handler() {
     }
 }
 
+/// Makes glibc serve every allocation of 1 MiB or more with its own mapping, returned to the
+/// system when freed. By default the threshold rises to the largest block freed so far, after
+/// which the pipeline's 8 MiB tile buffers come from the heap, whose holes are not given back:
+/// the resident set then creeps up with the length of the run instead of staying at the
+/// budget. Called by `save` before any buffer exists.
+pub fn fix_malloc_threshold() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tuning; it is called before the pipeline's threads start.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
+}
+
 /// Peak resident set size of this process (`VmHWM`), in bytes.
 pub fn peak_rss() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
