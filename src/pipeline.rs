@@ -92,6 +92,8 @@ pub struct ExecConfig {
     pub depth: usize,
     /// Let NaN/Inf through.
     pub allow_nonfinite: bool,
+    /// Also hash each shard with sha256 (for a Hub push).
+    pub sha256: bool,
 }
 
 impl ExecConfig {
@@ -104,6 +106,7 @@ impl ExecConfig {
             tile_bytes: tile,
             depth: 2,
             allow_nonfinite,
+            sha256: false,
         }
     }
 }
@@ -117,6 +120,10 @@ pub struct ShardResult {
     pub bytes: u64,
     /// blake3 of the whole file, hex.
     pub blake3: String,
+    /// sha256 of the whole file, hex, when asked for (`ExecConfig::sha256`: the Hub's LFS oid,
+    /// computed as the bytes go by instead of reading the shard back).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
 }
 
 /// Called by the packer with each shard's path once it is complete and synced (the Hub push
@@ -200,7 +207,7 @@ pub fn execute(
     std::thread::scope(|s| {
         let reader = s.spawn(|| read_stage(plan, inputs, cfg, work_tx));
         let compute = s.spawn(|| compute_stage(plan, inputs, backend, cfg, work_rx, pack_tx, pool_rx));
-        let packer = s.spawn(|| pack_stage(plan, dir, pack_rx, pool_tx, on_shard, progress));
+        let packer = s.spawn(|| pack_stage(plan, dir, pack_rx, pool_tx, on_shard, progress, cfg.sha256));
         let join = |h: std::thread::ScopedJoinHandle<'_, Result<Duration>>| {
             h.join()
                 .unwrap_or_else(|_| Err(Error::Internal("a pipeline stage panicked".into())))
@@ -811,6 +818,30 @@ fn compute_stage<'a>(
     Ok(busy)
 }
 
+/// The hashes a shard gets as its bytes go by: blake3 always, sha256 when pushing.
+struct Digests {
+    blake3: blake3::Hasher,
+    sha256: Option<sha2::Sha256>,
+}
+
+impl Digests {
+    fn new(sha256: bool) -> Self {
+        use sha2::Digest;
+        Digests {
+            blake3: blake3::Hasher::new(),
+            sha256: sha256.then(sha2::Sha256::new),
+        }
+    }
+
+    fn update(&mut self, data: &[u8]) {
+        use sha2::Digest;
+        self.blake3.update(data);
+        if let Some(s) = &mut self.sha256 {
+            s.update(data);
+        }
+    }
+}
+
 fn pack_stage(
     plan: &Plan,
     dir: &Path,
@@ -818,10 +849,11 @@ fn pack_stage(
     pool: Sender<AlignedBuf>,
     on_shard: Option<&OnShard<'_>>,
     progress: Option<&AtomicU64>,
+    cfg_sha256: bool,
 ) -> Result<(Vec<ShardResult>, Duration)> {
     let mut busy = Duration::ZERO;
     let mut results = Vec::with_capacity(plan.shards.len());
-    let mut open: Option<(usize, ShardWriter, blake3::Hasher, u64)> = None;
+    let mut open: Option<(usize, ShardWriter, Digests, u64)> = None;
     for p in rx {
         let t0 = Instant::now();
         match p {
@@ -830,7 +862,7 @@ fn pack_stage(
                 let path = dir.join(&sh.file_name);
                 let mut f = ShardWriter::create_with(&path, true, Some(pool.clone()))?;
                 f.write(&sh.header)?;
-                let mut h = blake3::Hasher::new();
+                let mut h = Digests::new(cfg_sha256);
                 h.update(&sh.header);
                 open = Some((i, f, h, sh.header.len() as u64));
             }
@@ -893,7 +925,11 @@ fn pack_stage(
                 results.push(ShardResult {
                     file: sh.file_name.clone(),
                     bytes: n,
-                    blake3: h.finalize().to_hex().to_string(),
+                    blake3: h.blake3.finalize().to_hex().to_string(),
+                    sha256: h.sha256.map(|x| {
+                        use sha2::Digest;
+                        x.finalize().iter().map(|b| format!("{b:02x}")).collect()
+                    }),
                 });
                 if let (Some(cb), Some(r)) = (on_shard, results.last()) {
                     cb(&path, r);

@@ -202,7 +202,9 @@ pub fn save(opts: &SaveOptions) -> Result<SaveReport> {
         None => None,
     };
     let mut staging = Staging::create(&opts.out, opts.temporary_location.as_deref())?;
-    let cfg = ExecConfig::from_budget(opts.maximum_memory_usage.bytes(), opts.allow_nonfinite);
+    let mut cfg = ExecConfig::from_budget(opts.maximum_memory_usage.bytes(), opts.allow_nonfinite);
+    // Pushing: the packer also computes the LFS sha256 of each shard as it writes it.
+    cfg.sha256 = session.is_some();
     let inputs = Inputs {
         base: ck.as_ref(),
         adapter: &adapter,
@@ -361,6 +363,9 @@ fn execute_and_upload(
             .map_err(|e| Error::Internal(format!("starting the upload thread: {e}")))?;
         let on_shard = move |path: &Path, r: &ShardResult| {
             record(path, r);
+            if let Some(sha) = &r.sha256 {
+                session.record_hash(&r.file, sha, r.bytes);
+            }
             let _ = tx.send(path.to_path_buf());
         };
         let done = execute(plan, inputs, backend, dir, cfg, Some(&on_shard), progress);

@@ -10,8 +10,7 @@ use crate::checkpoint::mmap::MappedFile;
 use crate::checkpoint::safetensors::parse_header;
 use crate::error::{Error, Result};
 
-/// The manifest file name.
-pub const MANIFEST: &str = "loraweld-manifest.json";
+use crate::writer::resume::MANIFEST;
 
 /// One checked file.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -46,13 +45,6 @@ impl VerifyReport {
     pub fn ok(&self) -> bool {
         self.problems.is_empty()
     }
-}
-
-fn hash_file(path: &Path) -> Result<(u64, String)> {
-    let m = MappedFile::open(path)?;
-    let mut h = blake3::Hasher::new();
-    h.update(m.bytes());
-    Ok((m.bytes().len() as u64, h.finalize().to_hex().to_string()))
 }
 
 /// Verifies a saved model or adapter directory.
@@ -103,12 +95,13 @@ pub fn verify(dir: &Path) -> Result<VerifyReport> {
     let mut data_bytes = 0u64;
     for n in &names {
         let p = dir.join(n);
-        let (bytes, hash) = hash_file(&p)?;
+        let m = MappedFile::open(&p)?;
+        let bytes = m.bytes().len() as u64;
+        let hash = blake3::hash(m.bytes()).to_hex().to_string();
         let matches = expected.get(n).map(|(b, h)| *b == bytes && *h == hash);
         if matches == Some(false) {
             problems.push(format!("{n}: blake3 or size differs from the manifest"));
         }
-        let m = MappedFile::open(&p)?;
         match parse_header(&p, m.bytes()) {
             Ok(h) => {
                 for t in &h.tensors {

@@ -25,7 +25,7 @@ use crate::error::{Error, Result};
 use crate::writer::staging::Staging;
 
 /// Files a push never sends.
-const MANIFEST: &str = "loraweld-manifest.json";
+use crate::writer::resume::MANIFEST;
 
 /// Where and how to push; mirrors `--push-to-hub` and its flags.
 #[derive(Debug, Clone)]
@@ -196,6 +196,15 @@ impl Session {
             *self.early.lock().unwrap_or_else(|p| p.into_inner()) += t;
         }
         Ok(())
+    }
+
+    /// Records a file's sha256 computed elsewhere (the packer hashes shards as it writes them),
+    /// so uploading it does not read it back.
+    pub fn record_hash(&self, name: &str, sha256: &str, size: u64) {
+        self.hashed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string(), (sha256.to_string(), size));
     }
 
     fn hash(&self, name: &str, path: &Path) -> Result<(String, u64)> {

@@ -9,7 +9,6 @@ use serde_json::{json, Map, Value};
 use super::pyjson::dumps_indent2;
 use crate::error::{Error, Result};
 use crate::options::{FloatDtype, PaddingSide};
-use crate::pipeline::ShardResult;
 use crate::plan::Plan;
 
 /// Writes `text` to `dir/name`.
@@ -207,28 +206,6 @@ fn yaml_str(s: &str) -> String {
     } else {
         serde_json::to_string(s).unwrap_or_default()
     }
-}
-
-/// The run manifest: shard hashes and sizes, the inputs' fingerprints, and the options.
-pub fn manifest(shards: &[ShardResult], inputs: &[PathBuf], options: Value) -> Result<String> {
-    let mut ins = Vec::new();
-    for p in inputs {
-        let md = std::fs::metadata(p).map_err(|e| Error::io(p, e))?;
-        let mtime = md
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0);
-        ins.push(json!({"path": p.display().to_string(), "size": md.len(), "mtime_ns": mtime}));
-    }
-    let v = json!({
-        "loraweld_version": env!("CARGO_PKG_VERSION"),
-        "options": options,
-        "inputs": ins,
-        "shards": shards.iter().map(|s| json!({"file": s.file, "bytes": s.bytes, "blake3": s.blake3, "done": true})).collect::<Vec<_>>(),
-    });
-    Ok(dumps_indent2(&v, false) + "\n")
 }
 
 #[cfg(test)]

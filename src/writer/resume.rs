@@ -135,6 +135,7 @@ pub fn up_to_date(out: &Path, run: &RunKey) -> Option<Vec<ShardResult>> {
             file: file.to_string(),
             bytes,
             blake3: s.get("blake3")?.as_str()?.to_string(),
+            sha256: None,
         });
     }
     Some(results)
@@ -172,6 +173,7 @@ pub fn reusable(staging: &Path, run: &RunKey, plan: &Plan) -> Result<Vec<Option<
                     file: s.file_name.clone(),
                     bytes: s.file_len,
                     blake3: want.to_string(),
+                    sha256: None,
                 });
             }
         }
