@@ -141,6 +141,25 @@ pub struct StageTimes {
     pub pack_s: f64,
 }
 
+/// Output buffers in circulation: one being filled, two queued for the packer, the rest with
+/// the writer's I/O thread or back in the pool. More would not write faster (the disk is the
+/// limit), only hold more memory.
+const POOL: usize = 6;
+
+/// The largest output tile of the plan plus room for its in-page lead: the pool's buffer size.
+fn tile_buf_cap(plan: &Plan, tile_bytes: usize) -> usize {
+    plan.tensors
+        .iter()
+        .filter(|t| matches!(t.op, Op::Compute { .. }))
+        .filter_map(|t| {
+            let size = float_of(t.dtype)?.size();
+            let rows = tiles(t.rows, t.cols, 1, tile_bytes).iter().map(|&(_, n)| n).max()?;
+            Some(rows as usize * t.cols as usize * size + 4096)
+        })
+        .max()
+        .unwrap_or(0)
+}
+
 /// Row tiles of about `tile_bytes` of f32 scratch, each a multiple of `step` rows.
 fn tiles(rows: u64, cols: u64, step: u64, tile_bytes: usize) -> Vec<(u64, u64)> {
     let row_bytes = (cols as usize * 4).max(1);
@@ -203,10 +222,19 @@ pub fn execute(
 ) -> Result<(Vec<ShardResult>, StageTimes)> {
     let (work_tx, work_rx) = bounded::<Work>(cfg.depth);
     let (pack_tx, pack_rx) = bounded::<Packed>(cfg.depth);
-    let (pool_tx, pool_rx) = bounded::<AlignedBuf>(cfg.depth * 2 + 2);
+    // A fixed set of output buffers, allocated (and faulted in) once: the resident set is then
+    // the same at any point of any run at this budget, instead of growing with how many
+    // buffers a long run happened to have in flight at once.
+    let pool_cap = tile_buf_cap(plan, cfg.tile_bytes);
+    let (pool_tx, pool_rx) = bounded::<AlignedBuf>(POOL);
+    if pool_cap > 0 {
+        for _ in 0..POOL {
+            let _ = pool_tx.try_send(AlignedBuf::new(pool_cap));
+        }
+    }
     std::thread::scope(|s| {
         let reader = s.spawn(|| read_stage(plan, inputs, cfg, work_tx));
-        let compute = s.spawn(|| compute_stage(plan, inputs, backend, cfg, work_rx, pack_tx, pool_rx));
+        let compute = s.spawn(|| compute_stage(plan, inputs, backend, cfg, work_rx, pack_tx, (pool_rx, pool_cap)));
         let packer = s.spawn(|| pack_stage(plan, dir, pack_rx, pool_tx, on_shard, progress, cfg.sha256));
         let join = |h: std::thread::ScopedJoinHandle<'_, Result<Duration>>| {
             h.join()
@@ -741,7 +769,7 @@ fn compute_stage<'a>(
     cfg: ExecConfig,
     rx: Receiver<Work<'a>>,
     tx: Sender<Packed<'a>>,
-    pool: Receiver<AlignedBuf>,
+    (pool, pool_cap): (Receiver<AlignedBuf>, usize),
 ) -> Result<Duration> {
     let mut busy = Duration::ZERO;
     let mut c = Computer::new(plan, inputs, backend);
@@ -770,6 +798,7 @@ fn compute_stage<'a>(
             }
             Work::Tile { tensor, row0, rows } => {
                 let t0 = Instant::now();
+                let mut waited = Duration::ZERO;
                 let t = &plan.tensors[tensor];
                 let (finite, packed) = match &t.op {
                     Op::Quant { group, .. } => {
@@ -787,11 +816,18 @@ fn compute_stage<'a>(
                             + t.offset
                             + row0 * (cols * out_dtype.size()) as u64;
                         let lead = lead_for(pos);
-                        let mut buf = pool
-                            .try_recv()
-                            .ok()
-                            .filter(|b| b.capacity() >= lead + len)
-                            .unwrap_or_else(|| AlignedBuf::new(lead + len));
+                        // Waiting here for a buffer is the back-pressure from the disk. A tile
+                        // larger than the plan's largest (never, by construction) gets its own.
+                        let mut buf = if lead + len <= pool_cap {
+                            let t = Instant::now();
+                            let Ok(b) = pool.recv() else {
+                                return Ok(busy);
+                            };
+                            waited = t.elapsed();
+                            b
+                        } else {
+                            AlignedBuf::new(lead + len)
+                        };
                         let finite = c.encoded(
                             tensor,
                             op,
@@ -807,7 +843,7 @@ fn compute_stage<'a>(
                 if !finite && !cfg.allow_nonfinite {
                     return Err(Error::NonFinite { tensor: t.name.clone() });
                 }
-                busy += t0.elapsed();
+                busy += t0.elapsed().saturating_sub(waited);
                 packed
             }
         };

@@ -37,10 +37,18 @@ pub struct AlignedBuf {
 }
 
 impl AlignedBuf {
-    /// A zeroed buffer of `cap` bytes (rounded up to a whole page).
+    /// A zeroed buffer of `cap` bytes (rounded up to a whole page), resident from the start.
+    ///
+    /// Every page is touched here, so the resident set is the same whether a run later fills
+    /// the buffer or not: memory is a function of the budget, not of the model or of timing.
     pub fn new(cap: usize) -> Self {
         let cap = cap.next_multiple_of(ALIGN).max(ALIGN);
-        let storage = vec![0u8; cap + ALIGN];
+        let mut storage = vec![0u8; cap + ALIGN];
+        for i in (0..storage.len()).step_by(ALIGN) {
+            // An opaque zero: a known zero stored into a zeroed allocation may be optimized out,
+            // and then the page would not be faulted in.
+            storage[i] = std::hint::black_box(0);
+        }
         let start = storage.as_ptr().align_offset(ALIGN);
         AlignedBuf { storage, start, cap }
     }
