@@ -45,11 +45,55 @@ fn run() -> loraweld::Result<()> {
     println!("csv,ceiling,copy_gbs,{copy:.1}");
     println!("csv,ceiling,fma_tflops,{fma:.2}");
 
-    let shapes = [(8192usize, 8192usize), (8192, 28672), (28672, 8192), (1024, 8192)];
+    let mut shapes = vec![(8192usize, 8192usize), (8192, 28672), (28672, 8192), (1024, 8192)];
+    let mut ranks = vec![16usize, 64];
+    // LW_SHAPES=8192x8192,1024x8192 and LW_RANKS=16 narrow the run (for profiling).
+    if let Ok(v) = std::env::var("LW_SHAPES") {
+        shapes = v
+            .split(',')
+            .filter_map(|x| x.split_once('x'))
+            .filter_map(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
+            .collect();
+    }
+    if let Ok(v) = std::env::var("LW_RANKS") {
+        ranks = v.split(',').filter_map(|x| x.parse().ok()).collect();
+    }
+    // Variants under test (LW_VARIANTS=dir of lora_merge.ptx builds): their lora_merge_bf16 is
+    // timed on every shape next to the built-in one, and its output hash compared.
+    let mut variants = Vec::new();
+    if let Ok(dir) = std::env::var("LW_VARIANTS") {
+        let mut paths: Vec<_> = std::fs::read_dir(&dir)
+            .map_err(|e| loraweld::Error::Internal(format!("{dir}: {e}")))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "ptx"))
+            .collect();
+        paths.sort();
+        for p in paths {
+            let name = p.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+            let text = std::fs::read_to_string(&p).map_err(|e| loraweld::Error::Internal(format!("{name}: {e}")))?;
+            match b.load_variant(&text) {
+                Ok(m) => variants.push((name, m)),
+                Err(e) => println!("variant {name}: {e}"),
+            }
+        }
+    }
     let mut rows_out = Vec::new();
-    for r in [16usize, 64] {
+    let mut cmp_out = Vec::new();
+    for &r in &ranks {
         for &(rows, cols) in &shapes {
             let t = b.nf4_merge(rows, cols, r, 20)?;
+            let mut line = format!("{rows:>6}x{cols:<6} r={r:<3} built-in {:>7.3} ms", t.ms);
+            println!("csv,compare,{rows},{cols},{r},built-in,{:.4},{:016x}", t.ms, t.hash);
+            for (name, m) in &variants {
+                let v = b.nf4_merge_in(m, "lora_merge_bf16", rows, cols, r, 20)?;
+                line += &format!(
+                    "  {name} {:>7.3} ms{}",
+                    v.ms,
+                    if v.hash == t.hash { "" } else { " DIFFERENT BYTES" }
+                );
+                println!("csv,compare,{rows},{cols},{r},{name},{:.4},{:016x}", v.ms, v.hash);
+            }
+            cmp_out.push(line);
             // The bound that applies: the slower of moving the bytes at copy speed and doing
             // the FMAs at the FMA rate.
             let t_mem = t.bytes as f64 / (copy * 1e9) * 1e3;
@@ -81,6 +125,12 @@ fn run() -> loraweld::Result<()> {
     drop(b);
 
     // Host to host through merge_tile: what the pipeline's compute stage sees.
+    if std::env::var_os("LW_NO_TILE").is_some() {
+        for l in cmp_out {
+            println!("  {l}");
+        }
+        return Ok(());
+    }
     let gpu = CudaBackend::new(MemoryBudget::Fraction(0.5), None)?;
     let mut tile_rows = Vec::new();
     for (rows, cols, r) in [(8192usize, 28672usize, 16usize), (8192, 8192, 64)] {
@@ -158,6 +208,10 @@ fn run() -> loraweld::Result<()> {
     println!("ceilings: copy {copy:.0} GB/s, fma {fma:.1} TFLOP/s");
     println!("kernel (NF4 double quant -> bf16, device-resident, median of 20):");
     for l in rows_out {
+        println!("  {l}");
+    }
+    println!("kernel variants on the same inputs (same card, same run):");
+    for l in cmp_out {
         println!("  {l}");
     }
     println!("tile path (merge_tile from host memory, 64 MiB tiles):");

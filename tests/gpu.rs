@@ -242,7 +242,7 @@ fn gpu_tiles_equal_cpu_bytes() {
     let cpu = CpuBackend::new(None).unwrap();
     let mut g = Rng(5);
     let ranks = [
-        0usize, 1, 2, 3, 4, 5, 7, 8, 12, 16, 17, 31, 32, 33, 63, 64, 65, 100, 127, 128,
+        0usize, 1, 2, 3, 4, 5, 7, 8, 12, 16, 17, 31, 32, 33, 63, 64, 65, 100, 127, 128, 129, 160,
     ];
     let shapes = [
         (1, 8),

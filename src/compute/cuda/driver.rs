@@ -645,6 +645,7 @@ impl Backend for CudaBackend {
 /// Kernel timings on device-resident data, for `examples/gpu-bench.rs` and BENCHMARKS.md.
 pub mod bench {
     use super::*;
+    use cust::memory::CopyDestination;
 
     /// One timed configuration.
     #[derive(Debug, Clone)]
@@ -660,6 +661,8 @@ pub mod bench {
         /// Bytes the launch must move: codes + absmax + B read, output written (A is L2-resident
         /// and counted once).
         pub bytes: u64,
+        /// FNV-1a hash of the output bytes (equal hashes across kernels: equal outputs).
+        pub hash: u64,
     }
 
     impl KernelTiming {
@@ -791,9 +794,27 @@ pub mod bench {
             Ok(64.0 * iters as f64 * (blocks * threads) as f64 / (ms * 1e-3) / 1e12)
         }
 
-        /// Times `lora_merge_bf16` on an NF4 double-quant weight `[rows, cols]` (blocksize 64)
-        /// with a rank-`r` update, all inputs resident on the device.
+        /// Loads another build of `lora_merge.ptx` (a variant under test), for [`Bench::nf4_merge_in`].
+        pub fn load_variant(&self, ptx: &str) -> Result<Module> {
+            Module::from_ptx(ptx, &[]).map_err(cu_err("load variant ptx"))
+        }
+
+        /// Times the kernel the backend would launch on an NF4 double-quant weight `[rows, cols]`
+        /// (blocksize 64) with a rank-`r` update, all inputs resident on the device.
         pub fn nf4_merge(&self, rows: usize, cols: usize, r: usize, iters: usize) -> Result<KernelTiming> {
+            self.nf4_merge_in(&self.module, "lora_merge_bf16", rows, cols, r, iters)
+        }
+
+        /// As [`Bench::nf4_merge`], with the entry point `name` of `module`.
+        pub fn nf4_merge_in(
+            &self,
+            module: &Module,
+            name: &str,
+            rows: usize,
+            cols: usize,
+            r: usize,
+            iters: usize,
+        ) -> Result<KernelTiming> {
             let n = rows * cols;
             let nb = n.div_ceil(64);
             let codes = upload(&random_bytes(n.div_ceil(2), 1))?;
@@ -808,10 +829,7 @@ pub mod bench {
             let flag = upload(&[0u8; 16])?;
             // SAFETY: plain bytes, written by the kernel.
             let out = unsafe { DeviceBuffer::<u8>::uninitialized(n * 2) }.map_err(cu_err("cuMemAlloc"))?;
-            let func = self
-                .module
-                .get_function("lora_merge_bf16")
-                .map_err(cu_err("lora_merge_bf16"))?;
+            let func = module.get_function(name).map_err(cu_err(name.to_string()))?;
             let ptr = |b: &DeviceBuffer<u8>| b.as_device_ptr().as_raw();
             let (p_out, p_base, p_absmax, p_nabs, p_nmap, p_qmap) =
                 (ptr(&out), ptr(&codes), ptr(&absmax), ptr(&nabs), ptr(&nmap), ptr(&qmap));
@@ -843,13 +861,17 @@ pub mod bench {
                     arg(&p_log2bs),
                     arg(&p_log2nbs),
                 ];
-                let grid = fast_grid(rows, cols);
                 // SAFETY: FFI; arguments in the kernel's order and types; buffers sized for the shape.
-                unsafe { self.stream.launch(&func, grid, FAST_BLOCK, 0, &args) }
-                    .map_err(cu_err("launch lora_merge_bf16"))
+                unsafe { self.stream.launch(&func, fast_grid(rows, cols), FAST_BLOCK, 0, &args) }
+                    .map_err(cu_err(format!("launch {name}")))
             };
             time_ms(&self.stream, 3, run)?;
             let ms = time_ms(&self.stream, iters, run)?;
+            let mut host = vec![0u8; n * 2];
+            out.copy_to(&mut host[..]).map_err(cu_err("copy output"))?;
+            let hash = host.iter().fold(0xcbf29ce484222325u64, |h, &b| {
+                (h ^ b as u64).wrapping_mul(0x100000001b3)
+            });
             let bytes = (n.div_ceil(2) + nb + rows * r * 4 + r * cols * 4 + n * 2) as u64;
             Ok(KernelTiming {
                 rows,
@@ -857,6 +879,7 @@ pub mod bench {
                 r,
                 ms,
                 bytes,
+                hash,
             })
         }
     }
