@@ -32,7 +32,7 @@ fn bench(c: &mut Criterion) {
         let be = CpuBackend::new(threads).unwrap().with_isa(isa);
         let mut g = c.benchmark_group(format!("merge_tile {rows}x{cols} on {}", be.name()));
         g.throughput(Throughput::Bytes((n * 2) as u64));
-        for r in [8usize, 64] {
+        for r in [8usize, 16, 64] {
             let a: Vec<f32> = (0..r * cols).map(|i| (i % 13) as f32 * 1e-3).collect();
             let b: Vec<f32> = (0..rows * r).map(|i| (i % 7) as f32 * 1e-3).collect();
             for kind in ["bf16", "nf4"] {

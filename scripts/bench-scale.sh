@@ -5,6 +5,7 @@
 #   scripts/bench-scale.sh WORKDIR 8b  [BUDGET]          # 8B shape, then again inside a 2 GiB cgroup
 #   scripts/bench-scale.sh WORKDIR 70b N [N ...] [-- BUDGET]   # 70B shape, first N layers only
 #
+# LORAWELD / SYNTH override the binaries (default target/release/{loraweld,examples/synth}).
 # Inputs are generated with `cargo run --release --example synth` (random but valid NF4+dq
 # checkpoint and r=16 adapter), each removed after its run. Output: a table on stdout and
 # WORKDIR/scale.csv (shape,layers,in_bytes,out_bytes,wall_s,peak_rss_mib,floor_s,ratio).
@@ -13,7 +14,7 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 W="${1:?usage: bench-scale.sh WORKDIR 8b|70b [N...]}"; shift
 KIND="${1:?8b or 70b}"; shift
 mkdir -p "$W"; W="$(cd "$W" && pwd)"
-LW="$HERE/target/release/loraweld"; SYNTH="$HERE/target/release/examples/synth"
+LW="${LORAWELD:-$HERE/target/release/loraweld}"; SYNTH="${SYNTH:-$HERE/target/release/examples/synth}"
 [ -x "$LW" ] && [ -x "$SYNTH" ] || (cd "$HERE" && cargo build --release --quiet --bin loraweld --example synth)
 BUDGET=1GiB
 CSV="$W/scale.csv"; [ -f "$CSV" ] || echo "shape,layers,in_bytes,out_bytes,wall_s,peak_rss_mib,floor_s,ratio,note" > "$CSV"

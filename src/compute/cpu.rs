@@ -10,9 +10,12 @@ use crate::quant::dtype::decode_into;
 
 /// Rows handed to one rayon task: enough to amortize scheduling, small enough to balance.
 const ROWS_PER_TASK: usize = 16;
-/// Columns per block: the block of A (r x 1024 f32, 64 KiB at r = 16) stays in L2 while the
-/// task's rows pass over it.
+/// Columns per block at most (the accumulator scratch is this long).
 const COL_BLOCK: usize = 1024;
+/// Bytes of packed A per column block: the block (r x cols f32) stays in the L1 data cache
+/// (32-48 KiB) while the task's 16 rows pass over it. At 64 KiB it streamed from L2 once per
+/// row, and the FMA loop waited on those loads.
+const A_BLOCK_BYTES: usize = 24 << 10;
 
 thread_local! {
     /// Decoded rows and accumulators of the current task.
@@ -77,6 +80,17 @@ impl Backend for CpuBackend {
             return Ok(true);
         }
         let isa = self.isa;
+        // A packed once per tile for the kernel's register blocks (r x cols floats: small
+        // beside the tile's rows x cols x r FMAs).
+        let nb = isa.block();
+        let col_block = match &tile.lora {
+            Some(l) => (A_BLOCK_BYTES / (4 * l.r.max(1)) / nb).clamp(1, COL_BLOCK / nb) * nb,
+            None => COL_BLOCK,
+        };
+        let panel = match &tile.lora {
+            Some(l) => simd::pack_panel(l.a, l.r, cols, nb),
+            None => Vec::new(),
+        };
         let finite = self.pool.install(|| {
             out.par_chunks_mut(row_bytes * ROWS_PER_TASK)
                 .enumerate()
@@ -100,22 +114,29 @@ impl Backend for CpuBackend {
                             BaseRows::Bnb(q) => q.decode((tile.row0 + r as u64) * cols as u64, wr),
                         }
                     }
-                    // Column blocks across the task's rows, so the block of A (r x COL_BLOCK) is
+                    // Column blocks across the task's rows, so the block of A (r x col_block) is
                     // read from cache once per 16 rows instead of from memory once per row. The
                     // order of operations on each element is unchanged.
-                    for c0 in (0..cols).step_by(COL_BLOCK) {
-                        let c1 = (c0 + COL_BLOCK).min(cols);
+                    for c0 in (0..cols).step_by(col_block) {
+                        let c1 = (c0 + col_block).min(cols);
                         for (j, out_row) in out_chunk.chunks_exact_mut(row_bytes).enumerate() {
                             let r = chunk * ROWS_PER_TASK + j;
-                            let (a, b_row, scale, ddt) = match &tile.lora {
-                                Some(l) => (&l.a[c0..], Some(&l.b[r * l.r..(r + 1) * l.r]), l.scale, l.delta_dtype),
-                                None => (&[][..], None, 1.0, tile.out_dtype),
+                            let (a, p, b_row, scale, ddt) = match &tile.lora {
+                                Some(l) => (
+                                    &l.a[c0..],
+                                    &panel[(c0 / nb * l.r * nb).min(panel.len())..],
+                                    Some(&l.b[r * l.r..(r + 1) * l.r]),
+                                    l.scale,
+                                    l.delta_dtype,
+                                ),
+                                None => (&[][..], &[][..], None, 1.0, tile.out_dtype),
                             };
                             finite &= simd::row(
                                 &mut w[j * cols + c0..j * cols + c1],
                                 acc,
                                 a,
                                 cols,
+                                p,
                                 b_row,
                                 scale,
                                 ddt,

@@ -12,11 +12,12 @@ use crate::quant::dtype::{f32_to_bf16, f32_to_f16, round_through};
 /// `acc` is scratch of `cols` f32. Returns whether all outputs are finite.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn row_body(
+fn row_body<const N: usize>(
     w: &mut [f32],
     acc: &mut [f32],
     a: &[f32],
     a_stride: usize,
+    panel: &[f32],
     b_row: Option<&[f32]>,
     scale: f32,
     delta_dtype: FloatDtype,
@@ -26,14 +27,31 @@ fn row_body(
     let cols = w.len();
     if let Some(b_row) = b_row {
         let acc = &mut acc[..cols];
-        // Register blocking: 64 accumulators (four AVX-512 registers) stay in registers for the
-        // whole k loop instead of going to memory once per k. Each element still sees the FMA
-        // chain k = 0, 1, … in order, so the result is unchanged.
-        const LANES: usize = 64;
+        // Register blocking: N accumulators stay in registers for the whole k loop instead of
+        // going to memory once per k. Each element still sees the FMA chain k = 0, 1, … in
+        // order, so the result is unchanged. The block is a fixed-size array so the compiler
+        // keeps it in vector registers (a variable-length block lived on the stack: a load, an
+        // FMA and a store per k, bound by store-to-load forwarding).
+        // A's rows for a block come from `panel`, packed k-major (N contiguous floats per k):
+        // read straight from A, rows `a_stride` floats apart alias in the L1 cache.
+        let r = b_row.len();
         let mut c0 = 0;
+        while c0 + N <= cols {
+            let mut regs = [0f32; N];
+            let blk = &panel[c0 / N * r * N..(c0 / N + 1) * r * N];
+            for (&bk, a_row) in b_row.iter().zip(blk.chunks_exact(N)) {
+                let a_row: &[f32; N] = a_row.try_into().expect("chunks of N elements");
+                for j in 0..N {
+                    regs[j] = bk.mul_add(a_row[j], regs[j]);
+                }
+            }
+            acc[c0..c0 + N].copy_from_slice(&regs);
+            c0 += N;
+        }
+        // The last columns (fewer than N), one vector at a time.
         while c0 < cols {
-            let n = LANES.min(cols - c0);
-            let mut regs = [0f32; LANES];
+            let n = 16.min(cols - c0);
+            let mut regs = [0f32; 16];
             for (k, &bk) in b_row.iter().enumerate() {
                 let a_row = &a[k * a_stride + c0..k * a_stride + c0 + n];
                 for (x, &ai) in regs[..n].iter_mut().zip(a_row) {
@@ -89,13 +107,15 @@ unsafe fn row_avx512(
     acc: &mut [f32],
     a: &[f32],
     a_stride: usize,
+    panel: &[f32],
     b_row: Option<&[f32]>,
     scale: f32,
     delta_dtype: FloatDtype,
     out_dtype: FloatDtype,
     out: &mut [u8],
 ) -> bool {
-    row_body(w, acc, a, a_stride, b_row, scale, delta_dtype, out_dtype, out)
+    // 8 vectors of 16: enough independent FMA chains to cover the FMA latency on 2 ports.
+    row_body::<128>(w, acc, a, a_stride, panel, b_row, scale, delta_dtype, out_dtype, out)
 }
 
 #[target_feature(enable = "avx2,fma")]
@@ -105,13 +125,15 @@ unsafe fn row_avx2(
     acc: &mut [f32],
     a: &[f32],
     a_stride: usize,
+    panel: &[f32],
     b_row: Option<&[f32]>,
     scale: f32,
     delta_dtype: FloatDtype,
     out_dtype: FloatDtype,
     out: &mut [u8],
 ) -> bool {
-    row_body(w, acc, a, a_stride, b_row, scale, delta_dtype, out_dtype, out)
+    // 8 vectors of 8 (16 ymm registers in all: 8 accumulators, the rest for A).
+    row_body::<64>(w, acc, a, a_stride, panel, b_row, scale, delta_dtype, out_dtype, out)
 }
 
 /// An instruction set the kernels are compiled for.
@@ -154,6 +176,15 @@ impl Isa {
         }
     }
 
+    /// Columns per register block of the row kernel compiled for this instruction set.
+    pub fn block(self) -> usize {
+        match self {
+            Isa::Portable => 16,
+            Isa::Avx2 => 64,
+            Isa::Avx512 => 128,
+        }
+    }
+
     /// A short name.
     pub fn name(self) -> &'static str {
         match self {
@@ -170,13 +201,15 @@ fn has_avx2_fma() -> bool {
 
 /// Runs the row kernel compiled for `isa` (which must be one of [`Isa::available`]) on one row
 /// segment of `w.len()` columns; `a` starts at the segment's first column of `A`'s row 0 and
-/// `a_stride` is `A`'s row length.
+/// `a_stride` is `A`'s row length; `panel` holds the segment's whole blocks of
+/// [`Isa::block`] columns of A packed by [`pack_panel`] (starting at the segment's first block).
 #[allow(clippy::too_many_arguments)]
 pub fn row(
     w: &mut [f32],
     acc: &mut [f32],
     a: &[f32],
     a_stride: usize,
+    panel: &[f32],
     b_row: Option<&[f32]>,
     scale: f32,
     delta_dtype: FloatDtype,
@@ -186,11 +219,24 @@ pub fn row(
 ) -> bool {
     match isa {
         // SAFETY: `isa` comes from `Isa::detect`/`available`, so the CPU has these features.
-        Isa::Avx512 => unsafe { row_avx512(w, acc, a, a_stride, b_row, scale, delta_dtype, out_dtype, out) },
+        Isa::Avx512 => unsafe { row_avx512(w, acc, a, a_stride, panel, b_row, scale, delta_dtype, out_dtype, out) },
         // SAFETY: as above.
-        Isa::Avx2 => unsafe { row_avx2(w, acc, a, a_stride, b_row, scale, delta_dtype, out_dtype, out) },
-        Isa::Portable => row_body(w, acc, a, a_stride, b_row, scale, delta_dtype, out_dtype, out),
+        Isa::Avx2 => unsafe { row_avx2(w, acc, a, a_stride, panel, b_row, scale, delta_dtype, out_dtype, out) },
+        Isa::Portable => row_body::<16>(w, acc, a, a_stride, panel, b_row, scale, delta_dtype, out_dtype, out),
     }
+}
+
+/// Packs A (`r` rows of `cols`) for the row kernel: each whole block of `block` columns becomes
+/// `r` runs of `block` contiguous floats (k-major), blocks one after another.
+pub fn pack_panel(a: &[f32], r: usize, cols: usize, block: usize) -> Vec<f32> {
+    let blocks = cols / block;
+    let mut p = Vec::with_capacity(blocks * r * block);
+    for b in 0..blocks {
+        for k in 0..r {
+            p.extend_from_slice(&a[k * cols + b * block..k * cols + (b + 1) * block]);
+        }
+    }
+    p
 }
 
 #[inline(always)]
