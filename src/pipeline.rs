@@ -124,6 +124,14 @@ pub struct ShardResult {
     /// computed as the bytes go by instead of reading the shard back).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+    /// Bytes cloned from an input with `copy_file_range` instead of written (reflinking
+    /// filesystems only; see `ShardWriter::write_from`).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub cloned_bytes: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Called by the packer with each shard's path once it is complete and synced (the Hub push
@@ -916,7 +924,7 @@ fn pack_stage(
                 let (_, f, h, n) = open
                     .as_mut()
                     .ok_or_else(|| Error::Internal("data before shard start".into()))?;
-                f.write(data)?;
+                f.write_from(file.file(), abs as u64, data)?;
                 h.update(data);
                 *n += data.len() as u64;
                 if let Some(p) = progress {
@@ -961,6 +969,7 @@ fn pack_stage(
                         sh.file_len
                     )));
                 }
+                let cloned_bytes = f.cloned_bytes();
                 let len = f.finish()?;
                 if len != n {
                     return Err(Error::Internal(format!(
@@ -976,6 +985,7 @@ fn pack_stage(
                         use sha2::Digest;
                         x.finalize().iter().map(|b| format!("{b:02x}")).collect()
                     }),
+                    cloned_bytes,
                 });
                 if let (Some(cb), Some(r)) = (on_shard, results.last()) {
                     cb(&path, r);

@@ -27,6 +27,48 @@ fn lora_method_writes_the_adapter_unchanged() {
 }
 
 #[test]
+fn pass_through_bytes_cloned_with_copy_file_range_are_the_same_bytes() {
+    // Forced on any filesystem (ext4 and others copy inside the kernel; btrfs/XFS clone): the
+    // adapter's tensors sit at the same in-block offsets in input and output, so whole blocks
+    // go by copy_file_range and the partial ones at each end through the writer.
+    let w = Workdir::new();
+    let out = w.join("adapter");
+    let f = fixtures();
+    let json = LoraweldCommand::save([
+        f.join("lora").as_os_str(),
+        out.as_os_str(),
+        "--save-method".as_ref(),
+        "lora".as_ref(),
+        "--json".as_ref(),
+    ])
+    .env("LORAWELD_COPY_FILE_RANGE", "always")
+    .ok();
+    let got = std::fs::read(out.join("adapter_model.safetensors")).unwrap();
+    assert!(got == std::fs::read(f.join("lora").join("adapter_model.safetensors")).unwrap());
+    let report: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let cloned = report["shards"][0]["cloned_bytes"].as_u64().unwrap_or(0);
+    // Where O_DIRECT is refused (tmpfs) the writer is buffered and never clones.
+    if loraweld_direct_io_works(&out) {
+        assert!(cloned > 100_000, "cloned {cloned} bytes: {json}");
+    }
+}
+
+/// Whether `O_DIRECT` opens succeed in `dir` (not on tmpfs).
+fn loraweld_direct_io_works(dir: &std::path::Path) -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
+    let p = dir.join(".direct-probe");
+    let ok = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&p)
+        .is_ok();
+    let _ = std::fs::remove_file(&p);
+    ok
+}
+
+#[test]
 fn lora_method_casts_with_dtype() {
     let w = Workdir::new();
     let out = w.join("adapter");

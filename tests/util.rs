@@ -84,6 +84,12 @@ impl LoraweldCommand {
         )
     }
 
+    /// Sets an environment variable for the run.
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.cmd.env(k, v);
+        self
+    }
+
     /// `loraweld save ARGS…`.
     pub fn save<I, S>(args: I) -> Self
     where

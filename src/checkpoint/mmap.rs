@@ -20,6 +20,8 @@ use crate::error::{Error, Result};
 #[derive(Debug)]
 pub struct MappedFile {
     path: PathBuf,
+    /// Kept open for `copy_file_range` of pass-through bytes.
+    file: File,
     map: Option<memmap2::Mmap>,
 }
 
@@ -31,6 +33,7 @@ impl MappedFile {
         if len == 0 {
             return Ok(MappedFile {
                 path: path.to_path_buf(),
+                file,
                 map: None,
             });
         }
@@ -39,6 +42,7 @@ impl MappedFile {
         let map = unsafe { memmap2::MmapOptions::new().map(&file) }.map_err(|e| Error::io(path, e))?;
         Ok(MappedFile {
             path: path.to_path_buf(),
+            file,
             map: Some(map),
         })
     }
@@ -46,6 +50,11 @@ impl MappedFile {
     /// The file's path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The open file (read-only).
+    pub fn file(&self) -> &File {
+        &self.file
     }
 
     /// The whole file.

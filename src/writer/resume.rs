@@ -136,6 +136,7 @@ pub fn up_to_date(out: &Path, run: &RunKey) -> Option<Vec<ShardResult>> {
             bytes,
             blake3: s.get("blake3")?.as_str()?.to_string(),
             sha256: None,
+            cloned_bytes: 0,
         });
     }
     Some(results)
@@ -174,6 +175,7 @@ pub fn reusable(staging: &Path, run: &RunKey, plan: &Plan) -> Result<Vec<Option<
                     bytes: s.file_len,
                     blake3: want.to_string(),
                     sha256: None,
+                    cloned_bytes: 0,
                 });
             }
         }

@@ -11,8 +11,10 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{bounded, Receiver, Sender};
@@ -24,6 +26,8 @@ const ALIGN: usize = 4096;
 pub const CHUNK: usize = 8 << 20;
 /// Windows: one being filled, the rest in flight.
 const WINDOWS: usize = 3;
+/// Pass-through ranges shorter than this are copied, not cloned.
+const CLONE_MIN: usize = 1 << 20;
 /// Buffered mode: start writeback and drop cached pages every this many bytes.
 const FLUSH_EVERY: u64 = 64 << 20;
 
@@ -89,10 +93,12 @@ impl Window {
     }
 }
 
-/// What the I/O thread writes: a buffer, its length, and where the buffer goes afterwards.
+/// What the I/O thread writes: a buffer, its length, its file offset, and where the buffer
+/// goes afterwards.
 struct IoItem {
     buf: AlignedBuf,
     len: usize,
+    off: u64,
     /// A compute buffer (back to the compute pool) rather than a window.
     owned: bool,
 }
@@ -108,7 +114,19 @@ pub struct ShardWriter {
     to_io: Option<Sender<IoItem>>,
     free: Receiver<AlignedBuf>,
     io: Option<JoinHandle<std::io::Result<()>>>,
+    /// Bytes appended so far (the file's logical length).
     written: u64,
+    /// Direct mode: the file offset of the current window's first byte.
+    pos: u64,
+    /// Direct mode: bytes the I/O thread has written.
+    done: Arc<AtomicU64>,
+    /// Direct mode on a filesystem that clones blocks: pass-through ranges go by
+    /// `copy_file_range` (see [`ShardWriter::write_from`]).
+    clone_ok: bool,
+    /// The smallest pass-through range worth cloning.
+    clone_min: usize,
+    /// Bytes cloned so far.
+    cloned: u64,
     flushed: u64,
 }
 
@@ -133,17 +151,20 @@ impl ShardWriter {
             Err(_) => (File::create(path).map_err(|e| Error::io(path, e))?, false),
         };
         let (free_tx, free_rx) = bounded::<AlignedBuf>(WINDOWS + 1);
+        let done = Arc::new(AtomicU64::new(0));
         let (to_io, io, current) = if direct {
             for _ in 1..WINDOWS {
                 let _ = free_tx.send(AlignedBuf::new(CHUNK));
             }
             let (tx, rx) = bounded::<IoItem>(WINDOWS);
-            let mut f = file.try_clone().map_err(|e| Error::io(path, e))?;
+            let f = file.try_clone().map_err(|e| Error::io(path, e))?;
+            let done = done.clone();
             let handle = std::thread::Builder::new()
                 .name("loraweld-io".into())
                 .spawn(move || -> std::io::Result<()> {
                     for item in rx {
-                        f.write_all(&item.buf.as_slice()[..item.len])?;
+                        f.write_all_at(&item.buf.as_slice()[..item.len], item.off)?;
+                        done.fetch_add(item.len as u64, Ordering::Release);
                         if item.owned {
                             if let Some(r) = &recycle {
                                 let _ = r.try_send(item.buf);
@@ -159,6 +180,9 @@ impl ShardWriter {
         } else {
             (None, None, None)
         };
+        let clone_ok = direct && crate::sys::clones_blocks(&file);
+        // Forced (tests, any filesystem): clone down to two blocks, so small fixtures take the path.
+        let forced = std::env::var_os("LORAWELD_COPY_FILE_RANGE").is_some_and(|v| v == "always");
         Ok(ShardWriter {
             path: path.to_path_buf(),
             file,
@@ -168,6 +192,11 @@ impl ShardWriter {
             free: free_rx,
             io,
             written: 0,
+            pos: 0,
+            done,
+            clone_ok,
+            clone_min: if forced { 2 * ALIGN } else { CLONE_MIN },
+            cloned: 0,
             flushed: 0,
         })
     }
@@ -201,15 +230,19 @@ impl ShardWriter {
     /// Hands the current window (`len` bytes, aligned) to the I/O thread and takes a free one.
     fn send_window(&mut self, len: usize) -> Result<()> {
         let w = self.current.take().expect("direct mode always holds a window");
-        self.send(IoItem {
-            buf: w.buf,
-            len,
-            owned: false,
-        })?;
+        self.send(w.buf, len, false)?;
         self.next_window()
     }
 
-    fn send(&mut self, item: IoItem) -> Result<()> {
+    /// Queues `buf[..len]` for the I/O thread at the current window position.
+    fn send(&mut self, buf: AlignedBuf, len: usize, owned: bool) -> Result<()> {
+        let item = IoItem {
+            buf,
+            len,
+            off: self.pos,
+            owned,
+        };
+        self.pos += len as u64;
         let sent = self.to_io.as_ref().map(|tx| tx.send(item).is_ok()).unwrap_or(false);
         if sent {
             Ok(())
@@ -245,11 +278,7 @@ impl ShardWriter {
         debug_assert_eq!(w.fill - whole, lead);
         buf.as_mut_slice()[..lead].copy_from_slice(&w.buf.as_slice()[whole..w.fill]);
         if whole > 0 {
-            self.send(IoItem {
-                buf: w.buf,
-                len: whole,
-                owned: false,
-            })?;
+            self.send(w.buf, whole, false)?;
             self.next_window()?;
         } else {
             self.current = Some(Window { buf: w.buf, fill: 0 });
@@ -264,12 +293,49 @@ impl ShardWriter {
             w.fill = tail;
         }
         self.written += len as u64;
-        self.send(IoItem {
-            buf,
-            len: full,
-            owned: true,
-        })?;
+        self.send(buf, full, true)?;
         Ok(None)
+    }
+
+    /// Appends `data`, which is `src`'s bytes at `src_off` (a pass-through tensor). On a
+    /// filesystem that clones blocks, when `data` sits at the same offset within a 4 KiB block
+    /// in both files, its whole blocks are cloned with `copy_file_range` (no data moves: the
+    /// output shares the input's blocks); the partial blocks at either end go through the
+    /// window. Anywhere else, or if the kernel refuses, it is an ordinary [`ShardWriter::write`].
+    pub fn write_from(&mut self, src: &File, src_off: u64, data: &[u8]) -> Result<()> {
+        let a = ALIGN as u64;
+        if !self.clone_ok || data.len() < self.clone_min || src_off % a != self.written % a {
+            return self.write(data);
+        }
+        let head = ((a - self.written % a) % a) as usize;
+        self.write(&data[..head])?;
+        // The window now holds whole blocks only: hand them over, then wait until everything
+        // before the clone is on the file, so the clone never lands beyond its end of file.
+        let fill = self.current.as_ref().map(|w| w.fill).unwrap_or(0);
+        if fill > 0 {
+            self.send_window(fill)?;
+        }
+        while self.done.load(Ordering::Acquire) < self.pos {
+            if self.io.as_ref().is_some_and(|h| h.is_finished()) {
+                return Err(self.io_error());
+            }
+            std::thread::sleep(std::time::Duration::from_micros(50));
+        }
+        let mid = (data.len() - head) / ALIGN * ALIGN;
+        let cloned =
+            crate::sys::copy_range(src, src_off + head as u64, &self.file, self.pos, mid as u64).unwrap_or(0) as usize;
+        // Whatever the kernel did not take (an error, or a short copy) is written normally.
+        let cloned = cloned / ALIGN * ALIGN;
+        self.pos += cloned as u64;
+        self.done.fetch_add(cloned as u64, Ordering::Release);
+        self.written += cloned as u64;
+        self.cloned += cloned as u64;
+        self.write(&data[head + cloned..])
+    }
+
+    /// Bytes cloned with `copy_file_range` so far.
+    pub fn cloned_bytes(&self) -> u64 {
+        self.cloned
     }
 
     /// The I/O thread's error, after it stopped.
@@ -318,6 +384,65 @@ impl ShardWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cloned_ranges_land_where_written_ones_would() {
+        // A source file; pass-through ranges of it are appended between ordinary writes and
+        // zero-copy tiles, at offsets that match the output's in-block offset or do not.
+        let d = tempfile::tempdir().unwrap();
+        let src_path = d.path().join("src");
+        let src_bytes: Vec<u8> = (0..6_000_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        std::fs::write(&src_path, &src_bytes).unwrap();
+        let src = File::open(&src_path).unwrap();
+        let p = d.path().join("out");
+        let (tx, rx) = bounded::<AlignedBuf>(8);
+        let mut w = ShardWriter::create_with(&p, true, Some(tx)).unwrap();
+        let direct = w.direct;
+        // Clone wherever the kernel lets us (ext4 copies inside the kernel; the layout is what
+        // is tested), down to two blocks.
+        w.clone_ok = direct;
+        w.clone_min = 2 * ALIGN;
+        let mut want = Vec::new();
+        for i in 0..30usize {
+            match i % 3 {
+                0 => {
+                    // Same in-block offset as the output position: cloned (whole blocks).
+                    let len = 10_000 + i * 70_001;
+                    let off = (i * 100_003) / ALIGN * ALIGN + want.len() % ALIGN;
+                    let data = &src_bytes[off..off + len];
+                    w.write_from(&src, off as u64, data).unwrap();
+                    want.extend_from_slice(data);
+                }
+                1 => {
+                    // A different in-block offset: written.
+                    let off = 1 + want.len() % ALIGN + i * 999;
+                    let data = &src_bytes[off..off + 50_000];
+                    w.write_from(&src, off as u64, data).unwrap();
+                    want.extend_from_slice(data);
+                }
+                _ => {
+                    let chunk: Vec<u8> = (0..20_000 + i * 3_331).map(|j| (i * 7 + j) as u8).collect();
+                    let lead = lead_for(want.len() as u64);
+                    let mut b = rx
+                        .try_recv()
+                        .ok()
+                        .filter(|b| b.capacity() >= lead + chunk.len())
+                        .unwrap_or_else(|| AlignedBuf::new(lead + chunk.len()));
+                    b.as_mut_slice()[lead..lead + chunk.len()].copy_from_slice(&chunk);
+                    w.write_owned(b, lead, chunk.len()).unwrap();
+                    want.extend_from_slice(&chunk);
+                }
+            }
+        }
+        let cloned = w.cloned_bytes();
+        assert_eq!(w.finish().unwrap(), want.len() as u64);
+        assert!(std::fs::read(&p).unwrap() == want, "file bytes differ");
+        if direct {
+            assert!(cloned > 500_000, "only {cloned} bytes went by copy_file_range");
+        }
+    }
 
     #[test]
     fn odd_sized_writes_come_out_exact() {
