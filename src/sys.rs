@@ -166,6 +166,21 @@ pub fn fix_malloc_threshold() {
     }
 }
 
+/// Asks for transparent huge pages on `buf` (whole 2 MiB pages inside it). A hint.
+pub fn want_huge_pages(buf: &mut [u8]) {
+    const HUGE: usize = 2 << 20;
+    let start = buf.as_mut_ptr() as usize;
+    let s = start.next_multiple_of(HUGE);
+    let e = (start + buf.len()) / HUGE * HUGE;
+    if e > s {
+        // SAFETY: [s, e) lies inside `buf`, which we borrow mutably; MADV_HUGEPAGE only changes
+        // how the kernel backs the range, never its contents.
+        unsafe {
+            libc::madvise(s as *mut libc::c_void, e - s, libc::MADV_HUGEPAGE);
+        }
+    }
+}
+
 /// Peak resident set size of this process (`VmHWM`), in bytes.
 pub fn peak_rss() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
