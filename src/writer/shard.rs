@@ -394,6 +394,18 @@ impl ShardWriter {
 mod tests {
     use super::*;
 
+    /// The zero-copy path: `chunk` placed at its in-page position in a (recycled) buffer.
+    fn write_tile(w: &mut ShardWriter, pool: &Receiver<AlignedBuf>, pos: u64, chunk: &[u8]) {
+        let lead = lead_for(pos);
+        let mut b = pool
+            .try_recv()
+            .ok()
+            .filter(|b| b.capacity() >= lead + chunk.len())
+            .unwrap_or_else(|| AlignedBuf::new(lead + chunk.len()));
+        b.as_mut_slice()[lead..lead + chunk.len()].copy_from_slice(chunk);
+        w.write_owned(b, lead, chunk.len()).unwrap();
+    }
+
     #[test]
     fn cloned_ranges_land_where_written_ones_would() {
         // A source file; pass-through ranges of it are appended between ordinary writes and
@@ -433,14 +445,7 @@ mod tests {
                 }
                 _ => {
                     let chunk: Vec<u8> = (0..20_000 + i * 3_331).map(|j| (i * 7 + j) as u8).collect();
-                    let lead = lead_for(want.len() as u64);
-                    let mut b = rx
-                        .try_recv()
-                        .ok()
-                        .filter(|b| b.capacity() >= lead + chunk.len())
-                        .unwrap_or_else(|| AlignedBuf::new(lead + chunk.len()));
-                    b.as_mut_slice()[lead..lead + chunk.len()].copy_from_slice(&chunk);
-                    w.write_owned(b, lead, chunk.len()).unwrap();
+                    write_tile(&mut w, &rx, want.len() as u64, &chunk);
                     want.extend_from_slice(&chunk);
                 }
             }
@@ -466,15 +471,7 @@ mod tests {
                     .map(|j| (i + j) as u8)
                     .collect();
                 if i % 3 == 0 {
-                    // The zero-copy path: data placed at its in-page position.
-                    let lead = lead_for(want.len() as u64);
-                    let mut b = rx
-                        .try_recv()
-                        .ok()
-                        .filter(|b| b.capacity() >= lead + chunk.len())
-                        .unwrap_or_else(|| AlignedBuf::new(lead + chunk.len()));
-                    b.as_mut_slice()[lead..lead + chunk.len()].copy_from_slice(&chunk);
-                    w.write_owned(b, lead, chunk.len()).unwrap();
+                    write_tile(&mut w, &rx, want.len() as u64, &chunk);
                 } else {
                     w.write(&chunk).unwrap();
                 }
