@@ -79,6 +79,15 @@ impl MappedFile {
         }
     }
 
+    /// Starts reading `range` into the page cache without mapping it (`MADV_WILLNEED`). A hint.
+    pub fn will_need(&self, start: usize, end: usize) {
+        let Some(m) = &self.map else { return };
+        let end = end.min(m.len());
+        if end > start {
+            let _ = m.advise_range(memmap2::Advice::WillNeed, start, end - start);
+        }
+    }
+
     /// Drops every resident page of the file from this process.
     pub fn release_all(&self) {
         self.release(0, self.bytes().len());
