@@ -6,11 +6,12 @@
 //! ```
 //! * **reader** walks the plan in output-file order and hands out zero-copy slices of the
 //!   mapped inputs and row tiles, asking the kernel to read ahead (`MADV_WILLNEED`).
-//! * **compute** turns each tile into output bytes through a [`Backend`], reusing pooled buffers.
+//! * **compute** turns each tile into output bytes through a [`Backend`], into buffers from a
+//!   fixed pool allocated up front.
 //! * **packer** writes each shard front to back (header first), hashes it with blake3, syncs it,
 //!   and releases consumed input pages.
 //!
-//! Memory is bounded by the channel depth × the tile size, not by the model. The first error
+//! Memory is bounded by the pool and channel depths × the tile size, not by the model. The first error
 //! wins; "channel closed" errors in other stages are its consequences and are dropped.
 
 use std::path::{Path, PathBuf};
