@@ -26,6 +26,20 @@ fn bench(c: &mut Criterion) {
         .flat_map(|i| ((i as f32 - 127.5) / 127.5).to_le_bytes())
         .collect();
     let qmap: Vec<u8> = NF4.iter().flat_map(|x| x.to_le_bytes()).collect();
+    // The 4-bit base: NF4 with double quant, blocksize 64.
+    let nf4 = || QuantView {
+        codes: &codes,
+        absmax: AbsmaxRef::Nested {
+            codes: &absmax,
+            nested_absmax: &nested,
+            nested_map: &nmap,
+            nested_blocksize: 256,
+            offset: 0.02,
+        },
+        quant_map: &qmap,
+        blocksize: 64,
+        dtype: FloatDtype::Bf16,
+    };
     let mut configs: Vec<(Isa, Option<usize>)> = Isa::available().into_iter().map(|i| (i, Some(1))).collect();
     configs.push((Isa::detect(), None));
     for (isa, threads) in configs {
@@ -42,19 +56,7 @@ fn bench(c: &mut Criterion) {
                         dtype: FloatDtype::Bf16,
                     }
                 } else {
-                    BaseRows::Bnb(QuantView {
-                        codes: &codes,
-                        absmax: AbsmaxRef::Nested {
-                            codes: &absmax,
-                            nested_absmax: &nested,
-                            nested_map: &nmap,
-                            nested_blocksize: 256,
-                            offset: 0.02,
-                        },
-                        quant_map: &qmap,
-                        blocksize: 64,
-                        dtype: FloatDtype::Bf16,
-                    })
+                    BaseRows::Bnb(nf4())
                 };
                 let tile = MergeTile {
                     row0: 0,
@@ -79,19 +81,7 @@ fn bench(c: &mut Criterion) {
                 row0: 0,
                 rows,
                 cols,
-                base: BaseRows::Bnb(QuantView {
-                    codes: &codes,
-                    absmax: AbsmaxRef::Nested {
-                        codes: &absmax,
-                        nested_absmax: &nested,
-                        nested_map: &nmap,
-                        nested_blocksize: 256,
-                        offset: 0.02,
-                    },
-                    quant_map: &qmap,
-                    blocksize: 64,
-                    dtype: FloatDtype::Bf16,
-                }),
+                base: BaseRows::Bnb(nf4()),
                 lora: None,
                 out_dtype: FloatDtype::Bf16,
             };

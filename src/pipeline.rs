@@ -63,6 +63,14 @@ impl<'a> Inputs<'a> {
         &self.file(src.file).bytes()[s..s + src.info.nbytes() as usize]
     }
 
+    /// Drops every mapped page of every input from this process.
+    fn release_all(&self) {
+        self.adapter.weights.file.release_all();
+        for sh in self.base.iter().flat_map(|b| &b.shards) {
+            sh.file.release_all();
+        }
+    }
+
     fn quant_view(&self, q: &QuantSrc) -> QuantView<'a> {
         let absmax = match &q.nested {
             Some((na, nm)) => AbsmaxRef::Nested {
@@ -231,6 +239,10 @@ pub fn execute(
 ) -> Result<(Vec<ShardResult>, StageTimes)> {
     let (work_tx, work_rx) = bounded::<Work>(cfg.depth);
     let (pack_tx, pack_rx) = bounded::<Packed>(cfg.depth);
+    // Planning read every weight's small quant-state tensors (and a merged_4bit stats pass whole
+    // weights); each read mapped the page-cache folio around it, up to 2 MiB of neighbouring
+    // tensors. Drop all of that, so the streaming pass starts with nothing mapped.
+    inputs.release_all();
     // A fixed set of output buffers, allocated (and faulted in) once: the resident set is then
     // the same at any point of any run at this budget, instead of growing with how many
     // buffers a long run happened to have in flight at once.

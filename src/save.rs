@@ -213,15 +213,6 @@ pub fn save(opts: &SaveOptions) -> Result<SaveReport> {
         // merged_4bit: block statistics first (the quant-state JSON sizes depend on them).
         crate::pipeline::quant_stats(&mut plan, inputs, backend.as_ref(), cfg)?;
     }
-    // Planning read every weight's small quant-state tensors (and the stats pass whole
-    // weights); each read mapped the page-cache folio around it, up to 2 MiB of neighbouring
-    // tensors. Drop all of that before the streaming pass, so its resident set starts empty.
-    adapter.weights.file.release_all();
-    if let Some(ck) = &ck {
-        for sh in &ck.shards {
-            sh.file.release_all();
-        }
-    }
     // Resume: keep the shards an interrupted run of the same inputs and options finished.
     let kept = resume::reusable(staging.path(), &run, &plan)?;
     for (s, k) in plan.shards.iter_mut().zip(&kept) {

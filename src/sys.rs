@@ -48,17 +48,22 @@ pub fn same_filesystem(a: &Path, b: &Path) -> bool {
     }
 }
 
+/// `LORAWELD_COPY_FILE_RANGE`: `always` forces `copy_file_range` for pass-through ranges on any
+/// filesystem (tests use that to check the byte layout on ext4), `never` turns it off; unset,
+/// it is used where [`clones_blocks`] says so.
+pub fn copy_file_range_override() -> Option<bool> {
+    match std::env::var_os("LORAWELD_COPY_FILE_RANGE") {
+        Some(v) if v == "always" => Some(true),
+        Some(v) if v == "never" => Some(false),
+        _ => None,
+    }
+}
+
 /// Whether `file` is on a filesystem whose `copy_file_range` clones blocks instead of copying
 /// them (reflink: btrfs, XFS, bcachefs, OpenZFS 2.2+). Elsewhere (ext4, tmpfs) the kernel copies
 /// through the page cache, which measured slower than our `O_DIRECT` path and fills the page
-/// cache with dirty pages, so there it is not used. `LORAWELD_COPY_FILE_RANGE=always` forces it
-/// (tests use that to check the byte layout on any filesystem), `=never` turns it off.
+/// cache with dirty pages, so there it is not used.
 pub fn clones_blocks(file: &File) -> bool {
-    match std::env::var_os("LORAWELD_COPY_FILE_RANGE") {
-        Some(v) if v == "always" => return true,
-        Some(v) if v == "never" => return false,
-        _ => {}
-    }
     // SAFETY: the fd is valid for the lifetime of `file`; `st` is a properly sized out-parameter
     // of plain integers.
     let f_type = unsafe {

@@ -100,41 +100,43 @@ fn row_body<const N: usize>(
     finite
 }
 
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn row_avx512(
-    w: &mut [f32],
-    acc: &mut [f32],
-    a: &[f32],
-    a_stride: usize,
-    panel: &[f32],
-    b_row: Option<&[f32]>,
-    scale: f32,
-    delta_dtype: FloatDtype,
-    out_dtype: FloatDtype,
-    out: &mut [u8],
-) -> bool {
-    // 8 vectors of 16: enough independent FMA chains to cover the FMA latency on 2 ports.
-    row_body::<128>(w, acc, a, a_stride, panel, b_row, scale, delta_dtype, out_dtype, out)
+/// The row kernel compiled for one instruction set (`target_feature` needs a function per set).
+macro_rules! row_for {
+    ($name:ident, $features:literal, $block:literal) => {
+        #[target_feature(enable = $features)]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn $name(
+            w: &mut [f32],
+            acc: &mut [f32],
+            a: &[f32],
+            a_stride: usize,
+            panel: &[f32],
+            b_row: Option<&[f32]>,
+            scale: f32,
+            delta_dtype: FloatDtype,
+            out_dtype: FloatDtype,
+            out: &mut [u8],
+        ) -> bool {
+            row_body::<$block>(
+                w,
+                acc,
+                a,
+                a_stride,
+                panel,
+                b_row,
+                scale,
+                delta_dtype,
+                out_dtype,
+                out,
+            )
+        }
+    };
 }
 
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn row_avx2(
-    w: &mut [f32],
-    acc: &mut [f32],
-    a: &[f32],
-    a_stride: usize,
-    panel: &[f32],
-    b_row: Option<&[f32]>,
-    scale: f32,
-    delta_dtype: FloatDtype,
-    out_dtype: FloatDtype,
-    out: &mut [u8],
-) -> bool {
-    // 8 vectors of 8 (16 ymm registers in all: 8 accumulators, the rest for A).
-    row_body::<64>(w, acc, a, a_stride, panel, b_row, scale, delta_dtype, out_dtype, out)
-}
+// 8 vectors of 16: enough independent FMA chains to cover the FMA latency on 2 ports.
+row_for!(row_avx512, "avx512f,avx512bw,avx512vl,avx2,fma", 128);
+// 8 vectors of 8 (16 ymm registers in all: 8 accumulators, the rest for A).
+row_for!(row_avx2, "avx2,fma", 64);
 
 /// An instruction set the kernels are compiled for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -189,9 +189,8 @@ impl ShardWriter {
         } else {
             (None, None, None)
         };
-        let clone_ok = direct && crate::sys::clones_blocks(&file);
-        // Forced (tests, any filesystem): clone down to two blocks, so small fixtures take the path.
-        let forced = std::env::var_os("LORAWELD_COPY_FILE_RANGE").is_some_and(|v| v == "always");
+        let forced = crate::sys::copy_file_range_override();
+        let clone_ok = direct && forced.unwrap_or_else(|| crate::sys::clones_blocks(&file));
         Ok(ShardWriter {
             path: path.to_path_buf(),
             file,
@@ -204,7 +203,8 @@ impl ShardWriter {
             pos: 0,
             done,
             clone_ok,
-            clone_min: if forced { 2 * ALIGN } else { CLONE_MIN },
+            // Forced (tests, any filesystem): down to two blocks, so small fixtures take the path.
+            clone_min: if forced == Some(true) { 2 * ALIGN } else { CLONE_MIN },
             cloned: 0,
             flushed: 0,
         })

@@ -166,6 +166,58 @@ fn arg<T>(p: &T) -> *mut c_void {
     p as *const T as *mut c_void
 }
 
+/// The merge kernels' 20 parameters, in their order (kernels/lora_merge.ptx documents them).
+struct KernelArgs {
+    out: u64,
+    base: u64,
+    absmax: u64,
+    nabs: u64,
+    nmap: u64,
+    qmap: u64,
+    a: u64,
+    b: u64,
+    flag: u64,
+    k0: u64,
+    blk0: u64,
+    nblk0: u64,
+    rows: u32,
+    cols: u32,
+    r: u32,
+    scale: f32,
+    offset: f32,
+    flags: u32,
+    log2bs: u32,
+    log2nbs: u32,
+}
+
+impl KernelArgs {
+    /// Pointers to each field, as `cuLaunchKernel` takes them; valid while `self` is.
+    fn ptrs(&self) -> [*mut c_void; 20] {
+        [
+            arg(&self.out),
+            arg(&self.base),
+            arg(&self.absmax),
+            arg(&self.nabs),
+            arg(&self.nmap),
+            arg(&self.qmap),
+            arg(&self.a),
+            arg(&self.b),
+            arg(&self.flag),
+            arg(&self.k0),
+            arg(&self.blk0),
+            arg(&self.nblk0),
+            arg(&self.rows),
+            arg(&self.cols),
+            arg(&self.r),
+            arg(&self.scale),
+            arg(&self.offset),
+            arg(&self.flags),
+            arg(&self.log2bs),
+            arg(&self.log2nbs),
+        ]
+    }
+}
+
 /// Copies with a few threads: one core's `memcpy` is well under the PCIe rate.
 fn par_copy(pool: &rayon::ThreadPool, dst: &mut [u8], src: &[u8]) {
     const PIECE: usize = 1 << 20;
@@ -409,49 +461,37 @@ impl Gpu {
             });
         }
 
-        // Arguments in the kernel's parameter order (kernels/lora_merge.ptx).
-        let p_out = dev_out;
-        let p_base = dev_in + off_base as u64;
-        let p_absmax = dev_in + off_abs as u64;
-        let p_nabs = dev_in + off_nabs as u64;
-        let p_nmap = dev_in + off_nmap as u64;
-        let p_qmap = dev_in + off_qmap as u64;
-        let p_a = c.a_ptr;
-        let p_b = dev_in + off_b as u64;
-        let p_flag = dev_in + off_flag as u64;
-        let (p_k0, p_blk0, p_nblk0) = (k0, blk0, nblk0);
-        let (p_rows, p_cols, p_r) = (c.n_rows as u32, cols as u32, r as u32);
-        let (p_scale, p_offset) = (scale, c.spec.offset);
-        let (p_flags, p_log2bs, p_log2nbs) = (c.spec.flags, c.spec.log2_bs, c.spec.log2_nbs);
+        let ka = KernelArgs {
+            out: dev_out,
+            base: dev_in + off_base as u64,
+            absmax: dev_in + off_abs as u64,
+            nabs: dev_in + off_nabs as u64,
+            nmap: dev_in + off_nmap as u64,
+            qmap: dev_in + off_qmap as u64,
+            a: c.a_ptr,
+            b: dev_in + off_b as u64,
+            flag: dev_in + off_flag as u64,
+            k0,
+            blk0,
+            nblk0,
+            rows: c.n_rows as u32,
+            cols: cols as u32,
+            r: r as u32,
+            scale,
+            offset: c.spec.offset,
+            flags: c.spec.flags,
+            log2bs: c.spec.log2_bs,
+            log2nbs: c.spec.log2_nbs,
+        };
+        let args = ka.ptrs();
         let (grid, block): (GridSize, BlockSize) = if c.spec.fast {
             (fast_grid(c.n_rows, cols), FAST_BLOCK.into())
         } else {
             ((n.div_ceil(256).min(65535) as u32).into(), 256u32.into())
         };
-        let args = [
-            arg(&p_out),
-            arg(&p_base),
-            arg(&p_absmax),
-            arg(&p_nabs),
-            arg(&p_nmap),
-            arg(&p_qmap),
-            arg(&p_a),
-            arg(&p_b),
-            arg(&p_flag),
-            arg(&p_k0),
-            arg(&p_blk0),
-            arg(&p_nblk0),
-            arg(&p_rows),
-            arg(&p_cols),
-            arg(&p_r),
-            arg(&p_scale),
-            arg(&p_offset),
-            arg(&p_flags),
-            arg(&p_log2bs),
-            arg(&p_log2nbs),
-        ];
-        // SAFETY: FFI. The arguments point at locals of the exact types and order the kernel
-        // declares; every device pointer lies inside a live allocation sized for this chunk.
+        // SAFETY: FFI. The arguments point at the fields of `ka` (alive until the call returns),
+        // of the exact types and order the kernel declares; every device pointer lies inside a
+        // live allocation sized for this chunk.
         unsafe { slot.stream.launch(&func, grid, block, 0, &args) }
             .map_err(cu_err(format!("launch {}", c.spec.name)))?;
 
@@ -462,7 +502,7 @@ impl Gpu {
         let rc = unsafe {
             let rc = cu::cuMemcpyDtoHAsync_v2(host_out as *mut c_void, dev_out, out_len, stream);
             if rc == cu::cudaError_enum::CUDA_SUCCESS {
-                cu::cuMemcpyDtoHAsync_v2(host_flag as *mut c_void, p_flag, 4, stream)
+                cu::cuMemcpyDtoHAsync_v2(host_flag as *mut c_void, ka.flag, 4, stream)
             } else {
                 rc
             }
@@ -831,36 +871,31 @@ pub mod bench {
             let out = unsafe { DeviceBuffer::<u8>::uninitialized(n * 2) }.map_err(cu_err("cuMemAlloc"))?;
             let func = module.get_function(name).map_err(cu_err(name.to_string()))?;
             let ptr = |b: &DeviceBuffer<u8>| b.as_device_ptr().as_raw();
-            let (p_out, p_base, p_absmax, p_nabs, p_nmap, p_qmap) =
-                (ptr(&out), ptr(&codes), ptr(&absmax), ptr(&nabs), ptr(&nmap), ptr(&qmap));
-            let (p_a, p_b, p_flag, p_k0, p_blk0, p_nblk0) = (ptr(&a), ptr(&b), ptr(&flag), 0u64, 0u64, 0u64);
-            let (p_rows, p_cols, p_r) = (rows as u32, cols as u32, r as u32);
-            let (p_scale, p_offset) = (2.0f32, 0.03f32);
             // nf4 base, nested, bf16 quant dtype, LoRA, f32 delta
-            let (p_flags, p_log2bs, p_log2nbs) = (4u32 | 32 | (2 << 6), 6u32, 8u32);
+            let ka = KernelArgs {
+                out: ptr(&out),
+                base: ptr(&codes),
+                absmax: ptr(&absmax),
+                nabs: ptr(&nabs),
+                nmap: ptr(&nmap),
+                qmap: ptr(&qmap),
+                a: ptr(&a),
+                b: ptr(&b),
+                flag: ptr(&flag),
+                k0: 0,
+                blk0: 0,
+                nblk0: 0,
+                rows: rows as u32,
+                cols: cols as u32,
+                r: r as u32,
+                scale: 2.0,
+                offset: 0.03,
+                flags: 4 | 32 | (2 << 6),
+                log2bs: 6,
+                log2nbs: 8,
+            };
             let run = || {
-                let args = [
-                    arg(&p_out),
-                    arg(&p_base),
-                    arg(&p_absmax),
-                    arg(&p_nabs),
-                    arg(&p_nmap),
-                    arg(&p_qmap),
-                    arg(&p_a),
-                    arg(&p_b),
-                    arg(&p_flag),
-                    arg(&p_k0),
-                    arg(&p_blk0),
-                    arg(&p_nblk0),
-                    arg(&p_rows),
-                    arg(&p_cols),
-                    arg(&p_r),
-                    arg(&p_scale),
-                    arg(&p_offset),
-                    arg(&p_flags),
-                    arg(&p_log2bs),
-                    arg(&p_log2nbs),
-                ];
+                let args = ka.ptrs();
                 // SAFETY: FFI; arguments in the kernel's order and types; buffers sized for the shape.
                 unsafe { self.stream.launch(&func, fast_grid(rows, cols), FAST_BLOCK, 0, &args) }
                     .map_err(cu_err(format!("launch {name}")))
