@@ -84,8 +84,19 @@ fn run() -> loraweld::Result<()> {
             let t = b.nf4_merge(rows, cols, r, 20)?;
             let mut line = format!("{rows:>6}x{cols:<6} r={r:<3} built-in {:>7.3} ms", t.ms);
             println!("csv,compare,{rows},{cols},{r},built-in,{:.4},{:016x}", t.ms, t.hash);
+            // The general fast kernel on the same tile, for comparison with the lean one.
+            let g = b.nf4_merge_in(b.module(), "lora_merge_bf16", rows, cols, r, 20)?;
+            line += &format!(
+                "  general {:>7.3} ms{}",
+                g.ms,
+                if g.hash == t.hash { "" } else { " DIFFERENT BYTES" }
+            );
+            println!("csv,compare,{rows},{cols},{r},general,{:.4},{:016x}", g.ms, g.hash);
             for (name, m) in &variants {
-                let v = b.nf4_merge_in(m, "lora_merge_bf16", rows, cols, r, 20)?;
+                // A variant's lean kernel if it has one, else its general one.
+                let v = b
+                    .nf4_merge_in(m, "lora_merge_q64_bf16", rows, cols, r, 20)
+                    .or_else(|_| b.nf4_merge_in(m, "lora_merge_bf16", rows, cols, r, 20))?;
                 line += &format!(
                     "  {name} {:>7.3} ms{}",
                     v.ms,

@@ -594,6 +594,477 @@ def fast_kernel(out):
     return "\n".join(s) + "\n"
 
 
+def tables_fast():
+    """128 threads fill the 256-entry tables, two entries each (t and t + 128): s_pair[t] =
+    (qmap[t >> 4], qmap[t & 15]) and s_nmap[t]; the high nibbles of t and t + 128 differ by 8,
+    their low nibbles agree, so three loads of qmap serve both pairs."""
+    return lines(
+        "    ld.param.u64        %rd0, [p_qmap];",
+        "    shr.u32             %r35, %r_tid, 4;",
+        "    mul.wide.u32        %rd1, %r35, 4;",
+        "    add.u64             %rd1, %rd0, %rd1;",
+        "    ld.global.nc.f32    %f0, [%rd1];                     // qmap[t >> 4]",
+        "    ld.global.nc.f32    %f2, [%rd1+32];                  // qmap[(t >> 4) + 8]",
+        "    and.b32             %r36, %r_tid, 15;",
+        "    mul.wide.u32        %rd1, %r36, 4;",
+        "    add.u64             %rd1, %rd0, %rd1;",
+        "    ld.global.nc.f32    %f1, [%rd1];                     // qmap[t & 15]",
+        "    mul.wide.u32        %rd1, %r_tid, 4;",
+        "    add.u64             %rd1, %rd_nmap, %rd1;",
+        "    ld.global.nc.f32    %f3, [%rd1];",
+        "    ld.global.nc.f32    %f4, [%rd1+512];",
+        "    mov.u32             %r38, s_pair;",
+        "    shl.b32             %r39, %r_tid, 3;",
+        "    add.u32             %r38, %r38, %r39;",
+        "    st.shared.v2.f32    [%r38], {%f0, %f1};",
+        "    st.shared.v2.f32    [%r38+1024], {%f2, %f1};",
+        "    mov.u32             %r38, s_nmap;",
+        "    shl.b32             %r39, %r_tid, 2;",
+        "    add.u32             %r38, %r38, %r39;",
+        "    st.shared.f32       [%r38], %f3;",
+        "    st.shared.f32       [%r38+512], %f4;",
+        "    bar.sync            0;",
+    )
+
+
+def lean_kernel(out):
+    """The lean kernel `lora_merge_q64_{out}` (16-bit outputs): what a QLoRA merge almost always
+    is, and so what the launcher picks for it: a bnb 4-bit base (NF4/FP4, double quant or not)
+    with blocksize 64, cols % 64 == 0, quant-state dtype = the output dtype, a LoRA of rank >= 1
+    whose delta dtype is f32 or the output dtype. The arithmetic is the same as the general
+    kernel's, with fewer instructions (lean_row) and a different schedule:
+
+    * Persistent: a grid of (4 x SMs) blocks walks the 128 x 64 tiles (tile += gridDim.x); the
+      tables, the lane layout and the staging constants are set up once per block.
+    * The stores of tile t go out during the k loop of tile t + 1. A thread's results are packed
+      into shared memory (its own 8 x 16 bytes, so no barrier), and the first full chunk of the
+      next tile's k loop copies them to global memory two rows every four k steps. Writing them
+      at the end of each tile instead made every wave of blocks compute with DRAM idle, then
+      store with the FMA units idle (the general kernel's t(r) = 78 us + 2.5 us * r at 8192^2).
+    """
+    T = f"{out}x2"
+    one = "0x3F803F80" if out == "bf16" else "0x3C003C00"
+    dself = "%p_dbf16" if out == "bf16" else "%p_df16"
+    acc = lambda j, e: f"%acc{j * CI + e}"
+    RES = NT * 16  # bytes between a thread's result rows in s_res
+    s = []
+    s.append(f"// Lean kernel: bnb 4-bit (blocksize 64) + LoRA -> {out}, persistent; see lean_kernel() in unroll.py.")
+    s.append(f"// Block of {NT} threads, the same 8x8-per-thread tiles as the fast kernel. Needs cols % 64 == 0, r >= 1.")
+    s.append(f".visible .entry lora_merge_q64_{out}{PARAMS}")
+    s.append(f".maxntid {NT}, 1, 1")
+    s.append(f".minnctapersm {65536 // (128 * NT)}")
+    s.append("{")
+    s.append(common_regs().rstrip("\n"))
+    s.append(f"    .reg .f32           %acc<{RO * CI}>, %a<{CI}>, %b<{RO}>, %w<{CI}>;")
+    s.append(f"    .reg .b32           %cw<{RO}>, %x<8>;")
+    s.append("    .reg .b32           %r_tid, %r_c0, %r_row0, %r_pair, %r_nmap, %r_lcol, %r_lrow, %r_alo, %r_ahi, %r_boff;")
+    s.append("    .reg .b32           %r_ch, %r_nch, %r_kc, %r_sa, %r_sb, %r_rpad, %r_bc, %r_br;")
+    s.append("    .reg .b32           %r_dA, %r_dB, %r_gy, %r_bx, %r_by, %r_gq, %r_gr, %r_gx, %r_nbx, %r_nby, %r_sbc, %r_sbr, %r_buf;")
+    s.append("    .reg .b32           %r_nv, %r_e0, %r_nvp, %r_ep, %r_amc1, %r_am, %r_chk, %r_one2, %r_zero2, %r_res, %r_u;")
+    s.append("    .reg .f32           %f_amn;")
+    s.append("    .reg .pred          %p_active, %p_d32, %p_ch0, %p_small, %p_next;")
+    s.append(f"    .shared .align 16 .b8 s_a[{2 * KC * BCOLS * 4}];    // [2][{KC}][{BCOLS}] f32, 16-byte pieces swizzled")
+    s.append(f"    .shared .align 16 .b8 s_b[{2 * KC * BROWS * 4}];     // [2][{KC}][{BROWS}] f32")
+    s.append(f"    .shared .align 16 .b8 s_res[{RO * RES}];    // [8 rows][{NT} threads] 16 bytes: results waiting for their store")
+    s.append("")
+    s.append(common_setup().rstrip("\n"))
+    s.append(f"    not.pred            %p_d32, {dself};")
+    s.append(f"    setp.lt.u32         %p_small, %r_r, {KC};                  // no full chunk: stores go after the k loop")
+    s.append("    mov.u32             %r1, %tid.x;")
+    s.append("    mov.u32             %r2, %tid.y;")
+    s.append("    mad.lo.u32          %r_tid, %r2, 32, %r1;")
+    s.append(tables_fast().rstrip("\n"))
+    s.append("    mov.u32             %r_pair, s_pair;")
+    s.append("    mov.u32             %r_nmap, s_nmap;")
+    s.append("    // ---- per block, once: the lane layout (as in the fast kernel) and the staging offsets")
+    s.append("    and.b32             %r3, %r_tid, 31;                 // lane")
+    s.append("    shr.u32             %r4, %r_tid, 5;                  // warp")
+    s.append("    and.b32             %r5, %r3, 7;                     // lc")
+    s.append(f"    and.b32             %r6, %r4, {WC - 1};                     // wc")
+    s.append("    mad.lo.u32          %r7, %r6, 8, %r5;                // g")
+    s.append("    shl.b32             %r_lcol, %r7, 3;")
+    s.append("    shr.u32             %r8, %r3, 3;                     // lr")
+    s.append(f"    shr.u32             %r9, %r4, {WC.bit_length() - 1};                     // wr")
+    s.append("    mad.lo.u32          %r10, %r9, 4, %r8;")
+    s.append("    shl.b32             %r_lrow, %r10, 3;")
+    s.append("    bfe.u32             %r11, %r5, 2, 1;                 // A pieces swizzled: q ^ ((q >> 3) & 1)")
+    s.append("    shl.b32             %r12, %r11, 4;")
+    s.append("    shl.b32             %r13, %r7, 5;")
+    s.append("    mov.u32             %r14, s_a;")
+    s.append("    add.u32             %r13, %r13, %r14;")
+    s.append("    add.u32             %r_alo, %r13, %r12;              // piece 2g")
+    s.append("    xor.b32             %r12, %r12, 16;")
+    s.append("    add.u32             %r_ahi, %r13, %r12;              // piece 2g + 1")
+    s.append("    shl.b32             %r_boff, %r_lrow, 2;")
+    s.append("    mov.u32             %r14, s_b;")
+    s.append("    add.u32             %r_boff, %r_boff, %r14;")
+    s.append("    add.u32             %r_rpad, %r_rows, 7;")
+    s.append("    and.b32             %r_rpad, %r_rpad, 0xFFFFFFF8;")
+    s.append("    // staging: A piece q = tid & 31 of k rows 16 ch + (tid >> 5) + 4p; Bt piece tid & 15 of k rows 16 ch + (tid >> 4) + 8p")
+    s.append("    and.b32             %r11, %r_tid, 31;")
+    s.append("    bfe.u32             %r14, %r11, 3, 1;")
+    s.append("    xor.b32             %r14, %r11, %r14;")
+    s.append("    shl.b32             %r14, %r14, 4;")
+    s.append("    shr.u32             %r12, %r_tid, 5;")
+    s.append(f"    mad.lo.u32          %r14, %r12, {BCOLS * 4}, %r14;")
+    s.append("    mov.u32             %r15, s_a;")
+    s.append("    add.u32             %r_dA, %r15, %r14;")
+    s.append("    mov.u32             %r15, s_b;")
+    s.append("    shl.b32             %r14, %r_tid, 4;")
+    s.append("    add.u32             %r_dB, %r15, %r14;")
+    s.append("    mov.u32             %r15, s_res;")
+    s.append(f"    add.u32             %r_res, %r15, %r14;              // this thread's result slots: + j * {RES}")
+    s.append(f"    add.u32             %r_nch, %r_r, {KC - 1};")
+    s.append(f"    shr.u32             %r_nch, %r_nch, {KC.bit_length() - 1};")
+    s.append("    // absmax index of a block = row * cols / 64 + col / 64 + u, u = k0 / 64 - blk0 (k0 % 64 == 0)")
+    s.append("    shr.u64             %rd2, %rd_k0, 6;")
+    s.append("    sub.u64             %rd2, %rd2, %rd_blk0;")
+    s.append("    cvt.u32.u64         %r_u, %rd2;")
+    s.append(f"    mov.u32             %r_one2, {one};")
+    s.append("    mov.u32             %r_zero2, 0;")
+    s.append("    mov.u32             %r_chk, 0;")
+    s.append("    mov.u32             %r_nvp, 0;                       // no earlier tile's rows to store")
+    s.append("    mov.u32             %r_ep, 0;")
+    s.append(f"    // tiles: gx = ceil(cols / {BCOLS}) x gy = ceil(rows / {BROWS}); tile t = bx * gy + by; this block takes t = ctaid, ctaid + nctaid, ...")
+    s.append(f"    add.u32             %r_gx, %r_cols, {BCOLS - 1};")
+    s.append(f"    shr.u32             %r_gx, %r_gx, {BCOLS.bit_length() - 1};")
+    s.append(f"    add.u32             %r_gy, %r_rows, {BROWS - 1};")
+    s.append(f"    shr.u32             %r_gy, %r_gy, {BROWS.bit_length() - 1};")
+    s.append("    mov.u32             %r1, %ctaid.x;")
+    s.append("    div.u32             %r_bx, %r1, %r_gy;")
+    s.append("    mul.lo.u32          %r2, %r_bx, %r_gy;")
+    s.append("    sub.u32             %r_by, %r1, %r2;")
+    s.append("    mov.u32             %r1, %nctaid.x;")
+    s.append("    div.u32             %r_gq, %r1, %r_gy;")
+    s.append("    mul.lo.u32          %r2, %r_gq, %r_gy;")
+    s.append("    sub.u32             %r_gr, %r1, %r2;")
+    s.append("    setp.ge.u32         %p0, %r_bx, %r_gx;")
+    s.append("    @%p0 bra            TILES_DONE;")
+    s.append("    // chunk 0 of the first tile into buffer 0; from then on, staging runs one chunk ahead, across tiles")
+    s.append("    mov.u32             %r_buf, 0;")
+    s.append("    mov.u32             %r20, 0;")
+    s.append("    mov.u32             %r25, 0;")
+    s.append(f"    shl.b32             %r_sbc, %r_bx, {BCOLS.bit_length() - 1};")
+    s.append(f"    shl.b32             %r_sbr, %r_by, {BROWS.bit_length() - 1};")
+    s.append(stage_code().rstrip("\n"))
+    s.append("")
+    s.append("TILE_LOOP:")
+    s.append("    setp.ge.u32         %p0, %r_bx, %r_gx;")
+    s.append("    @%p0 bra            TILES_DONE;")
+    s.append(f"    shl.b32             %r_bc, %r_bx, {BCOLS.bit_length() - 1};")
+    s.append(f"    shl.b32             %r_br, %r_by, {BROWS.bit_length() - 1};")
+    s.append("    add.u32             %r_c0, %r_bc, %r_lcol;")
+    s.append("    add.u32             %r_row0, %r_br, %r_lrow;")
+    s.append("    setp.lt.u32         %p_active, %r_c0, %r_cols;")
+    s.append("    setp.lt.and.u32     %p_active, %r_row0, %r_rows, %p_active;")
+    s.append(lean_loads().rstrip("\n"))
+    s.append("")
+    for j in range(RO):
+        s.append("    " + " ".join(f"mov.f32 {acc(j, e)}, 0f00000000;" for e in range(CI)))
+    s.append("    // the next tile: t + nctaid")
+    s.append("    add.u32             %r_nby, %r_by, %r_gr;")
+    s.append("    add.u32             %r_nbx, %r_bx, %r_gq;")
+    s.append("    setp.ge.u32         %p0, %r_nby, %r_gy;")
+    s.append("    @%p0 sub.u32        %r_nby, %r_nby, %r_gy;")
+    s.append("    @%p0 add.u32        %r_nbx, %r_nbx, 1;")
+    s.append("    setp.lt.u32         %p_next, %r_nbx, %r_gx;")
+    s.append("    mov.u32             %r_ch, 0;")
+    s.append("CHUNK_LOOP:")
+    s.append("    // stage the chunk after this one into the other buffer: (this tile, ch + 1), or the next")
+    s.append("    // tile's chunk 0, or nothing after the last")
+    s.append("    add.u32             %r20, %r_ch, 1;")
+    s.append("    mov.u32             %r_sbc, %r_bc;")
+    s.append("    mov.u32             %r_sbr, %r_br;")
+    s.append("    setp.lt.u32         %p2, %r20, %r_nch;")
+    s.append("    @%p2 bra            STAGE_IT;")
+    s.append("    @!%p_next bra       WAIT_ALL;")
+    s.append("    mov.u32             %r20, 0;")
+    s.append(f"    shl.b32             %r_sbc, %r_nbx, {BCOLS.bit_length() - 1};")
+    s.append(f"    shl.b32             %r_sbr, %r_nby, {BROWS.bit_length() - 1};")
+    s.append("STAGE_IT:")
+    s.append("    xor.b32             %r25, %r_buf, 1;")
+    s.append(stage_code().rstrip("\n"))
+    s.append("    cp.async.wait_group 1;                               // this chunk's group is done")
+    s.append("    bra.uni             COMPUTE;")
+    s.append("WAIT_ALL:")
+    s.append("    cp.async.wait_group 0;")
+    s.append("COMPUTE:")
+    s.append("    bar.sync            0;")
+    s.append(f"    mad.lo.u32          %r_sa, %r_buf, {KC * BCOLS * 4}, %r_alo;")
+    s.append(f"    mad.lo.u32          %r24, %r_buf, {KC * BCOLS * 4}, %r_ahi;")
+    s.append(f"    mad.lo.u32          %r_sb, %r_buf, {KC * BROWS * 4}, %r_boff;")
+    s.append("    setp.eq.u32         %p_ch0, %r_ch, 0;")
+    s.append(f"    shl.b32             %r23, %r_ch, {KC.bit_length() - 1};")
+    s.append("    sub.u32             %r_kc, %r_r, %r23;")
+    s.append(f"    setp.lt.u32         %p2, %r_kc, {KC};")
+    s.append("    @%p2 bra            K_PARTIAL;")
+
+    def k_step(kk, sa="%r_sa", sb="%r_sb", ahi="%r24"):
+        o = []
+        o.append(f"    ld.shared.v4.f32    {{%b0, %b1, %b2, %b3}}, [{sb}+{kk * BROWS * 4}];")
+        o.append(f"    ld.shared.v4.f32    {{%b4, %b5, %b6, %b7}}, [{sb}+{kk * BROWS * 4 + 16}];")
+        o.append(f"    ld.shared.v4.f32    {{%a0, %a1, %a2, %a3}}, [{sa}+{kk * BCOLS * 4}];")
+        o.append(f"    ld.shared.v4.f32    {{%a4, %a5, %a6, %a7}}, [{ahi}+{kk * BCOLS * 4}];")
+        for j in range(RO):
+            o.append("    " + " ".join(f"fma.rn.f32 {acc(j, e)}, %b{j}, %a{e}, {acc(j, e)};" for e in range(CI)))
+        return o
+
+    s.append("    // a full chunk: k = 16 ch .. 16 ch + 15, in order; in chunk 0, the previous tile's rows")
+    s.append("    // go to global memory, two after every fourth step")
+    for kk in range(KC):
+        s.extend(k_step(kk))
+        if kk % 4 == 1:
+            q = kk // 4
+            s.append(f"    @!%p_ch0 bra        DS_DONE{q};")
+            s.extend(deferred_store(2 * q, 2 * q + 1, RES))
+            s.append(f"DS_DONE{q}:")
+    s.append("    bra.uni             CHUNK_DONE;")
+    s.append("K_PARTIAL:")
+    s.append("    // the last chunk, k = 16 ch .. r - 1, one at a time")
+    s.append("K_PARTIAL_LOOP:")
+    s.extend(k_step(0))
+    s.append(f"    add.u32             %r_sa, %r_sa, {BCOLS * 4};")
+    s.append(f"    add.u32             %r24, %r24, {BCOLS * 4};")
+    s.append(f"    add.u32             %r_sb, %r_sb, {BROWS * 4};")
+    s.append("    sub.u32             %r_kc, %r_kc, 1;")
+    s.append("    setp.ne.u32         %p2, %r_kc, 0;")
+    s.append("    @%p2 bra            K_PARTIAL_LOOP;")
+    s.append("CHUNK_DONE:")
+    s.append("    bar.sync            0;                               // the buffer may be refilled now")
+    s.append("    xor.b32             %r_buf, %r_buf, 1;")
+    s.append("    add.u32             %r_ch, %r_ch, 1;")
+    s.append("    setp.lt.u32         %p2, %r_ch, %r_nch;")
+    s.append("    @%p2 bra            CHUNK_LOOP;")
+    s.append("    // r < 16: no full chunk ran, so the previous tile's rows are still waiting")
+    s.append("    @!%p_small bra      EPILOGUE;")
+    s.extend(deferred_store(*range(RO), RES))
+    s.append("EPILOGUE:")
+    s.append(lean_epilogue(out, acc, RES).rstrip("\n"))
+    s.append("    mov.u32             %r_ep, %r_e0;                    // this tile's rows are the next one's to store")
+    s.append("    mov.u32             %r_nvp, %r_nv;")
+    s.append("    mov.u32             %r_bx, %r_nbx;")
+    s.append("    mov.u32             %r_by, %r_nby;")
+    s.append("    bra.uni             TILE_LOOP;")
+    s.append("")
+    s.append("TILES_DONE:")
+    s.extend(deferred_store(*range(RO), RES))
+    s.append(set_flag(0).rstrip("\n"))
+    s.append("")
+    s.append(lean_fix(out, RES).rstrip("\n"))
+    s.append("}")
+    return "\n".join(s) + "\n"
+
+
+def deferred_store(*rows_and_res):
+    """Copy this thread's result rows `rows` of the previous tile from s_res to global memory
+    (a row only if it lies inside the tile: j < %r_nvp)."""
+    *rows, res = rows_and_res
+    o = []
+    for j in rows:
+        x = [f"%x{4 * (j % 2) + i}" for i in range(4)]
+        o.append(f"    ld.shared.v4.b32    {{{', '.join(x)}}}, [%r_res+{j * res}];")
+        o.append(f"    mad.lo.u32          %r30, %r_cols, {j}, %r_ep;")
+        o.append("    mad.wide.u32        %rd30, %r30, 2, %rd_out;")
+        o.append(f"    setp.gt.s32         %p5, %r_nvp, {j};")
+        o.append(f"    @%p5 st.global.v4.b32 [%rd30], {{{', '.join(x)}}};")
+    return o
+
+
+def stage_code():
+    """Stage chunk %r20 of the tile whose first column is %r_sbc and first row %r_sbr into
+    buffer %r25 (cp.async, 16-byte pieces; straight-line code, inlined where it is used). Each
+    thread copies A piece q = tid & 31 of k rows 16 chunk + (tid >> 5) + 4p and Bt piece tid & 15
+    of k rows 16 chunk + (tid >> 4) + 8p. A piece past r, cols or rows_pad copies 0 bytes
+    (zero-fills) from the array's start."""
+    o = [
+        f"    shl.b32             %r26, %r20, {KC.bit_length() - 1};            // first k of the chunk",
+        "    and.b32             %r27, %r_tid, 31;",
+        "    shl.b32             %r27, %r27, 2;",
+        "    add.u32             %r27, %r_sbc, %r27;              // the piece's first column",
+        "    setp.lt.u32         %p3, %r27, %r_cols;",
+        "    selp.u32            %r31, %r_r, 0, %p3;              // k limit: 0 past the last column",
+        "    shr.u32             %r28, %r_tid, 5;",
+        "    add.u32             %r28, %r26, %r28;                // k of piece 0",
+        "    mad.lo.u32          %r27, %r28, %r_cols, %r27;",
+        "    mad.wide.u32        %rd5, %r27, 4, %rd_a;",
+        "    mul.wide.u32        %rd7, %r_cols, 16;               // 4 k rows of A",
+        f"    mad.lo.u32          %r29, %r25, {KC * BCOLS * 4}, %r_dA;",
+    ]
+    for p in range(KC * BCOLS // 4 // NT):
+        if p:
+            o.append("    add.u64             %rd5, %rd5, %rd7;")
+            o.append("    add.u32             %r28, %r28, 4;")
+        o.append("    setp.lt.u32         %p3, %r28, %r31;")
+        o.append("    selp.u32            %r32, 16, 0, %p3;")
+        o.append("    selp.b64            %rd6, %rd5, %rd_a, %p3;")
+        o.append(f"    cp.async.cg.shared.global [%r29+{p * 4 * BCOLS * 4}], [%rd6], 16, %r32;")
+    o += [
+        "    and.b32             %r27, %r_tid, 15;",
+        "    shl.b32             %r27, %r27, 2;",
+        "    add.u32             %r27, %r_sbr, %r27;              // the piece's first row",
+        "    setp.lt.u32         %p3, %r27, %r_rpad;",
+        "    selp.u32            %r31, %r_r, 0, %p3;",
+        "    shr.u32             %r28, %r_tid, 4;",
+        "    add.u32             %r28, %r26, %r28;",
+        "    mad.lo.u32          %r27, %r28, %r_rpad, %r27;",
+        "    mad.wide.u32        %rd5, %r27, 4, %rd_b;",
+        "    mul.wide.u32        %rd7, %r_rpad, 32;               // 8 k rows of Bt",
+        f"    mad.lo.u32          %r29, %r25, {KC * BROWS * 4}, %r_dB;",
+    ]
+    for p in range(KC * BROWS // 4 // NT):
+        if p:
+            o.append("    add.u64             %rd5, %rd5, %rd7;")
+            o.append("    add.u32             %r28, %r28, 8;")
+        o.append("    setp.lt.u32         %p3, %r28, %r31;")
+        o.append("    selp.u32            %r32, 16, 0, %p3;")
+        o.append("    selp.b64            %rd6, %rd5, %rd_b, %p3;")
+        o.append(f"    cp.async.cg.shared.global [%r29+{p * 8 * BROWS * 4}], [%rd6], 16, %r32;")
+    o.append("    cp.async.commit_group;")
+    return lines(*o)
+
+
+def lean_loads():
+    """Before the k loop: the 8 rows' code words and one absmax per lane. A row's 8 lanes cover
+    its 64 columns (c0 & ~63) .. +63, one absmax block, so lane lc loads the absmax of row
+    row0 + lc and the epilogue hands it round with shfl. Loads clamp to the last row and the last
+    8 columns: a lane past the edge computes a copy of real data plus a zero-filled update, which
+    is finite whenever the stored values are, so the not-finite check needs no predicate."""
+    o = [
+        "    sub.u32             %r_nv, %r_rows, %r_row0;         // rows this thread stores: 0 when idle",
+        "    selp.u32            %r_nv, %r_nv, 0, %p_active;",
+        "    mad.lo.u32          %r_e0, %r_row0, %r_cols, %r_c0;  // element (row0, c0) in the tile",
+        "    sub.u32             %r4, %r_cols, 8;",
+        "    min.u32             %r5, %r_c0, %r4;                 // clamped column",
+        "    sub.u32             %r6, %r_rows, 1;",
+    ]
+    for j in range(RO):
+        o.append(f"    add.u32             %r7, %r_row0, {j};")
+        o.append("    min.u32             %r7, %r7, %r6;")
+        o.append("    mad.lo.u32          %r7, %r7, %r_cols, %r5;")
+        o.append("    shr.u32             %r7, %r7, 1;                     // code byte")
+        o.append("    cvt.u64.u32         %rd3, %r7;")
+        o.append("    add.u64             %rd3, %rd_base, %rd3;")
+        o.append(f"    ld.global.nc.u32    %cw{j}, [%rd3];")
+    o += [
+        "    and.b32             %r7, %r_tid, 7;                  // lc",
+        "    add.u32             %r7, %r_row0, %r7;",
+        "    min.u32             %r7, %r7, %r6;",
+        "    shr.u32             %r8, %r_cols, 6;",
+        "    shr.u32             %r9, %r5, 6;",
+        "    mad.lo.u32          %r7, %r7, %r8, %r9;",
+        "    add.u32             %r7, %r7, %r_u;                  // index into p_absmax",
+        "    @%p_nested bra      LOADS_NESTED;",
+        "    mad.wide.u32        %rd3, %r7, 4, %rd_absmax;",
+        "    ld.global.nc.f32    %f_amn, [%rd3];",
+        "    bra.uni             LOADS_DONE;",
+        "LOADS_NESTED:",
+        "    cvt.u64.u32         %rd2, %r7;",
+        "    add.u64             %rd3, %rd_absmax, %rd2;",
+        "    ld.global.nc.u8     %r_amc1, [%rd3];",
+        "    add.u64             %rd2, %rd2, %rd_blk0;",
+        "    shr.u64             %rd2, %rd2, %r_lnbs;",
+        "    sub.u64             %rd2, %rd2, %rd_nblk0;",
+        "    shl.b64             %rd2, %rd2, 2;",
+        "    add.u64             %rd3, %rd_nabs, %rd2;",
+        "    ld.global.nc.f32    %f_amn, [%rd3];                  // nested_absmax",
+        "LOADS_DONE:",
+    ]
+    return lines(*o)
+
+
+def lean_epilogue(out, acc, res):
+    """After the k loop: per pair of elements, one byte extract and one ld.shared.v2 (the pair
+    table), 2 mul.rn by absmax, one cvt.rn.{out}x2 (round_q, already packed), 2 mul.rn by scale,
+    then
+      f32 delta:    unpack, 2 add.rn.f32, one cvt.rn.{out}x2 (the single output rounding);
+      16-bit delta: one cvt.rn.{out}x2 (round_d) and one fma.rn.{out}x2 (d * 1 + w). The sum of two
+                    {out} values rounded once equals add.rn.f32 then cvt.rn: f32 has more than
+                    2p + 1 bits (p = 8 or 11), so that double rounding is innocuous.
+    The not-finite check is one fma.rn.{out}x2 per pair: chk = o * 0 + chk stays +0 until an o
+    holds an Inf or NaN, and is NaN from then on. Results go to this thread's s_res slots."""
+    T = f"{out}x2"
+    o = [
+        "    mov.b32             %r_am, %f_amn;",
+        "    @!%p_nested bra     AM_DONE;",
+        "    shl.b32             %r7, %r_amc1, 2;",
+        "    add.u32             %r7, %r_nmap, %r7;",
+        "    ld.shared.f32       %f2, [%r7];                      // nested_map[u8]",
+        "    mul.rn.f32          %f2, %f2, %f_amn;",
+        "    add.rn.f32          %f2, %f2, %f_offset;",
+        "    mov.b32             %r_am, %f2;",
+        "AM_DONE:",
+        "    @%p_d32 bra         EPI_D32;",
+    ]
+    for d32 in (False, True):
+        if d32:
+            o.append("EPI_D32:")
+        for j in range(RO):
+            o.append(f"    // ---- row {j}")
+            o.append(f"    shfl.sync.idx.b32   %r7, %r_am, {j}, 0x181F, 0xFFFFFFFF;   // lane {j} of the row's 8 has its absmax")
+            o.append("    mov.b32             %f1, %r7;")
+            for i in range(4):
+                o.append(f"    prmt.b32            %r9, %cw{j}, 0, 0x444{i};          // code byte {i}")
+                o.append("    shl.b32             %r9, %r9, 3;")
+                o.append("    add.u32             %r9, %r_pair, %r9;")
+                o.append(f"    ld.shared.v2.f32    {{%w{2 * i}, %w{2 * i + 1}}}, [%r9];")
+            for e in range(CI):
+                o.append(f"    mul.rn.f32          %w{e}, %w{e}, %f1;")
+            for i in range(4):
+                o.append(f"    cvt.rn.{T}.f32   %rp{i}, %w{2 * i + 1}, %w{2 * i};")
+            for e in range(CI):
+                o.append(f"    mul.rn.f32          %a{e}, {acc(j, e)}, %f_scale;")
+            if d32:
+                for i in range(4):
+                    if out == "bf16":
+                        o.append(f"    shl.b32             %r9, %rp{i}, 16;")
+                        o.append(f"    mov.b32             %w{2 * i}, %r9;")
+                        o.append(f"    and.b32             %r9, %rp{i}, 0xFFFF0000;")
+                        o.append(f"    mov.b32             %w{2 * i + 1}, %r9;")
+                    else:
+                        o.append(f"    mov.b32             {{%hs0, %hs1}}, %rp{i};")
+                        o.append(f"    cvt.f32.f16         %w{2 * i}, %hs0;")
+                        o.append(f"    cvt.f32.f16         %w{2 * i + 1}, %hs1;")
+                for e in range(CI):
+                    o.append(f"    add.rn.f32          %w{e}, %w{e}, %a{e};")
+                for i in range(4):
+                    o.append(f"    cvt.rn.{T}.f32   %rp{i}, %w{2 * i + 1}, %w{2 * i};")
+            else:
+                for i in range(4):
+                    o.append(f"    cvt.rn.{T}.f32   %r9, %a{2 * i + 1}, %a{2 * i};")
+                    o.append(f"    fma.rn.{T}       %rp{i}, %r9, %r_one2, %rp{i};")
+            for i in range(4):
+                o.append(f"    fma.rn.{T}       %r_chk, %rp{i}, %r_zero2, %r_chk;")
+            o.append(f"    st.shared.v4.b32    [%r_res+{j * res}], {{%rp0, %rp1, %rp2, %rp3}};")
+        if not d32:
+            o.append("    bra.uni             EPI_END;")
+    o += [
+        "EPI_END:",
+        "    setp.ne.u32         %p0, %r_chk, 0;",
+        "    @%p0 bra            FIX;",
+        "FIX_BACK:",
+    ]
+    return lines(*o)
+
+
+def lean_fix(out, res):
+    """Out of line, rare: this tile has an Inf or NaN. Flag it; for bf16, write NaN as torch's
+    0x7FC0 (the GPU's arithmetic gives 0x7FFF) in this thread's s_res rows before they are stored.
+    (Lanes past the edge hold copies of real values, so a NaN among them has a twin inside.)"""
+    o = ["FIX:", "    mov.u32             %r_nf, 1;", "    mov.u32             %r_chk, 0;"]
+    if out == "bf16":
+        for j in range(RO):
+            o.append(f"    ld.shared.v4.b32    {{%rp0, %rp1, %rp2, %rp3}}, [%r_res+{j * res}];")
+            for i in range(4):
+                o.append(f"    mov.b32             {{%hs0, %hs1}}, %rp{i};")
+                for h in ("%hs0", "%hs1"):
+                    o.append(f"    and.b16             %ht, {h}, 0x7FFF;")
+                    o.append("    setp.gt.u16         %p32, %ht, 0x7F80;")
+                    o.append(f"    selp.b16            {h}, 0x7FC0, {h}, %p32;")
+                o.append(f"    mov.b32             %rp{i}, {{%hs0, %hs1}};")
+            o.append(f"    st.shared.v4.b32    [%r_res+{j * res}], {{%rp0, %rp1, %rp2, %rp3}};")
+    o.append("    bra.uni             FIX_BACK;")
+    return lines(*o)
+
 def add_update(L, j, acc):
     """w += round_d(acc * scale) for the 8 elements of row j, when the tile has a LoRA."""
     o = [f"    @!%p_lora bra       ADD_DONE{L};"]
@@ -757,6 +1228,8 @@ def render():
     parts = [HEADER]
     for out in ("bf16", "f16", "f32"):
         parts.append("\n" + fast_kernel(out))
+    for out in ("bf16", "f16"):
+        parts.append("\n" + lean_kernel(out))
     for out in ("bf16", "f16", "f32"):
         parts.append("\n" + any_kernel(out))
     return "".join(parts)

@@ -7,10 +7,10 @@ use std::os::raw::c_char;
 use std::sync::Mutex;
 
 use cust::context::{Context, CurrentContext};
-use cust::device::Device;
+use cust::device::{Device, DeviceAttribute};
 use cust::error::CudaError;
 use cust::event::{Event, EventFlags};
-use cust::function::{BlockSize, GridSize};
+use cust::function::{BlockSize, Function, GridSize};
 use cust::memory::{DeviceBuffer, LockedBuffer};
 use cust::module::Module;
 use cust::stream::{Stream, StreamFlags};
@@ -82,6 +82,31 @@ fn fast_grid(rows: usize, cols: usize) -> GridSize {
     (cols.div_ceil(128) as u32, rows.div_ceil(64) as u32).into()
 }
 
+/// The lean kernels' grid: persistent, as many blocks as fit on the GPU at once (the occupancy
+/// API times the SMs), at most one per 128 x 64 tile; each block walks tiles `gridDim.x` apart.
+fn lean_grid(func: &Function<'_>, rows: usize, cols: usize) -> Result<GridSize> {
+    let tiles = cols.div_ceil(128) * rows.div_ceil(64);
+    let per_sm = func
+        .max_active_blocks_per_multiprocessor(FAST_BLOCK.into(), 0)
+        .map_err(cu_err("cuOccupancyMaxActiveBlocksPerMultiprocessor"))?;
+    let sms = Device::get_device(0)
+        .and_then(|d| d.get_attribute(DeviceAttribute::MultiprocessorCount))
+        .map_err(cu_err("cuDeviceGetAttribute(MultiprocessorCount)"))?;
+    let blocks = (per_sm.max(1) as usize * sms.max(1) as usize).min(tiles).max(1);
+    Ok((blocks as u32).into())
+}
+
+/// Grid and block of entry point `name` (a `lora_merge_*` kernel) for `rows x cols`.
+fn launch_shape(func: &Function<'_>, name: &str, rows: usize, cols: usize) -> Result<(GridSize, BlockSize)> {
+    if name.contains("_q64_") {
+        Ok((lean_grid(func, rows, cols)?, FAST_BLOCK.into()))
+    } else if name.contains("_any_") {
+        Ok((((rows * cols).div_ceil(256).min(65535) as u32).into(), 256u32.into()))
+    } else {
+        Ok((fast_grid(rows, cols), FAST_BLOCK.into()))
+    }
+}
+
 /// Dtype code used by the kernels' flag bits (0 bf16, 1 f16, 2 f32).
 fn dt_code(dt: FloatDtype) -> u32 {
     match dt {
@@ -101,9 +126,9 @@ fn dt_suffix(dt: FloatDtype) -> &'static str {
 
 /// How one tile maps onto the kernels: the entry point and its `p_flags` word.
 struct KernelSpec {
-    /// `lora_merge_{out}` (8x8 register tiles) or `lora_merge_any_{out}` (any shape).
+    /// `lora_merge_q64_{out}` (lean, persistent), `lora_merge_{out}` (8x8 register tiles) or
+    /// `lora_merge_any_{out}` (any shape); [`launch_shape`] gives each its grid.
     name: String,
-    fast: bool,
     flags: u32,
     log2_bs: u32,
     log2_nbs: u32,
@@ -145,14 +170,32 @@ impl KernelSpec {
             flags |= 32 | (dt_code(l.delta_dtype) << 6);
         }
         let fast = tile.cols.is_multiple_of(8);
+        // The lean kernels (`lora_merge_q64_*`): the common QLoRA case, with a shorter epilogue
+        // (kernels/README.md). Rows start on a 64-element block because cols % 64 == 0.
+        let lean = match (tile.base, tile.lora) {
+            (BaseRows::Bnb(q), Some(l)) => {
+                q.blocksize == 64
+                    && tile.cols.is_multiple_of(64)
+                    && tile.out_dtype != FloatDtype::F32
+                    && q.dtype == tile.out_dtype
+                    && (l.delta_dtype == tile.out_dtype || l.delta_dtype == FloatDtype::F32)
+                    && l.r > 0
+            }
+            _ => false,
+        };
         let name = format!(
             "lora_merge_{}{}",
-            if fast { "" } else { "any_" },
+            if lean {
+                "q64_"
+            } else if fast {
+                ""
+            } else {
+                "any_"
+            },
             dt_suffix(tile.out_dtype)
         );
         Some(KernelSpec {
             name,
-            fast,
             flags,
             log2_bs,
             log2_nbs,
@@ -484,11 +527,7 @@ impl Gpu {
             log2nbs: c.spec.log2_nbs,
         };
         let args = ka.ptrs();
-        let (grid, block): (GridSize, BlockSize) = if c.spec.fast {
-            (fast_grid(c.n_rows, cols), FAST_BLOCK.into())
-        } else {
-            ((n.div_ceil(256).min(65535) as u32).into(), 256u32.into())
-        };
+        let (grid, block) = launch_shape(&func, &c.spec.name, c.n_rows, cols)?;
         // SAFETY: FFI. The arguments point at the fields of `ka` (alive until the call returns),
         // of the exact types and order the kernel declares; every device pointer lies inside a
         // live allocation sized for this chunk.
@@ -834,15 +873,21 @@ pub mod bench {
             Ok(64.0 * iters as f64 * (blocks * threads) as f64 / (ms * 1e-3) / 1e12)
         }
 
+        /// The built-in `lora_merge.ptx` module.
+        pub fn module(&self) -> &Module {
+            &self.module
+        }
+
         /// Loads another build of `lora_merge.ptx` (a variant under test), for [`Bench::nf4_merge_in`].
         pub fn load_variant(&self, ptx: &str) -> Result<Module> {
             Module::from_ptx(ptx, &[]).map_err(cu_err("load variant ptx"))
         }
 
-        /// Times the kernel the backend would launch on an NF4 double-quant weight `[rows, cols]`
-        /// (blocksize 64) with a rank-`r` update, all inputs resident on the device.
+        /// Times the kernel the backend would launch (`lora_merge_q64_bf16`) on an NF4
+        /// double-quant weight `[rows, cols]` (blocksize 64, bf16 quant state) with a rank-`r` f32
+        /// update, all inputs resident on the device.
         pub fn nf4_merge(&self, rows: usize, cols: usize, r: usize, iters: usize) -> Result<KernelTiming> {
-            self.nf4_merge_in(&self.module, "lora_merge_bf16", rows, cols, r, iters)
+            self.nf4_merge_in(&self.module, "lora_merge_q64_bf16", rows, cols, r, iters)
         }
 
         /// As [`Bench::nf4_merge`], with the entry point `name` of `module`.
@@ -894,10 +939,11 @@ pub mod bench {
                 log2bs: 6,
                 log2nbs: 8,
             };
+            let (grid, block) = launch_shape(&func, name, rows, cols)?;
             let run = || {
                 let args = ka.ptrs();
                 // SAFETY: FFI; arguments in the kernel's order and types; buffers sized for the shape.
-                unsafe { self.stream.launch(&func, fast_grid(rows, cols), FAST_BLOCK, 0, &args) }
+                unsafe { self.stream.launch(&func, grid.clone(), block.clone(), 0, &args) }
                     .map_err(cu_err(format!("launch {name}")))
             };
             time_ms(&self.stream, 3, run)?;
