@@ -943,8 +943,7 @@ pub mod bench {
             let run = || {
                 let args = ka.ptrs();
                 // SAFETY: FFI; arguments in the kernel's order and types; buffers sized for the shape.
-                unsafe { self.stream.launch(&func, grid.clone(), block.clone(), 0, &args) }
-                    .map_err(cu_err(format!("launch {name}")))
+                unsafe { self.stream.launch(&func, grid, block, 0, &args) }.map_err(cu_err(format!("launch {name}")))
             };
             time_ms(&self.stream, 3, run)?;
             let ms = time_ms(&self.stream, iters, run)?;
