@@ -16,6 +16,18 @@ from pathlib import Path
 
 OUT = Path(__file__).with_name("lora_merge.ptx")
 
+# Schedule choices of the lean kernel, fixed here; `--opt name=0|1 --out FILE` writes a variant
+# for timing (LW_VARIANTS, kernels/README.md).
+OPT = {
+    "first_copy": True,  # the tile's first chunk has its own code: deferred stores split around steps
+    "peel": True,  # ... and k = 0 adds to +0.0, so no accumulator zeroing (needs first_copy)
+    "epi_pipe": True,  # epilogue lookups one row ahead
+    "nib16": False,  # decode through a 16-entry table (conflict-free) instead of the 256-pair table
+    "defer": False,  # a tile's stores go out during the next tile's first chunk (via s_res)
+    "ctas5": False,  # .minnctapersm 5 (102 registers) instead of 4
+    "one_bar": False,  # one barrier per chunk: stage chunk g + 1 after the barrier that publishes g
+    "kloop4": False,  # a chunk's 16 k as a loop of 4 unrolled steps (a quarter of the code)
+}
 RO = 8  # rows per thread
 KC = 16  # k per shared-memory chunk
 WC, WR = 2, 2  # warps per block along columns and rows; a warp is 64 columns x 32 rows
@@ -594,7 +606,7 @@ def fast_kernel(out):
     return "\n".join(s) + "\n"
 
 
-def tables_fast():
+def tables_fast(q16=False):
     """128 threads fill the 256-entry tables, two entries each (t and t + 128): s_pair[t] =
     (qmap[t >> 4], qmap[t & 15]) and s_nmap[t]; the high nibbles of t and t + 128 differ by 8,
     their low nibbles agree, so three loads of qmap serve both pairs."""
@@ -623,6 +635,17 @@ def tables_fast():
         "    add.u32             %r38, %r38, %r39;",
         "    st.shared.f32       [%r38], %f3;",
         "    st.shared.f32       [%r38+512], %f4;",
+        *(
+            [
+                "    setp.lt.u32         %p0, %r_tid, 16;",
+                "    mov.u32             %r38, s_q16;",
+                "    shl.b32             %r39, %r_tid, 2;",
+                "    add.u32             %r38, %r38, %r39;",
+                "    @%p0 st.shared.f32  [%r38], %f1;                   // s_q16[t] = qmap[t]",
+            ]
+            if q16
+            else []
+        ),
         "    bar.sync            0;",
     )
 
@@ -652,11 +675,14 @@ def lean_kernel(out):
     s.append(f"// Block of {NT} threads, the same 8x8-per-thread tiles as the fast kernel. Needs cols % 64 == 0, r >= 1.")
     s.append(f".visible .entry lora_merge_q64_{out}{PARAMS}")
     s.append(f".maxntid {NT}, 1, 1")
-    s.append(f".minnctapersm {65536 // (128 * NT)}")
+    s.append(f".minnctapersm {5 if OPT['ctas5'] else 65536 // (128 * NT)}")
     s.append("{")
     s.append(common_regs().rstrip("\n"))
     s.append(f"    .reg .f32           %acc<{RO * CI}>, %a<{CI}>, %b<{RO}>, %w<{CI}>;")
     s.append(f"    .reg .b32           %cw<{RO}>, %x<8>;")
+    s.append(f"    .reg .f32           %v<{CI}>;")
+    s.append("    .reg .b32           %r_q16, %r_it;")
+    s.append("    .shared .align 256 .b8 s_q16[64];       // qmap, 16 f32 (the nib16 decode)")
     s.append("    .reg .b32           %r_tid, %r_c0, %r_row0, %r_pair, %r_nmap, %r_lcol, %r_lrow, %r_alo, %r_ahi, %r_boff;")
     s.append("    .reg .b32           %r_ch, %r_nch, %r_kc, %r_sa, %r_sb, %r_rpad, %r_bc, %r_br;")
     s.append("    .reg .b32           %r_dA, %r_dB, %r_gy, %r_bx, %r_by, %r_gq, %r_gr, %r_gx, %r_nbx, %r_nby, %r_sbc, %r_sbr, %r_buf;")
@@ -665,7 +691,8 @@ def lean_kernel(out):
     s.append("    .reg .pred          %p_active, %p_d32, %p_ch0, %p_small, %p_next;")
     s.append(f"    .shared .align 16 .b8 s_a[{2 * KC * BCOLS * 4}];    // [2][{KC}][{BCOLS}] f32, 16-byte pieces swizzled")
     s.append(f"    .shared .align 16 .b8 s_b[{2 * KC * BROWS * 4}];     // [2][{KC}][{BROWS}] f32")
-    s.append(f"    .shared .align 16 .b8 s_res[{RO * RES}];    // [8 rows][{NT} threads] 16 bytes: results waiting for their store")
+    if OPT["defer"]:
+        s.append(f"    .shared .align 16 .b8 s_res[{RO * RES}];    // [8 rows][{NT} threads] 16 bytes: results waiting for their store")
     s.append("")
     s.append(common_setup().rstrip("\n"))
     s.append(f"    not.pred            %p_d32, {dself};")
@@ -673,9 +700,10 @@ def lean_kernel(out):
     s.append("    mov.u32             %r1, %tid.x;")
     s.append("    mov.u32             %r2, %tid.y;")
     s.append("    mad.lo.u32          %r_tid, %r2, 32, %r1;")
-    s.append(tables_fast().rstrip("\n"))
+    s.append(tables_fast(q16=True).rstrip("\n"))
     s.append("    mov.u32             %r_pair, s_pair;")
     s.append("    mov.u32             %r_nmap, s_nmap;")
+    s.append("    mov.u32             %r_q16, s_q16;")
     s.append("    // ---- per block, once: the lane layout (as in the fast kernel) and the staging offsets")
     s.append("    and.b32             %r3, %r_tid, 31;                 // lane")
     s.append("    shr.u32             %r4, %r_tid, 5;                  // warp")
@@ -712,8 +740,9 @@ def lean_kernel(out):
     s.append("    mov.u32             %r15, s_b;")
     s.append("    shl.b32             %r14, %r_tid, 4;")
     s.append("    add.u32             %r_dB, %r15, %r14;")
-    s.append("    mov.u32             %r15, s_res;")
-    s.append(f"    add.u32             %r_res, %r15, %r14;              // this thread's result slots: + j * {RES}")
+    if OPT["defer"]:
+        s.append("    mov.u32             %r15, s_res;")
+        s.append(f"    add.u32             %r_res, %r15, %r14;              // this thread's result slots: + j * {RES}")
     s.append(f"    add.u32             %r_nch, %r_r, {KC - 1};")
     s.append(f"    shr.u32             %r_nch, %r_nch, {KC.bit_length() - 1};")
     s.append("    // absmax index of a block = row * cols / 64 + col / 64 + u, u = k0 / 64 - blk0 (k0 % 64 == 0)")
@@ -759,8 +788,9 @@ def lean_kernel(out):
     s.append("    setp.lt.and.u32     %p_active, %r_row0, %r_rows, %p_active;")
     s.append(lean_loads().rstrip("\n"))
     s.append("")
-    for j in range(RO):
-        s.append("    " + " ".join(f"mov.f32 {acc(j, e)}, 0f00000000;" for e in range(CI)))
+    if not (OPT["first_copy"] and OPT["peel"]):
+        for j in range(RO):
+            s.append("    " + " ".join(f"mov.f32 {acc(j, e)}, 0f00000000;" for e in range(CI)))
     s.append("    // the next tile: t + nctaid")
     s.append("    add.u32             %r_nby, %r_by, %r_gr;")
     s.append("    add.u32             %r_nbx, %r_bx, %r_gq;")
@@ -769,75 +799,7 @@ def lean_kernel(out):
     s.append("    @%p0 add.u32        %r_nbx, %r_nbx, 1;")
     s.append("    setp.lt.u32         %p_next, %r_nbx, %r_gx;")
     s.append("    mov.u32             %r_ch, 0;")
-    s.append("CHUNK_LOOP:")
-    s.append("    // stage the chunk after this one into the other buffer: (this tile, ch + 1), or the next")
-    s.append("    // tile's chunk 0, or nothing after the last")
-    s.append("    add.u32             %r20, %r_ch, 1;")
-    s.append("    mov.u32             %r_sbc, %r_bc;")
-    s.append("    mov.u32             %r_sbr, %r_br;")
-    s.append("    setp.lt.u32         %p2, %r20, %r_nch;")
-    s.append("    @%p2 bra            STAGE_IT;")
-    s.append("    @!%p_next bra       WAIT_ALL;")
-    s.append("    mov.u32             %r20, 0;")
-    s.append(f"    shl.b32             %r_sbc, %r_nbx, {BCOLS.bit_length() - 1};")
-    s.append(f"    shl.b32             %r_sbr, %r_nby, {BROWS.bit_length() - 1};")
-    s.append("STAGE_IT:")
-    s.append("    xor.b32             %r25, %r_buf, 1;")
-    s.append(stage_code().rstrip("\n"))
-    s.append("    cp.async.wait_group 1;                               // this chunk's group is done")
-    s.append("    bra.uni             COMPUTE;")
-    s.append("WAIT_ALL:")
-    s.append("    cp.async.wait_group 0;")
-    s.append("COMPUTE:")
-    s.append("    bar.sync            0;")
-    s.append(f"    mad.lo.u32          %r_sa, %r_buf, {KC * BCOLS * 4}, %r_alo;")
-    s.append(f"    mad.lo.u32          %r24, %r_buf, {KC * BCOLS * 4}, %r_ahi;")
-    s.append(f"    mad.lo.u32          %r_sb, %r_buf, {KC * BROWS * 4}, %r_boff;")
-    s.append("    setp.eq.u32         %p_ch0, %r_ch, 0;")
-    s.append(f"    shl.b32             %r23, %r_ch, {KC.bit_length() - 1};")
-    s.append("    sub.u32             %r_kc, %r_r, %r23;")
-    s.append(f"    setp.lt.u32         %p2, %r_kc, {KC};")
-    s.append("    @%p2 bra            K_PARTIAL;")
-
-    def k_step(kk, sa="%r_sa", sb="%r_sb", ahi="%r24"):
-        o = []
-        o.append(f"    ld.shared.v4.f32    {{%b0, %b1, %b2, %b3}}, [{sb}+{kk * BROWS * 4}];")
-        o.append(f"    ld.shared.v4.f32    {{%b4, %b5, %b6, %b7}}, [{sb}+{kk * BROWS * 4 + 16}];")
-        o.append(f"    ld.shared.v4.f32    {{%a0, %a1, %a2, %a3}}, [{sa}+{kk * BCOLS * 4}];")
-        o.append(f"    ld.shared.v4.f32    {{%a4, %a5, %a6, %a7}}, [{ahi}+{kk * BCOLS * 4}];")
-        for j in range(RO):
-            o.append("    " + " ".join(f"fma.rn.f32 {acc(j, e)}, %b{j}, %a{e}, {acc(j, e)};" for e in range(CI)))
-        return o
-
-    s.append("    // a full chunk: k = 16 ch .. 16 ch + 15, in order; in chunk 0, the previous tile's rows")
-    s.append("    // go to global memory, two after every fourth step")
-    for kk in range(KC):
-        s.extend(k_step(kk))
-        if kk % 4 == 1:
-            q = kk // 4
-            s.append(f"    @!%p_ch0 bra        DS_DONE{q};")
-            s.extend(deferred_store(2 * q, 2 * q + 1, RES))
-            s.append(f"DS_DONE{q}:")
-    s.append("    bra.uni             CHUNK_DONE;")
-    s.append("K_PARTIAL:")
-    s.append("    // the last chunk, k = 16 ch .. r - 1, one at a time")
-    s.append("K_PARTIAL_LOOP:")
-    s.extend(k_step(0))
-    s.append(f"    add.u32             %r_sa, %r_sa, {BCOLS * 4};")
-    s.append(f"    add.u32             %r24, %r24, {BCOLS * 4};")
-    s.append(f"    add.u32             %r_sb, %r_sb, {BROWS * 4};")
-    s.append("    sub.u32             %r_kc, %r_kc, 1;")
-    s.append("    setp.ne.u32         %p2, %r_kc, 0;")
-    s.append("    @%p2 bra            K_PARTIAL_LOOP;")
-    s.append("CHUNK_DONE:")
-    s.append("    bar.sync            0;                               // the buffer may be refilled now")
-    s.append("    xor.b32             %r_buf, %r_buf, 1;")
-    s.append("    add.u32             %r_ch, %r_ch, 1;")
-    s.append("    setp.lt.u32         %p2, %r_ch, %r_nch;")
-    s.append("    @%p2 bra            CHUNK_LOOP;")
-    s.append("    // r < 16: no full chunk ran, so the previous tile's rows are still waiting")
-    s.append("    @!%p_small bra      EPILOGUE;")
-    s.extend(deferred_store(*range(RO), RES))
+    s.extend(chunk_loop(acc))
     s.append("EPILOGUE:")
     s.append(lean_epilogue(out, acc, RES).rstrip("\n"))
     s.append("    mov.u32             %r_ep, %r_e0;                    // this tile's rows are the next one's to store")
@@ -847,12 +809,156 @@ def lean_kernel(out):
     s.append("    bra.uni             TILE_LOOP;")
     s.append("")
     s.append("TILES_DONE:")
-    s.extend(deferred_store(*range(RO), RES))
+    if OPT["defer"]:
+        s.extend(deferred_store(*range(RO), RES))
     s.append(set_flag(0).rstrip("\n"))
     s.append("")
     s.append(lean_fix(out, RES).rstrip("\n"))
     s.append("}")
     return "\n".join(s) + "\n"
+
+
+def chunk_loop(acc):
+    """The lean kernel's k loop over chunks of 16 k, starting at CHUNK_LOOP with %r_ch = 0 and
+    this tile's chunk 0 already staged into buffer %r_buf; ends at EPILOGUE. While a chunk is
+    computed, the next one is staged into the other buffer: (this tile, ch + 1), or the next
+    tile's chunk 0, or nothing after the last tile."""
+    s = ["CHUNK_LOOP:"]
+    if OPT["one_bar"]:
+        s += [
+            "    cp.async.wait_group 0;                               // this chunk has landed",
+            "    bar.sync            0;                               // for everyone; the other buffer is free",
+        ]
+    s += [
+        "    add.u32             %r20, %r_ch, 1;",
+        "    mov.u32             %r_sbc, %r_bc;",
+        "    mov.u32             %r_sbr, %r_br;",
+        "    setp.lt.u32         %p2, %r20, %r_nch;",
+        "    @%p2 bra            STAGE_IT;",
+        "    @!%p_next bra       WAIT_ALL;",
+        "    mov.u32             %r20, 0;",
+        f"    shl.b32             %r_sbc, %r_nbx, {BCOLS.bit_length() - 1};",
+        f"    shl.b32             %r_sbr, %r_nby, {BROWS.bit_length() - 1};",
+        "STAGE_IT:",
+        "    xor.b32             %r25, %r_buf, 1;",
+        stage_code().rstrip("\n"),
+    ]
+    if OPT["one_bar"]:
+        s += ["WAIT_ALL:"]
+    else:
+        s += [
+            "    cp.async.wait_group 1;                               // this chunk's group is done",
+            "    bra.uni             COMPUTE;",
+            "WAIT_ALL:",
+            "    cp.async.wait_group 0;",
+            "COMPUTE:",
+            "    bar.sync            0;",
+        ]
+    s += [
+        f"    mad.lo.u32          %r_sa, %r_buf, {KC * BCOLS * 4}, %r_alo;",
+        f"    mad.lo.u32          %r24, %r_buf, {KC * BCOLS * 4}, %r_ahi;",
+        f"    mad.lo.u32          %r_sb, %r_buf, {KC * BROWS * 4}, %r_boff;",
+        f"    shl.b32             %r23, %r_ch, {KC.bit_length() - 1};",
+        "    sub.u32             %r_kc, %r_r, %r23;",
+        f"    setp.lt.u32         %p2, %r_kc, {KC};",
+    ]
+    first_copy = OPT["first_copy"] and OPT["peel"]
+    if first_copy:
+        s += ["    setp.eq.u32         %p_ch0, %r_ch, 0;", "    @%p_ch0 bra         FIRST;"]
+    s += ["    @%p2 bra            K_PARTIAL;"]
+
+    def k_step(kk, first=False):
+        """One k: 4 ld.shared.v4 (8 B values, 8 A values), 64 FMAs. `first` (k = 0 of the tile)
+        adds to +0.0 instead of the accumulator, so the accumulators need no zeroing."""
+        o = [
+            f"    ld.shared.v4.f32    {{%b0, %b1, %b2, %b3}}, [%r_sb+{kk * BROWS * 4}];",
+            f"    ld.shared.v4.f32    {{%b4, %b5, %b6, %b7}}, [%r_sb+{kk * BROWS * 4 + 16}];",
+            f"    ld.shared.v4.f32    {{%a0, %a1, %a2, %a3}}, [%r_sa+{kk * BCOLS * 4}];",
+            f"    ld.shared.v4.f32    {{%a4, %a5, %a6, %a7}}, [%r24+{kk * BCOLS * 4}];",
+        ]
+        for j in range(RO):
+            c = (lambda e: "0f00000000") if first else (lambda e: acc(j, e))
+            o.append("    " + " ".join(f"fma.rn.f32 {acc(j, e)}, %b{j}, %a{e}, {c(e)};" for e in range(CI)))
+        return o
+
+    def advance(n):
+        return [
+            f"    add.u32             %r_sa, %r_sa, {n * BCOLS * 4};",
+            f"    add.u32             %r24, %r24, {n * BCOLS * 4};",
+            f"    add.u32             %r_sb, %r_sb, {n * BROWS * 4};",
+        ]
+
+    def steps(label, n, first=False):
+        """n k steps in order from the buffer pointers (16 unrolled, or loops of 4)."""
+        o = []
+        if not OPT["kloop4"]:
+            for kk in range(n):
+                o += k_step(kk, first=first and kk == 0)
+            return o
+        if first:
+            o += k_step(0, first=True) + k_step(1) + k_step(2) + k_step(3) + advance(4)
+            n -= 4
+        o += [f"    mov.u32             %r_it, {n // 4};", f"{label}:"]
+        for kk in range(4):
+            o += k_step(kk)
+        o += advance(4)
+        o += ["    sub.u32             %r_it, %r_it, 1;", "    setp.ne.u32         %p2, %r_it, 0;", f"    @%p2 bra            {label};"]
+        return o
+
+    s.append(f"    // a full chunk: k = 16 ch .. 16 ch + 15, in order")
+    s += steps("KL_FULL", KC)
+    s.append("    bra.uni             CHUNK_DONE;")
+    if first_copy:
+        s.append("FIRST:")
+        s.append("    // the tile's first chunk: k = 0 starts from +0.0 (no accumulator zeroing)")
+        s.append("    @%p2 bra            FIRST_PARTIAL;")
+        s += steps("KL_FIRST", KC, first=True)
+        s.append("    bra.uni             CHUNK_DONE;")
+        s.append("FIRST_PARTIAL:")
+        s += k_step(0, first=True) + advance(1)
+        s.append("    sub.u32             %r_kc, %r_kc, 1;")
+        s.append("    setp.ne.u32         %p2, %r_kc, 0;")
+        s.append("    @%p2 bra            K_PARTIAL_LOOP;")
+        s.append("    bra.uni             CHUNK_DONE;")
+    s.append("K_PARTIAL:")
+    s.append("    // the last chunk, k = 16 ch .. r - 1, one at a time")
+    s.append("K_PARTIAL_LOOP:")
+    s += k_step(0) + advance(1)
+    s.append("    sub.u32             %r_kc, %r_kc, 1;")
+    s.append("    setp.ne.u32         %p2, %r_kc, 0;")
+    s.append("    @%p2 bra            K_PARTIAL_LOOP;")
+    s.append("CHUNK_DONE:")
+    if not OPT["one_bar"]:
+        s.append("    bar.sync            0;                               // the buffer may be refilled now")
+    s += [
+        "    xor.b32             %r_buf, %r_buf, 1;",
+        "    add.u32             %r_ch, %r_ch, 1;",
+        "    setp.lt.u32         %p2, %r_ch, %r_nch;",
+        "    @%p2 bra            CHUNK_LOOP;",
+    ]
+    return s
+
+
+def ds_load(rows, res):
+    """The first half of a deferred store: this thread's result rows `rows` of the previous tile
+    from s_res into %x0-%x7 (a k step runs before ds_store uses them)."""
+    o = []
+    for j in rows:
+        x = [f"%x{4 * (j % 2) + i}" for i in range(4)]
+        o.append(f"    ld.shared.v4.b32    {{{', '.join(x)}}}, [%r_res+{j * res}];")
+    return o
+
+
+def ds_store(rows):
+    """The second half: store them, each only if it lies inside the tile (j < %r_nvp)."""
+    o = []
+    for j in rows:
+        x = [f"%x{4 * (j % 2) + i}" for i in range(4)]
+        o.append(f"    mad.lo.u32          %r30, %r_cols, {j}, %r_ep;")
+        o.append("    mad.wide.u32        %rd30, %r30, 2, %rd_out;")
+        o.append(f"    setp.gt.s32         %p5, %r_nvp, {j};")
+        o.append(f"    @%p5 st.global.v4.b32 [%rd30], {{{', '.join(x)}}};")
+    return o
 
 
 def deferred_store(*rows_and_res):
@@ -995,46 +1101,89 @@ def lean_epilogue(out, acc, res):
         "AM_DONE:",
         "    @%p_d32 bra         EPI_D32;",
     ]
+    def lookups(j):
+        if OPT["nib16"]:
+            return lookups16(j)
+        return lookups256(j)
+
+    def lookups16(j):
+        """As lookups256, through the 16-entry table: per element one prmt (the nibble times 4,
+        plus s_q16's address, which is 256-aligned) and one ld.shared.f32; a warp's 32 lanes read
+        at most 16 words in 16 banks, so no bank conflicts."""
+        w, am = ("%w", "%f1") if j % 2 == 0 else ("%v", "%f3")
+        q = [f"    shfl.sync.idx.b32   %r7, %r_am, {j}, 0x181F, 0xFFFFFFFF;   // lane {j} of the row's 8 has its absmax",
+             f"    mov.b32             {am}, %r7;",
+             f"    shl.b32             %r8, %cw{j}, 2;",
+             "    and.b32             %r8, %r8, 0x3C3C3C3C;           // low nibbles x 4",
+             f"    shr.u32             %r9, %cw{j}, 2;",
+             "    and.b32             %r9, %r9, 0x3C3C3C3C;           // high nibbles x 4"]
+        for i in range(4):
+            q.append(f"    prmt.b32            %r10, %r9, %r_q16, 0x765{i};")
+            q.append(f"    ld.shared.f32       {w}{2 * i}, [%r10];")
+            q.append(f"    prmt.b32            %r10, %r8, %r_q16, 0x765{i};")
+            q.append(f"    ld.shared.f32       {w}{2 * i + 1}, [%r10];")
+        return q
+
+    def lookups256(j):
+        """Row j's absmax (shfl from lane j of the row's 8) and its 8 table values, into the
+        register set of row j's parity: issued one row ahead, so their latency hides behind the
+        previous row's arithmetic."""
+        w, am = ("%w", "%f1") if j % 2 == 0 else ("%v", "%f3")
+        q = [f"    shfl.sync.idx.b32   %r7, %r_am, {j}, 0x181F, 0xFFFFFFFF;   // lane {j} of the row's 8 has its absmax",
+             f"    mov.b32             {am}, %r7;"]
+        for i in range(4):
+            q.append(f"    prmt.b32            %r9, %cw{j}, 0, 0x444{i};          // code byte {i}")
+            q.append("    shl.b32             %r9, %r9, 3;")
+            q.append("    add.u32             %r9, %r_pair, %r9;")
+            q.append(f"    ld.shared.v2.f32    {{{w}{2 * i}, {w}{2 * i + 1}}}, [%r9];")
+        return q
+
     for d32 in (False, True):
         if d32:
             o.append("EPI_D32:")
+        if OPT["epi_pipe"]:
+            o += lookups(0)
         for j in range(RO):
             o.append(f"    // ---- row {j}")
-            o.append(f"    shfl.sync.idx.b32   %r7, %r_am, {j}, 0x181F, 0xFFFFFFFF;   // lane {j} of the row's 8 has its absmax")
-            o.append("    mov.b32             %f1, %r7;")
-            for i in range(4):
-                o.append(f"    prmt.b32            %r9, %cw{j}, 0, 0x444{i};          // code byte {i}")
-                o.append("    shl.b32             %r9, %r9, 3;")
-                o.append("    add.u32             %r9, %r_pair, %r9;")
-                o.append(f"    ld.shared.v2.f32    {{%w{2 * i}, %w{2 * i + 1}}}, [%r9];")
+            if not OPT["epi_pipe"]:
+                o += lookups(j)
+            elif j + 1 < RO:
+                o += lookups(j + 1)
+            w, am = ("%w", "%f1") if j % 2 == 0 else ("%v", "%f3")
             for e in range(CI):
-                o.append(f"    mul.rn.f32          %w{e}, %w{e}, %f1;")
+                o.append(f"    mul.rn.f32          {w}{e}, {w}{e}, {am};")
             for i in range(4):
-                o.append(f"    cvt.rn.{T}.f32   %rp{i}, %w{2 * i + 1}, %w{2 * i};")
+                o.append(f"    cvt.rn.{T}.f32   %rp{i}, {w}{2 * i + 1}, {w}{2 * i};")
             for e in range(CI):
                 o.append(f"    mul.rn.f32          %a{e}, {acc(j, e)}, %f_scale;")
             if d32:
                 for i in range(4):
                     if out == "bf16":
                         o.append(f"    shl.b32             %r9, %rp{i}, 16;")
-                        o.append(f"    mov.b32             %w{2 * i}, %r9;")
+                        o.append(f"    mov.b32             {w}{2 * i}, %r9;")
                         o.append(f"    and.b32             %r9, %rp{i}, 0xFFFF0000;")
-                        o.append(f"    mov.b32             %w{2 * i + 1}, %r9;")
+                        o.append(f"    mov.b32             {w}{2 * i + 1}, %r9;")
                     else:
                         o.append(f"    mov.b32             {{%hs0, %hs1}}, %rp{i};")
-                        o.append(f"    cvt.f32.f16         %w{2 * i}, %hs0;")
-                        o.append(f"    cvt.f32.f16         %w{2 * i + 1}, %hs1;")
+                        o.append(f"    cvt.f32.f16         {w}{2 * i}, %hs0;")
+                        o.append(f"    cvt.f32.f16         {w}{2 * i + 1}, %hs1;")
                 for e in range(CI):
-                    o.append(f"    add.rn.f32          %w{e}, %w{e}, %a{e};")
+                    o.append(f"    add.rn.f32          {w}{e}, {w}{e}, %a{e};")
                 for i in range(4):
-                    o.append(f"    cvt.rn.{T}.f32   %rp{i}, %w{2 * i + 1}, %w{2 * i};")
+                    o.append(f"    cvt.rn.{T}.f32   %rp{i}, {w}{2 * i + 1}, {w}{2 * i};")
             else:
                 for i in range(4):
                     o.append(f"    cvt.rn.{T}.f32   %r9, %a{2 * i + 1}, %a{2 * i};")
                     o.append(f"    fma.rn.{T}       %rp{i}, %r9, %r_one2, %rp{i};")
             for i in range(4):
                 o.append(f"    fma.rn.{T}       %r_chk, %rp{i}, %r_zero2, %r_chk;")
-            o.append(f"    st.shared.v4.b32    [%r_res+{j * res}], {{%rp0, %rp1, %rp2, %rp3}};")
+            if OPT["defer"]:
+                o.append(f"    st.shared.v4.b32    [%r_res+{j * res}], {{%rp0, %rp1, %rp2, %rp3}};")
+            else:
+                o.append(f"    mad.lo.u32          %r30, %r_cols, {j}, %r_e0;")
+                o.append("    mad.wide.u32        %rd30, %r30, 2, %rd_out;")
+                o.append(f"    setp.gt.s32         %p4, %r_nv, {j};")
+                o.append("    @%p4 st.global.v4.b32 [%rd30], {%rp0, %rp1, %rp2, %rp3};")
         if not d32:
             o.append("    bra.uni             EPI_END;")
     o += [
@@ -1053,7 +1202,13 @@ def lean_fix(out, res):
     o = ["FIX:", "    mov.u32             %r_nf, 1;", "    mov.u32             %r_chk, 0;"]
     if out == "bf16":
         for j in range(RO):
-            o.append(f"    ld.shared.v4.b32    {{%rp0, %rp1, %rp2, %rp3}}, [%r_res+{j * res}];")
+            if OPT["defer"]:
+                o.append(f"    ld.shared.v4.b32    {{%rp0, %rp1, %rp2, %rp3}}, [%r_res+{j * res}];")
+            else:
+                o.append(f"    mad.lo.u32          %r30, %r_cols, {j}, %r_e0;")
+                o.append("    mad.wide.u32        %rd30, %r30, 2, %rd_out;")
+                o.append(f"    setp.gt.s32         %p4, %r_nv, {j};")
+                o.append("    @%p4 ld.global.v4.b32 {%rp0, %rp1, %rp2, %rp3}, [%rd30];")
             for i in range(4):
                 o.append(f"    mov.b32             {{%hs0, %hs1}}, %rp{i};")
                 for h in ("%hs0", "%hs1"):
@@ -1061,7 +1216,10 @@ def lean_fix(out, res):
                     o.append("    setp.gt.u16         %p32, %ht, 0x7F80;")
                     o.append(f"    selp.b16            {h}, 0x7FC0, {h}, %p32;")
                 o.append(f"    mov.b32             %rp{i}, {{%hs0, %hs1}};")
-            o.append(f"    st.shared.v4.b32    [%r_res+{j * res}], {{%rp0, %rp1, %rp2, %rp3}};")
+            if OPT["defer"]:
+                o.append(f"    st.shared.v4.b32    [%r_res+{j * res}], {{%rp0, %rp1, %rp2, %rp3}};")
+            else:
+                o.append("    @%p4 st.global.v4.b32 [%rd30], {%rp0, %rp1, %rp2, %rp3};")
     o.append("    bra.uni             FIX_BACK;")
     return lines(*o)
 
@@ -1236,6 +1394,16 @@ def render():
 
 
 if __name__ == "__main__":
+    args = sys.argv[1:]
+    while "--opt" in args:
+        i = args.index("--opt")
+        name, val = args[i + 1].split("=")
+        assert name in OPT, name
+        OPT[name] = val == "1"
+        del args[i : i + 2]
+    if "--out" in args:
+        i = args.index("--out")
+        OUT = Path(args[i + 1])
     text = render()
     if "--check" in sys.argv[1:]:
         if OUT.read_text() != text:
