@@ -906,14 +906,25 @@ def chunk_loop(acc):
         return o
 
     s.append(f"    // a full chunk: k = 16 ch .. 16 ch + 15, in order")
-    s += steps("KL_FULL", KC)
+    if first_copy and not OPT["kloop4"]:
+        # The first chunk of a tile runs its k = 0 step apart (FIRST) and joins here at k = 1:
+        # one copy of the unrolled code, so large ranks do not thrash the instruction cache.
+        full = steps("KL_FULL", KC)
+        at = len(k_step(0))
+        s += full[:at] + ["FULL_K1:"] + full[at:]
+    else:
+        s += steps("KL_FULL", KC)
     s.append("    bra.uni             CHUNK_DONE;")
     if first_copy:
         s.append("FIRST:")
         s.append("    // the tile's first chunk: k = 0 starts from +0.0 (no accumulator zeroing)")
         s.append("    @%p2 bra            FIRST_PARTIAL;")
-        s += steps("KL_FIRST", KC, first=True)
-        s.append("    bra.uni             CHUNK_DONE;")
+        if OPT["kloop4"]:
+            s += steps("KL_FIRST", KC, first=True)
+            s.append("    bra.uni             CHUNK_DONE;")
+        else:
+            s += k_step(0, first=True)
+            s.append("    bra.uni             FULL_K1;")
         s.append("FIRST_PARTIAL:")
         s += k_step(0, first=True) + advance(1)
         s.append("    sub.u32             %r_kc, %r_kc, 1;")
