@@ -685,7 +685,7 @@ def lean_kernel(out):
     s.append("    .shared .align 256 .b8 s_q16[64];       // qmap, 16 f32 (the nib16 decode)")
     s.append("    .reg .b32           %r_tid, %r_c0, %r_row0, %r_pair, %r_nmap, %r_lcol, %r_lrow, %r_alo, %r_ahi, %r_boff;")
     s.append("    .reg .b32           %r_ch, %r_nch, %r_kc, %r_sa, %r_sb, %r_rpad, %r_bc, %r_br;")
-    s.append("    .reg .b32           %r_dA, %r_dB, %r_gy, %r_bx, %r_by, %r_gq, %r_gr, %r_gx, %r_nbx, %r_nby, %r_sbc, %r_sbr, %r_buf;")
+    s.append("    .reg .b32           %r_dA, %r_dA1, %r_dB, %r_gy, %r_bx, %r_by, %r_gq, %r_gr, %r_gx, %r_nbx, %r_nby, %r_sbc, %r_sbr, %r_buf;")
     s.append("    .reg .b32           %r_nv, %r_e0, %r_nvp, %r_ep, %r_amc1, %r_am, %r_chk, %r_one2, %r_zero2, %r_res, %r_u;")
     s.append("    .reg .f32           %f_amn;")
     s.append("    .reg .pred          %p_active, %p_d32, %p_ch0, %p_small, %p_next;")
@@ -728,17 +728,22 @@ def lean_kernel(out):
     s.append("    add.u32             %r_boff, %r_boff, %r14;")
     s.append("    add.u32             %r_rpad, %r_rows, 7;")
     s.append("    and.b32             %r_rpad, %r_rpad, 0xFFFFFFF8;")
-    s.append("    // staging: A piece q = tid & 31 of k rows 16 ch + (tid >> 5) + 4p; Bt piece tid & 15 of k rows 16 ch + (tid >> 4) + 8p")
-    s.append("    and.b32             %r11, %r_tid, 31;")
-    s.append("    bfe.u32             %r14, %r11, 3, 1;")
-    s.append("    xor.b32             %r14, %r11, %r14;")
-    s.append("    shl.b32             %r14, %r14, 4;")
-    s.append("    shr.u32             %r12, %r_tid, 5;")
+    s.append("    // staging: thread (kk, l) = (tid >> 3, tid & 7) copies, of k row 16 ch + kk, A pieces")
+    s.append("    // q = l + 8p (p < 4; piece q lands at q ^ ((q >> 3) & 1), i.e. l or l ^ 1, plus 8p) and Bt")
+    s.append("    // pieces l + 8p (p < 2): consecutive pieces 128 bytes apart, immediate offsets")
+    s.append("    shr.u32             %r12, %r_tid, 3;                 // kk")
+    s.append("    and.b32             %r11, %r_tid, 7;                 // l")
+    s.append("    shl.b32             %r14, %r11, 4;")
     s.append(f"    mad.lo.u32          %r14, %r12, {BCOLS * 4}, %r14;")
     s.append("    mov.u32             %r15, s_a;")
-    s.append("    add.u32             %r_dA, %r15, %r14;")
+    s.append("    add.u32             %r_dA, %r15, %r14;               // even pieces")
+    s.append("    xor.b32             %r14, %r11, 1;")
+    s.append("    shl.b32             %r14, %r14, 4;")
+    s.append(f"    mad.lo.u32          %r14, %r12, {BCOLS * 4}, %r14;")
+    s.append("    add.u32             %r_dA1, %r15, %r14;              // odd pieces: l ^ 1")
+    s.append("    shl.b32             %r14, %r11, 4;")
+    s.append(f"    mad.lo.u32          %r14, %r12, {BROWS * 4}, %r14;")
     s.append("    mov.u32             %r15, s_b;")
-    s.append("    shl.b32             %r14, %r_tid, 4;")
     s.append("    add.u32             %r_dB, %r15, %r14;")
     if OPT["defer"]:
         s.append("    mov.u32             %r15, s_res;")
@@ -989,54 +994,45 @@ def deferred_store(*rows_and_res):
 
 def stage_code():
     """Stage chunk %r20 of the tile whose first column is %r_sbc and first row %r_sbr into
-    buffer %r25 (cp.async, 16-byte pieces; straight-line code, inlined where it is used). Each
-    thread copies A piece q = tid & 31 of k rows 16 chunk + (tid >> 5) + 4p and Bt piece tid & 15
-    of k rows 16 chunk + (tid >> 4) + 8p. A piece past r, cols or rows_pad copies 0 bytes
-    (zero-fills) from the array's start."""
+    buffer %r25 (cp.async, 16-byte pieces; straight-line code, inlined where it is used). Thread
+    (kk, l) copies k row 16 chunk + kk: A columns %r_sbc + 4l + 32p (p < 4) and Bt rows
+    %r_sbr + 4l + 32p (p < 2). A piece past r, cols or rows_pad copies 0 bytes (zero-fills), from
+    k row 0. cols % 64 == 0 here, so A pieces 0-1 are always inside and 2-3 are inside when
+    %r_sbc + 64 < cols."""
     o = [
-        f"    shl.b32             %r26, %r20, {KC.bit_length() - 1};            // first k of the chunk",
-        "    and.b32             %r27, %r_tid, 31;",
-        "    shl.b32             %r27, %r27, 2;",
-        "    add.u32             %r27, %r_sbc, %r27;              // the piece's first column",
-        "    setp.lt.u32         %p3, %r27, %r_cols;",
-        "    selp.u32            %r31, %r_r, 0, %p3;              // k limit: 0 past the last column",
-        "    shr.u32             %r28, %r_tid, 5;",
-        "    add.u32             %r28, %r26, %r28;                // k of piece 0",
-        "    mad.lo.u32          %r27, %r28, %r_cols, %r27;",
-        "    mad.wide.u32        %rd5, %r27, 4, %rd_a;",
-        "    mul.wide.u32        %rd7, %r_cols, 16;               // 4 k rows of A",
-        f"    mad.lo.u32          %r29, %r25, {KC * BCOLS * 4}, %r_dA;",
+        f"    shl.b32             %r26, %r20, {KC.bit_length() - 1};",
+        "    shr.u32             %r27, %r_tid, 3;",
+        "    add.u32             %r26, %r26, %r27;                // this thread's k",
+        "    setp.lt.u32         %p3, %r26, %r_r;",
+        "    selp.u32            %r26, %r26, 0, %p3;              // k row 0 when past r (nothing is read)",
+        "    and.b32             %r27, %r_tid, 7;",
+        "    shl.b32             %r27, %r27, 2;                   // 4l",
+        "    add.u32             %r28, %r_sbc, %r27;",
+        "    mad.lo.u32          %r28, %r26, %r_cols, %r28;",
+        "    mad.wide.u32        %rd5, %r28, 4, %rd_a;",
+        "    add.u32             %r28, %r_sbr, %r27;              // Bt row of piece 0",
+        "    setp.lt.and.u32     %p4, %r28, %r_rpad, %p3;",
+        "    add.u32             %r29, %r28, 32;",
+        "    setp.lt.and.u32     %p5, %r29, %r_rpad, %p3;",
+        "    mad.lo.u32          %r28, %r26, %r_rpad, %r28;",
+        "    mad.wide.u32        %rd6, %r28, 4, %rd_b;",
+        "    add.u32             %r29, %r_sbc, 64;",
+        "    setp.lt.and.u32     %p6, %r29, %r_cols, %p3;",
+        "    selp.u32            %r29, 16, 0, %p3;",
+        "    selp.u32            %r30, 16, 0, %p6;",
+        f"    mad.lo.u32          %r31, %r25, {KC * BCOLS * 4}, %r_dA;",
+        f"    mad.lo.u32          %r32, %r25, {KC * BCOLS * 4}, %r_dA1;",
+        "    cp.async.cg.shared.global [%r31], [%rd5], 16, %r29;",
+        "    cp.async.cg.shared.global [%r32+128], [%rd5+128], 16, %r29;",
+        "    cp.async.cg.shared.global [%r31+256], [%rd5+256], 16, %r30;",
+        "    cp.async.cg.shared.global [%r32+384], [%rd5+384], 16, %r30;",
+        "    selp.u32            %r29, 16, 0, %p4;",
+        "    selp.u32            %r30, 16, 0, %p5;",
+        f"    mad.lo.u32          %r31, %r25, {KC * BROWS * 4}, %r_dB;",
+        "    cp.async.cg.shared.global [%r31], [%rd6], 16, %r29;",
+        "    cp.async.cg.shared.global [%r31+128], [%rd6+128], 16, %r30;",
+        "    cp.async.commit_group;",
     ]
-    for p in range(KC * BCOLS // 4 // NT):
-        if p:
-            o.append("    add.u64             %rd5, %rd5, %rd7;")
-            o.append("    add.u32             %r28, %r28, 4;")
-        o.append("    setp.lt.u32         %p3, %r28, %r31;")
-        o.append("    selp.u32            %r32, 16, 0, %p3;")
-        o.append("    selp.b64            %rd6, %rd5, %rd_a, %p3;")
-        o.append(f"    cp.async.cg.shared.global [%r29+{p * 4 * BCOLS * 4}], [%rd6], 16, %r32;")
-    o += [
-        "    and.b32             %r27, %r_tid, 15;",
-        "    shl.b32             %r27, %r27, 2;",
-        "    add.u32             %r27, %r_sbr, %r27;              // the piece's first row",
-        "    setp.lt.u32         %p3, %r27, %r_rpad;",
-        "    selp.u32            %r31, %r_r, 0, %p3;",
-        "    shr.u32             %r28, %r_tid, 4;",
-        "    add.u32             %r28, %r26, %r28;",
-        "    mad.lo.u32          %r27, %r28, %r_rpad, %r27;",
-        "    mad.wide.u32        %rd5, %r27, 4, %rd_b;",
-        "    mul.wide.u32        %rd7, %r_rpad, 32;               // 8 k rows of Bt",
-        f"    mad.lo.u32          %r29, %r25, {KC * BROWS * 4}, %r_dB;",
-    ]
-    for p in range(KC * BROWS // 4 // NT):
-        if p:
-            o.append("    add.u64             %rd5, %rd5, %rd7;")
-            o.append("    add.u32             %r28, %r28, 8;")
-        o.append("    setp.lt.u32         %p3, %r28, %r31;")
-        o.append("    selp.u32            %r32, 16, 0, %p3;")
-        o.append("    selp.b64            %rd6, %rd5, %rd_b, %p3;")
-        o.append(f"    cp.async.cg.shared.global [%r29+{p * 8 * BROWS * 4}], [%rd6], 16, %r32;")
-    o.append("    cp.async.commit_group;")
     return lines(*o)
 
 
