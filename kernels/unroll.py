@@ -16,18 +16,6 @@ from pathlib import Path
 
 OUT = Path(__file__).with_name("lora_merge.ptx")
 
-# Schedule choices of the lean kernel, fixed here; `--opt name=0|1 --out FILE` writes a variant
-# for timing (LW_VARIANTS, kernels/README.md).
-OPT = {
-    "first_copy": True,  # the tile's first chunk has its own code: deferred stores split around steps
-    "peel": True,  # ... and k = 0 adds to +0.0, so no accumulator zeroing (needs first_copy)
-    "epi_pipe": True,  # epilogue lookups one row ahead
-    "nib16": False,  # decode through a 16-entry table (conflict-free) instead of the 256-pair table
-    "defer": False,  # a tile's stores go out during the next tile's first chunk (via s_res)
-    "ctas5": False,  # .minnctapersm 5 (102 registers) instead of 4
-    "one_bar": False,  # one barrier per chunk: stage chunk g + 1 after the barrier that publishes g
-    "kloop4": False,  # a chunk's 16 k as a loop of 4 unrolled steps (a quarter of the code)
-}
 RO = 8  # rows per thread
 KC = 16  # k per shared-memory chunk
 WC, WR = 2, 2  # warps per block along columns and rows; a warp is 64 columns x 32 rows
@@ -606,7 +594,7 @@ def fast_kernel(out):
     return "\n".join(s) + "\n"
 
 
-def tables_fast(q16=False):
+def tables_fast():
     """128 threads fill the 256-entry tables, two entries each (t and t + 128): s_pair[t] =
     (qmap[t >> 4], qmap[t & 15]) and s_nmap[t]; the high nibbles of t and t + 128 differ by 8,
     their low nibbles agree, so three loads of qmap serve both pairs."""
@@ -635,17 +623,6 @@ def tables_fast(q16=False):
         "    add.u32             %r38, %r38, %r39;",
         "    st.shared.f32       [%r38], %f3;",
         "    st.shared.f32       [%r38+512], %f4;",
-        *(
-            [
-                "    setp.lt.u32         %p0, %r_tid, 16;",
-                "    mov.u32             %r38, s_q16;",
-                "    shl.b32             %r39, %r_tid, 2;",
-                "    add.u32             %r38, %r38, %r39;",
-                "    @%p0 st.shared.f32  [%r38], %f1;                   // s_q16[t] = qmap[t]",
-            ]
-            if q16
-            else []
-        ),
         "    bar.sync            0;",
     )
 
@@ -655,55 +632,48 @@ def lean_kernel(out):
     is, and so what the launcher picks for it: a bnb 4-bit base (NF4/FP4, double quant or not)
     with blocksize 64, cols % 64 == 0, quant-state dtype = the output dtype, a LoRA of rank >= 1
     whose delta dtype is f32 or the output dtype. The arithmetic is the same as the general
-    kernel's, with fewer instructions (lean_row) and a different schedule:
+    kernel's, with fewer instructions (lean_epilogue) and a different schedule:
 
-    * Persistent: a grid of (4 x SMs) blocks walks the 128 x 64 tiles (tile += gridDim.x); the
-      tables, the lane layout and the staging constants are set up once per block.
-    * The stores of tile t go out during the k loop of tile t + 1. A thread's results are packed
-      into shared memory (its own 8 x 16 bytes, so no barrier), and the first full chunk of the
-      next tile's k loop copies them to global memory two rows every four k steps. Writing them
-      at the end of each tile instead made every wave of blocks compute with DRAM idle, then
-      store with the FMA units idle (the general kernel's t(r) = 78 us + 2.5 us * r at 8192^2).
+    * Persistent: a grid of (blocks per SM x SMs) blocks walks the 128 x 64 tiles
+      (tile += gridDim.x); the tables and the lane layout are set up once per block.
+    * The A/Bt staging runs one chunk ahead across tiles (chunk_loop), so no tile starts by
+      waiting for its first chunk.
+    * A tile's first k step adds to +0.0 (no accumulator zeroing) and then joins the one copy
+      of the unrolled chunk code.
+    What was timed and not kept is in kernels/README.md.
     """
     T = f"{out}x2"
     one = "0x3F803F80" if out == "bf16" else "0x3C003C00"
     dself = "%p_dbf16" if out == "bf16" else "%p_df16"
     acc = lambda j, e: f"%acc{j * CI + e}"
-    RES = NT * 16  # bytes between a thread's result rows in s_res
     s = []
     s.append(f"// Lean kernel: bnb 4-bit (blocksize 64) + LoRA -> {out}, persistent; see lean_kernel() in unroll.py.")
     s.append(f"// Block of {NT} threads, the same 8x8-per-thread tiles as the fast kernel. Needs cols % 64 == 0, r >= 1.")
     s.append(f".visible .entry lora_merge_q64_{out}{PARAMS}")
     s.append(f".maxntid {NT}, 1, 1")
-    s.append(f".minnctapersm {5 if OPT['ctas5'] else 65536 // (128 * NT)}")
+    s.append(f".minnctapersm {65536 // (128 * NT)}")
     s.append("{")
     s.append(common_regs().rstrip("\n"))
     s.append(f"    .reg .f32           %acc<{RO * CI}>, %a<{CI}>, %b<{RO}>, %w<{CI}>;")
-    s.append(f"    .reg .b32           %cw<{RO}>, %x<8>;")
+    s.append(f"    .reg .b32           %cw<{RO}>, %r_it;")
     s.append(f"    .reg .f32           %v<{CI}>;")
-    s.append("    .reg .b32           %r_q16, %r_it;")
-    s.append("    .shared .align 256 .b8 s_q16[64];       // qmap, 16 f32 (the nib16 decode)")
     s.append("    .reg .b32           %r_tid, %r_c0, %r_row0, %r_pair, %r_nmap, %r_lcol, %r_lrow, %r_alo, %r_ahi, %r_boff;")
     s.append("    .reg .b32           %r_ch, %r_nch, %r_kc, %r_sa, %r_sb, %r_rpad, %r_bc, %r_br;")
     s.append("    .reg .b32           %r_dA, %r_dA1, %r_dB, %r_gy, %r_bx, %r_by, %r_gq, %r_gr, %r_gx, %r_nbx, %r_nby, %r_sbc, %r_sbr, %r_buf;")
-    s.append("    .reg .b32           %r_nv, %r_e0, %r_nvp, %r_ep, %r_amc1, %r_am, %r_chk, %r_one2, %r_zero2, %r_res, %r_u;")
+    s.append("    .reg .b32           %r_nv, %r_e0, %r_amc1, %r_am, %r_chk, %r_one2, %r_zero2, %r_u;")
     s.append("    .reg .f32           %f_amn;")
-    s.append("    .reg .pred          %p_active, %p_d32, %p_ch0, %p_small, %p_next;")
+    s.append("    .reg .pred          %p_active, %p_d32, %p_ch0, %p_next;")
     s.append(f"    .shared .align 16 .b8 s_a[{2 * KC * BCOLS * 4}];    // [2][{KC}][{BCOLS}] f32, 16-byte pieces swizzled")
     s.append(f"    .shared .align 16 .b8 s_b[{2 * KC * BROWS * 4}];     // [2][{KC}][{BROWS}] f32")
-    if OPT["defer"]:
-        s.append(f"    .shared .align 16 .b8 s_res[{RO * RES}];    // [8 rows][{NT} threads] 16 bytes: results waiting for their store")
     s.append("")
     s.append(common_setup().rstrip("\n"))
     s.append(f"    not.pred            %p_d32, {dself};")
-    s.append(f"    setp.lt.u32         %p_small, %r_r, {KC};                  // no full chunk: stores go after the k loop")
     s.append("    mov.u32             %r1, %tid.x;")
     s.append("    mov.u32             %r2, %tid.y;")
     s.append("    mad.lo.u32          %r_tid, %r2, 32, %r1;")
-    s.append(tables_fast(q16=True).rstrip("\n"))
+    s.append(tables_fast().rstrip("\n"))
     s.append("    mov.u32             %r_pair, s_pair;")
     s.append("    mov.u32             %r_nmap, s_nmap;")
-    s.append("    mov.u32             %r_q16, s_q16;")
     s.append("    // ---- per block, once: the lane layout (as in the fast kernel) and the staging offsets")
     s.append("    and.b32             %r3, %r_tid, 31;                 // lane")
     s.append("    shr.u32             %r4, %r_tid, 5;                  // warp")
@@ -745,9 +715,6 @@ def lean_kernel(out):
     s.append(f"    mad.lo.u32          %r14, %r12, {BROWS * 4}, %r14;")
     s.append("    mov.u32             %r15, s_b;")
     s.append("    add.u32             %r_dB, %r15, %r14;")
-    if OPT["defer"]:
-        s.append("    mov.u32             %r15, s_res;")
-        s.append(f"    add.u32             %r_res, %r15, %r14;              // this thread's result slots: + j * {RES}")
     s.append(f"    add.u32             %r_nch, %r_r, {KC - 1};")
     s.append(f"    shr.u32             %r_nch, %r_nch, {KC.bit_length() - 1};")
     s.append("    // absmax index of a block = row * cols / 64 + col / 64 + u, u = k0 / 64 - blk0 (k0 % 64 == 0)")
@@ -757,8 +724,6 @@ def lean_kernel(out):
     s.append(f"    mov.u32             %r_one2, {one};")
     s.append("    mov.u32             %r_zero2, 0;")
     s.append("    mov.u32             %r_chk, 0;")
-    s.append("    mov.u32             %r_nvp, 0;                       // no earlier tile's rows to store")
-    s.append("    mov.u32             %r_ep, 0;")
     s.append(f"    // tiles: gx = ceil(cols / {BCOLS}) x gy = ceil(rows / {BROWS}); tile t = bx * gy + by; this block takes t = ctaid, ctaid + nctaid, ...")
     s.append(f"    add.u32             %r_gx, %r_cols, {BCOLS - 1};")
     s.append(f"    shr.u32             %r_gx, %r_gx, {BCOLS.bit_length() - 1};")
@@ -793,9 +758,6 @@ def lean_kernel(out):
     s.append("    setp.lt.and.u32     %p_active, %r_row0, %r_rows, %p_active;")
     s.append(lean_loads().rstrip("\n"))
     s.append("")
-    if not (OPT["first_copy"] and OPT["peel"]):
-        for j in range(RO):
-            s.append("    " + " ".join(f"mov.f32 {acc(j, e)}, 0f00000000;" for e in range(CI)))
     s.append("    // the next tile: t + nctaid")
     s.append("    add.u32             %r_nby, %r_by, %r_gr;")
     s.append("    add.u32             %r_nbx, %r_bx, %r_gq;")
@@ -806,35 +768,27 @@ def lean_kernel(out):
     s.append("    mov.u32             %r_ch, 0;")
     s.extend(chunk_loop(acc))
     s.append("EPILOGUE:")
-    s.append(lean_epilogue(out, acc, RES).rstrip("\n"))
-    s.append("    mov.u32             %r_ep, %r_e0;                    // this tile's rows are the next one's to store")
-    s.append("    mov.u32             %r_nvp, %r_nv;")
+    s.append(lean_epilogue(out, acc).rstrip("\n"))
     s.append("    mov.u32             %r_bx, %r_nbx;")
     s.append("    mov.u32             %r_by, %r_nby;")
     s.append("    bra.uni             TILE_LOOP;")
     s.append("")
     s.append("TILES_DONE:")
-    if OPT["defer"]:
-        s.extend(deferred_store(*range(RO), RES))
     s.append(set_flag(0).rstrip("\n"))
     s.append("")
-    s.append(lean_fix(out, RES).rstrip("\n"))
+    s.append(lean_fix(out).rstrip("\n"))
     s.append("}")
     return "\n".join(s) + "\n"
 
 
 def chunk_loop(acc):
-    """The lean kernel's k loop over chunks of 16 k, starting at CHUNK_LOOP with %r_ch = 0 and
-    this tile's chunk 0 already staged into buffer %r_buf; ends at EPILOGUE. While a chunk is
-    computed, the next one is staged into the other buffer: (this tile, ch + 1), or the next
-    tile's chunk 0, or nothing after the last tile."""
-    s = ["CHUNK_LOOP:"]
-    if OPT["one_bar"]:
-        s += [
-            "    cp.async.wait_group 0;                               // this chunk has landed",
-            "    bar.sync            0;                               // for everyone; the other buffer is free",
-        ]
-    s += [
+    """The lean kernel's k loop over chunks of 16 k, from CHUNK_LOOP with %r_ch = 0 and this
+    tile's chunk 0 already staged into buffer %r_buf, to EPILOGUE. Before a chunk is computed the
+    next one is staged into the other buffer: (this tile, ch + 1), or the next tile's chunk 0, or
+    nothing after the last tile, so the copy of a tile's first chunk overlaps the previous
+    tile's last chunk and epilogue (waiting for it at every tile start was 10% of the time)."""
+    s = [
+        "CHUNK_LOOP:",
         "    add.u32             %r20, %r_ch, 1;",
         "    mov.u32             %r_sbc, %r_bc;",
         "    mov.u32             %r_sbr, %r_br;",
@@ -847,30 +801,22 @@ def chunk_loop(acc):
         "STAGE_IT:",
         "    xor.b32             %r25, %r_buf, 1;",
         stage_code().rstrip("\n"),
-    ]
-    if OPT["one_bar"]:
-        s += ["WAIT_ALL:"]
-    else:
-        s += [
-            "    cp.async.wait_group 1;                               // this chunk's group is done",
-            "    bra.uni             COMPUTE;",
-            "WAIT_ALL:",
-            "    cp.async.wait_group 0;",
-            "COMPUTE:",
-            "    bar.sync            0;",
-        ]
-    s += [
+        "    cp.async.wait_group 1;                               // this chunk's group is done",
+        "    bra.uni             COMPUTE;",
+        "WAIT_ALL:",
+        "    cp.async.wait_group 0;",
+        "COMPUTE:",
+        "    bar.sync            0;",
         f"    mad.lo.u32          %r_sa, %r_buf, {KC * BCOLS * 4}, %r_alo;",
         f"    mad.lo.u32          %r24, %r_buf, {KC * BCOLS * 4}, %r_ahi;",
         f"    mad.lo.u32          %r_sb, %r_buf, {KC * BROWS * 4}, %r_boff;",
         f"    shl.b32             %r23, %r_ch, {KC.bit_length() - 1};",
         "    sub.u32             %r_kc, %r_r, %r23;",
         f"    setp.lt.u32         %p2, %r_kc, {KC};",
+        "    setp.eq.u32         %p_ch0, %r_ch, 0;",
+        "    @%p_ch0 bra         FIRST;",
+        "    @%p2 bra            K_PARTIAL;",
     ]
-    first_copy = OPT["first_copy"] and OPT["peel"]
-    if first_copy:
-        s += ["    setp.eq.u32         %p_ch0, %r_ch, 0;", "    @%p_ch0 bra         FIRST;"]
-    s += ["    @%p2 bra            K_PARTIAL;"]
 
     def k_step(kk, first=False):
         """One k: 4 ld.shared.v4 (8 B values, 8 A values), 64 FMAs. `first` (k = 0 of the tile)
@@ -886,110 +832,56 @@ def chunk_loop(acc):
             o.append("    " + " ".join(f"fma.rn.f32 {acc(j, e)}, %b{j}, %a{e}, {c(e)};" for e in range(CI)))
         return o
 
-    def advance(n):
-        return [
-            f"    add.u32             %r_sa, %r_sa, {n * BCOLS * 4};",
-            f"    add.u32             %r24, %r24, {n * BCOLS * 4};",
-            f"    add.u32             %r_sb, %r_sb, {n * BROWS * 4};",
-        ]
+    def single_step_loop(label):
+        return (
+            [f"{label}:"]
+            + k_step(0)
+            + [
+                f"    add.u32             %r_sa, %r_sa, {BCOLS * 4};",
+                f"    add.u32             %r24, %r24, {BCOLS * 4};",
+                f"    add.u32             %r_sb, %r_sb, {BROWS * 4};",
+                "    sub.u32             %r_kc, %r_kc, 1;",
+                "    setp.ne.u32         %p2, %r_kc, 0;",
+                f"    @%p2 bra            {label};",
+            ]
+        )
 
-    def steps(label, n, first=False):
-        """n k steps in order from the buffer pointers (16 unrolled, or loops of 4)."""
-        o = []
-        if not OPT["kloop4"]:
-            for kk in range(n):
-                o += k_step(kk, first=first and kk == 0)
-            return o
-        if first:
-            o += k_step(0, first=True) + k_step(1) + k_step(2) + k_step(3) + advance(4)
-            n -= 4
-        o += [f"    mov.u32             %r_it, {n // 4};", f"{label}:"]
-        for kk in range(4):
-            o += k_step(kk)
-        o += advance(4)
-        o += ["    sub.u32             %r_it, %r_it, 1;", "    setp.ne.u32         %p2, %r_it, 0;", f"    @%p2 bra            {label};"]
-        return o
-
-    s.append(f"    // a full chunk: k = 16 ch .. 16 ch + 15, in order")
-    if first_copy and not OPT["kloop4"]:
-        # The first chunk of a tile runs its k = 0 step apart (FIRST) and joins here at k = 1:
-        # one copy of the unrolled code, so large ranks do not thrash the instruction cache.
-        full = steps("KL_FULL", KC)
-        at = len(k_step(0))
-        s += full[:at] + ["FULL_K1:"] + full[at:]
-    else:
-        s += steps("KL_FULL", KC)
+    s.append(f"    // a full chunk: k = 16 ch .. 16 ch + 15, in order. One copy of this code only: a second")
+    s.append("    // one (for the first chunk) thrashed the instruction cache at large r")
+    full = []
+    for kk in range(KC):
+        full += k_step(kk)
+    at = len(k_step(0))
+    s += full[:at] + ["FULL_K1:"] + full[at:]
     s.append("    bra.uni             CHUNK_DONE;")
-    if first_copy:
-        s.append("FIRST:")
-        s.append("    // the tile's first chunk: k = 0 starts from +0.0 (no accumulator zeroing)")
-        s.append("    @%p2 bra            FIRST_PARTIAL;")
-        if OPT["kloop4"]:
-            s += steps("KL_FIRST", KC, first=True)
-            s.append("    bra.uni             CHUNK_DONE;")
-        else:
-            s += k_step(0, first=True)
-            s.append("    bra.uni             FULL_K1;")
-        s.append("FIRST_PARTIAL:")
-        s += k_step(0, first=True) + advance(1)
-        s.append("    sub.u32             %r_kc, %r_kc, 1;")
-        s.append("    setp.ne.u32         %p2, %r_kc, 0;")
-        s.append("    @%p2 bra            K_PARTIAL_LOOP;")
-        s.append("    bra.uni             CHUNK_DONE;")
-    s.append("K_PARTIAL:")
-    s.append("    // the last chunk, k = 16 ch .. r - 1, one at a time")
-    s.append("K_PARTIAL_LOOP:")
-    s += k_step(0) + advance(1)
-    s.append("    sub.u32             %r_kc, %r_kc, 1;")
-    s.append("    setp.ne.u32         %p2, %r_kc, 0;")
-    s.append("    @%p2 bra            K_PARTIAL_LOOP;")
-    s.append("CHUNK_DONE:")
-    if not OPT["one_bar"]:
-        s.append("    bar.sync            0;                               // the buffer may be refilled now")
+    s.append("FIRST:")
+    s.append("    // the tile's first chunk: k = 0 from +0.0, then the code above from k = 1")
+    s.append("    @%p2 bra            FIRST_PARTIAL;")
+    s += k_step(0, first=True)
+    s.append("    bra.uni             FULL_K1;")
+    s.append("FIRST_PARTIAL:")
+    s += k_step(0, first=True)
     s += [
+        f"    add.u32             %r_sa, %r_sa, {BCOLS * 4};",
+        f"    add.u32             %r24, %r24, {BCOLS * 4};",
+        f"    add.u32             %r_sb, %r_sb, {BROWS * 4};",
+        "    sub.u32             %r_kc, %r_kc, 1;",
+        "    setp.ne.u32         %p2, %r_kc, 0;",
+        "    @%p2 bra            K_PARTIAL_LOOP;",
+        "    bra.uni             CHUNK_DONE;",
+        "K_PARTIAL:",
+        "    // the last chunk, k = 16 ch .. r - 1, one at a time",
+    ]
+    s += single_step_loop("K_PARTIAL_LOOP")
+    s += [
+        "CHUNK_DONE:",
+        "    bar.sync            0;                               // the buffer may be refilled now",
         "    xor.b32             %r_buf, %r_buf, 1;",
         "    add.u32             %r_ch, %r_ch, 1;",
         "    setp.lt.u32         %p2, %r_ch, %r_nch;",
         "    @%p2 bra            CHUNK_LOOP;",
     ]
     return s
-
-
-def ds_load(rows, res):
-    """The first half of a deferred store: this thread's result rows `rows` of the previous tile
-    from s_res into %x0-%x7 (a k step runs before ds_store uses them)."""
-    o = []
-    for j in rows:
-        x = [f"%x{4 * (j % 2) + i}" for i in range(4)]
-        o.append(f"    ld.shared.v4.b32    {{{', '.join(x)}}}, [%r_res+{j * res}];")
-    return o
-
-
-def ds_store(rows):
-    """The second half: store them, each only if it lies inside the tile (j < %r_nvp)."""
-    o = []
-    for j in rows:
-        x = [f"%x{4 * (j % 2) + i}" for i in range(4)]
-        o.append(f"    mad.lo.u32          %r30, %r_cols, {j}, %r_ep;")
-        o.append("    mad.wide.u32        %rd30, %r30, 2, %rd_out;")
-        o.append(f"    setp.gt.s32         %p5, %r_nvp, {j};")
-        o.append(f"    @%p5 st.global.v4.b32 [%rd30], {{{', '.join(x)}}};")
-    return o
-
-
-def deferred_store(*rows_and_res):
-    """Copy this thread's result rows `rows` of the previous tile from s_res to global memory
-    (a row only if it lies inside the tile: j < %r_nvp)."""
-    *rows, res = rows_and_res
-    o = []
-    for j in rows:
-        x = [f"%x{4 * (j % 2) + i}" for i in range(4)]
-        o.append(f"    ld.shared.v4.b32    {{{', '.join(x)}}}, [%r_res+{j * res}];")
-        o.append(f"    mad.lo.u32          %r30, %r_cols, {j}, %r_ep;")
-        o.append("    mad.wide.u32        %rd30, %r30, 2, %rd_out;")
-        o.append(f"    setp.gt.s32         %p5, %r_nvp, {j};")
-        o.append(f"    @%p5 st.global.v4.b32 [%rd30], {{{', '.join(x)}}};")
-    return o
 
 
 def stage_code():
@@ -1085,16 +977,18 @@ def lean_loads():
     return lines(*o)
 
 
-def lean_epilogue(out, acc, res):
-    """After the k loop: per pair of elements, one byte extract and one ld.shared.v2 (the pair
-    table), 2 mul.rn by absmax, one cvt.rn.{out}x2 (round_q, already packed), 2 mul.rn by scale,
-    then
+def lean_epilogue(out, acc):
+    """After the k loop, for each of the thread's 8 rows: per pair of elements, one byte extract
+    and one ld.shared.v2 (the pair table), 2 mul.rn by absmax, one cvt.rn.{out}x2 (round_q, already
+    packed), 2 mul.rn by scale, then
       f32 delta:    unpack, 2 add.rn.f32, one cvt.rn.{out}x2 (the single output rounding);
       16-bit delta: one cvt.rn.{out}x2 (round_d) and one fma.rn.{out}x2 (d * 1 + w). The sum of two
                     {out} values rounded once equals add.rn.f32 then cvt.rn: f32 has more than
                     2p + 1 bits (p = 8 or 11), so that double rounding is innocuous.
-    The not-finite check is one fma.rn.{out}x2 per pair: chk = o * 0 + chk stays +0 until an o
-    holds an Inf or NaN, and is NaN from then on. Results go to this thread's s_res slots."""
+    One 16-byte store per row. The not-finite check is one fma.rn.{out}x2 per pair: chk = o * 0 +
+    chk stays +0 until an o holds an Inf or NaN, and is NaN from then on. A row's table lookups
+    and absmax shuffle are issued one row ahead (alternating register sets %w / %v), so their
+    latency hides behind the previous row's arithmetic."""
     T = f"{out}x2"
     o = [
         "    mov.b32             %r_am, %f_amn;",
@@ -1108,34 +1002,13 @@ def lean_epilogue(out, acc, res):
         "AM_DONE:",
         "    @%p_d32 bra         EPI_D32;",
     ]
+
+    def regs(j):
+        return ("%w", "%f1") if j % 2 == 0 else ("%v", "%f3")
+
     def lookups(j):
-        if OPT["nib16"]:
-            return lookups16(j)
-        return lookups256(j)
-
-    def lookups16(j):
-        """As lookups256, through the 16-entry table: per element one prmt (the nibble times 4,
-        plus s_q16's address, which is 256-aligned) and one ld.shared.f32; a warp's 32 lanes read
-        at most 16 words in 16 banks, so no bank conflicts."""
-        w, am = ("%w", "%f1") if j % 2 == 0 else ("%v", "%f3")
-        q = [f"    shfl.sync.idx.b32   %r7, %r_am, {j}, 0x181F, 0xFFFFFFFF;   // lane {j} of the row's 8 has its absmax",
-             f"    mov.b32             {am}, %r7;",
-             f"    shl.b32             %r8, %cw{j}, 2;",
-             "    and.b32             %r8, %r8, 0x3C3C3C3C;           // low nibbles x 4",
-             f"    shr.u32             %r9, %cw{j}, 2;",
-             "    and.b32             %r9, %r9, 0x3C3C3C3C;           // high nibbles x 4"]
-        for i in range(4):
-            q.append(f"    prmt.b32            %r10, %r9, %r_q16, 0x765{i};")
-            q.append(f"    ld.shared.f32       {w}{2 * i}, [%r10];")
-            q.append(f"    prmt.b32            %r10, %r8, %r_q16, 0x765{i};")
-            q.append(f"    ld.shared.f32       {w}{2 * i + 1}, [%r10];")
-        return q
-
-    def lookups256(j):
-        """Row j's absmax (shfl from lane j of the row's 8) and its 8 table values, into the
-        register set of row j's parity: issued one row ahead, so their latency hides behind the
-        previous row's arithmetic."""
-        w, am = ("%w", "%f1") if j % 2 == 0 else ("%v", "%f3")
+        """Row j's absmax (shfl from lane j of the row's 8 lanes) and its 8 table values."""
+        w, am = regs(j)
         q = [f"    shfl.sync.idx.b32   %r7, %r_am, {j}, 0x181F, 0xFFFFFFFF;   // lane {j} of the row's 8 has its absmax",
              f"    mov.b32             {am}, %r7;"]
         for i in range(4):
@@ -1148,15 +1021,12 @@ def lean_epilogue(out, acc, res):
     for d32 in (False, True):
         if d32:
             o.append("EPI_D32:")
-        if OPT["epi_pipe"]:
-            o += lookups(0)
+        o += lookups(0)
         for j in range(RO):
             o.append(f"    // ---- row {j}")
-            if not OPT["epi_pipe"]:
-                o += lookups(j)
-            elif j + 1 < RO:
+            if j + 1 < RO:
                 o += lookups(j + 1)
-            w, am = ("%w", "%f1") if j % 2 == 0 else ("%v", "%f3")
+            w, am = regs(j)
             for e in range(CI):
                 o.append(f"    mul.rn.f32          {w}{e}, {w}{e}, {am};")
             for i in range(4):
@@ -1184,13 +1054,7 @@ def lean_epilogue(out, acc, res):
                     o.append(f"    fma.rn.{T}       %rp{i}, %r9, %r_one2, %rp{i};")
             for i in range(4):
                 o.append(f"    fma.rn.{T}       %r_chk, %rp{i}, %r_zero2, %r_chk;")
-            if OPT["defer"]:
-                o.append(f"    st.shared.v4.b32    [%r_res+{j * res}], {{%rp0, %rp1, %rp2, %rp3}};")
-            else:
-                o.append(f"    mad.lo.u32          %r30, %r_cols, {j}, %r_e0;")
-                o.append("    mad.wide.u32        %rd30, %r30, 2, %rd_out;")
-                o.append(f"    setp.gt.s32         %p4, %r_nv, {j};")
-                o.append("    @%p4 st.global.v4.b32 [%rd30], {%rp0, %rp1, %rp2, %rp3};")
+            o += store_row(j)
         if not d32:
             o.append("    bra.uni             EPI_END;")
     o += [
@@ -1202,20 +1066,28 @@ def lean_epilogue(out, acc, res):
     return lines(*o)
 
 
-def lean_fix(out, res):
-    """Out of line, rare: this tile has an Inf or NaN. Flag it; for bf16, write NaN as torch's
-    0x7FC0 (the GPU's arithmetic gives 0x7FFF) in this thread's s_res rows before they are stored.
-    (Lanes past the edge hold copies of real values, so a NaN among them has a twin inside.)"""
+def store_row(j, op="st"):
+    """Store (or, op="ld", load back) this thread's row j of the tile, %rp0-%rp3, if it lies
+    inside the tile (j < %r_nv); leaves the address in %rd30 and the test in %p4."""
+    data = "{%rp0, %rp1, %rp2, %rp3}"
+    mem = "ld.global.v4.b32    " + data + ", [%rd30];" if op == "ld" else "st.global.v4.b32 [%rd30], " + data + ";"
+    return [
+        f"    mad.lo.u32          %r30, %r_cols, {j}, %r_e0;",
+        "    mad.wide.u32        %rd30, %r30, 2, %rd_out;",
+        f"    setp.gt.s32         %p4, %r_nv, {j};",
+        f"    @%p4 {mem}",
+    ]
+
+
+def lean_fix(out):
+    """Out of line, rare: this tile has an Inf or NaN. Flag it; for bf16, rewrite this thread's
+    stored rows with NaN as torch's 0x7FC0 (the GPU's arithmetic gives 0x7FFF; its own stores,
+    so plain loads see them). Lanes past the edge hold copies of real values plus a zero update,
+    so they are finite whenever the stored values are."""
     o = ["FIX:", "    mov.u32             %r_nf, 1;", "    mov.u32             %r_chk, 0;"]
     if out == "bf16":
         for j in range(RO):
-            if OPT["defer"]:
-                o.append(f"    ld.shared.v4.b32    {{%rp0, %rp1, %rp2, %rp3}}, [%r_res+{j * res}];")
-            else:
-                o.append(f"    mad.lo.u32          %r30, %r_cols, {j}, %r_e0;")
-                o.append("    mad.wide.u32        %rd30, %r30, 2, %rd_out;")
-                o.append(f"    setp.gt.s32         %p4, %r_nv, {j};")
-                o.append("    @%p4 ld.global.v4.b32 {%rp0, %rp1, %rp2, %rp3}, [%rd30];")
+            o += store_row(j, "ld")
             for i in range(4):
                 o.append(f"    mov.b32             {{%hs0, %hs1}}, %rp{i};")
                 for h in ("%hs0", "%hs1"):
@@ -1223,12 +1095,10 @@ def lean_fix(out, res):
                     o.append("    setp.gt.u16         %p32, %ht, 0x7F80;")
                     o.append(f"    selp.b16            {h}, 0x7FC0, {h}, %p32;")
                 o.append(f"    mov.b32             %rp{i}, {{%hs0, %hs1}};")
-            if OPT["defer"]:
-                o.append(f"    st.shared.v4.b32    [%r_res+{j * res}], {{%rp0, %rp1, %rp2, %rp3}};")
-            else:
-                o.append("    @%p4 st.global.v4.b32 [%rd30], {%rp0, %rp1, %rp2, %rp3};")
+            o.append("    @%p4 st.global.v4.b32 [%rd30], {%rp0, %rp1, %rp2, %rp3};")
     o.append("    bra.uni             FIX_BACK;")
     return lines(*o)
+
 
 def add_update(L, j, acc):
     """w += round_d(acc * scale) for the 8 elements of row j, when the tile has a LoRA."""
@@ -1401,16 +1271,6 @@ def render():
 
 
 if __name__ == "__main__":
-    args = sys.argv[1:]
-    while "--opt" in args:
-        i = args.index("--opt")
-        name, val = args[i + 1].split("=")
-        assert name in OPT, name
-        OPT[name] = val == "1"
-        del args[i : i + 2]
-    if "--out" in args:
-        i = args.index("--out")
-        OUT = Path(args[i + 1])
     text = render()
     if "--check" in sys.argv[1:]:
         if OUT.read_text() != text:
