@@ -964,3 +964,53 @@ pub mod bench {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::KernelSpec;
+    use crate::compute::{BaseRows, LoraRows, MergeTile};
+    use crate::options::FloatDtype;
+    use crate::quant::bnb::{AbsmaxRef, QuantView, NF4};
+
+    /// The entry point the launcher picks for a bnb 4-bit tile with an r = 4 LoRA.
+    fn pick(blocksize: u64, cols: usize, qdt: FloatDtype, delta: FloatDtype, out: FloatDtype) -> String {
+        let qmap: Vec<u8> = NF4.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let (a, b) = (vec![0f32; 4 * cols], vec![0f32; 4 * 2]);
+        let tile = MergeTile {
+            row0: 0,
+            rows: 2,
+            cols,
+            base: BaseRows::Bnb(QuantView {
+                codes: &[],
+                absmax: AbsmaxRef::Plain(&[]),
+                quant_map: &qmap,
+                blocksize,
+                dtype: qdt,
+            }),
+            lora: Some(LoraRows {
+                a: &a,
+                b: &b,
+                r: 4,
+                scale: 2.0,
+                delta_dtype: delta,
+            }),
+            out_dtype: out,
+        };
+        KernelSpec::of(&tile).map(|s| s.name).unwrap_or_default()
+    }
+
+    #[test]
+    fn the_common_qlora_tile_gets_the_lean_kernel_and_the_rest_the_general_ones() {
+        use FloatDtype::{Bf16, F16, F32};
+        assert_eq!(pick(64, 4096, Bf16, F32, Bf16), "lora_merge_q64_bf16");
+        assert_eq!(pick(64, 4096, Bf16, Bf16, Bf16), "lora_merge_q64_bf16");
+        assert_eq!(pick(64, 192, F16, F16, F16), "lora_merge_q64_f16");
+        // blocksize, width, dtypes outside the lean kernel's case
+        assert_eq!(pick(128, 4096, Bf16, F32, Bf16), "lora_merge_bf16");
+        assert_eq!(pick(64, 4104, Bf16, F32, Bf16), "lora_merge_bf16");
+        assert_eq!(pick(64, 4096, F32, F32, Bf16), "lora_merge_bf16");
+        assert_eq!(pick(64, 4096, Bf16, F16, Bf16), "lora_merge_bf16");
+        assert_eq!(pick(64, 4096, F32, F32, F32), "lora_merge_f32");
+        assert_eq!(pick(64, 4100, Bf16, F32, Bf16), "lora_merge_any_bf16");
+    }
+}
