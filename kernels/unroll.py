@@ -216,6 +216,24 @@ def nanfix_block(L):
     return lines(*o)
 
 
+def lane_layout(ro):
+    """The thread's place in its block: lane (lr, lc) in 4 x 8, warp (wr, wc) in WR x WC, column
+    group g = wc * 8 + lc; %r_lcol = 8 g and %r_lrow = ro * (wr * 4 + lr) (ro rows per thread).
+    Leaves lc in %r5 and g in %r7 for the A-piece offsets that follow."""
+    return lines(
+        "    and.b32             %r3, %r_tid, 31;                 // lane",
+        "    shr.u32             %r4, %r_tid, 5;                  // warp",
+        "    and.b32             %r5, %r3, 7;                     // lc",
+        f"    and.b32             %r6, %r4, {WC - 1};                     // wc",
+        "    mad.lo.u32          %r7, %r6, 8, %r5;                // g",
+        "    shl.b32             %r_lcol, %r7, 3;",
+        "    shr.u32             %r8, %r3, 3;                     // lr",
+        f"    shr.u32             %r9, %r4, {WC.bit_length() - 1};                     // wr",
+        "    mad.lo.u32          %r10, %r9, 4, %r8;",
+        f"    shl.b32             %r_lrow, %r10, {ro.bit_length() - 1};",
+    )
+
+
 def common_setup():
     return lines(
         "    ld.param.u64        %rd_out, [p_out];",
@@ -316,16 +334,7 @@ def fast_kernel(out):
     s.append("    mov.u32             %r_pair, s_pair;")
     s.append("    mov.u32             %r_nmap, s_nmap;")
     s.append(f"    // lane = (lr, lc) in 4 x 8, warp = (wr, wc) in {WR} x {WC}; group g = wc*8 + lc of 8 columns.")
-    s.append("    and.b32             %r3, %r_tid, 31;                 // lane")
-    s.append("    shr.u32             %r4, %r_tid, 5;                  // warp")
-    s.append("    and.b32             %r5, %r3, 7;                     // lc")
-    s.append(f"    and.b32             %r6, %r4, {WC - 1};                     // wc")
-    s.append("    mad.lo.u32          %r7, %r6, 8, %r5;                // g")
-    s.append("    shl.b32             %r_lcol, %r7, 3;")
-    s.append("    shr.u32             %r8, %r3, 3;                     // lr")
-    s.append(f"    shr.u32             %r9, %r4, {WC.bit_length() - 1};                     // wr")
-    s.append("    mad.lo.u32          %r10, %r9, 4, %r8;")
-    s.append("    shl.b32             %r_lrow, %r10, 3;")
+    s.append(lane_layout(RO).rstrip("\n"))
     s.append("    mov.u32             %r_bc, %ctaid.x;")
     s.append(f"    shl.b32             %r_bc, %r_bc, {BCOLS.bit_length() - 1};")
     s.append("    mov.u32             %r_br, %ctaid.y;")
@@ -681,16 +690,7 @@ def lean_kernel(out):
     s.append("    mov.u32             %r_pair, s_pair;")
     s.append("    mov.u32             %r_nmap, s_nmap;")
     s.append("    // ---- per block, once: the lane layout (as in the fast kernel) and the staging offsets")
-    s.append("    and.b32             %r3, %r_tid, 31;                 // lane")
-    s.append("    shr.u32             %r4, %r_tid, 5;                  // warp")
-    s.append("    and.b32             %r5, %r3, 7;                     // lc")
-    s.append(f"    and.b32             %r6, %r4, {WC - 1};                     // wc")
-    s.append("    mad.lo.u32          %r7, %r6, 8, %r5;                // g")
-    s.append("    shl.b32             %r_lcol, %r7, 3;")
-    s.append("    shr.u32             %r8, %r3, 3;                     // lr")
-    s.append(f"    shr.u32             %r9, %r4, {WC.bit_length() - 1};                     // wr")
-    s.append("    mad.lo.u32          %r10, %r9, 4, %r8;")
-    s.append(f"    shl.b32             %r_lrow, %r10, {LRO.bit_length() - 1};")
+    s.append(lane_layout(LRO).rstrip("\n"))
     s.append("    bfe.u32             %r11, %r5, 2, 1;                 // A pieces swizzled: q ^ ((q >> 3) & 1)")
     s.append("    shl.b32             %r12, %r11, 4;")
     s.append("    shl.b32             %r13, %r7, 5;")
