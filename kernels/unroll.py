@@ -10,8 +10,6 @@ review, and CI checks that it equals this script's output (`unroll.py --check`).
 
     python3 kernels/unroll.py            # rewrite kernels/lora_merge.ptx
     python3 kernels/unroll.py --check    # exit 1 if the file differs
-    python3 kernels/unroll.py --lean-rows 4 --lean-ctas 6 --out F.ptx   # a lean-kernel variant to
-                                         # time with LW_VARIANTS (kernels/README.md); not shipped
 """
 import sys
 from pathlib import Path
@@ -19,8 +17,6 @@ from pathlib import Path
 OUT = Path(__file__).with_name("lora_merge.ptx")
 
 RO = 8  # rows per thread
-LRO = 8  # rows per thread in the lean kernel
-LEAN_CTAS = 4  # its blocks per SM (.minnctapersm)
 KC = 16  # k per shared-memory chunk
 WC, WR = 2, 2  # warps per block along columns and rows; a warp is 64 columns x 32 rows
 NT = 32 * WC * WR  # threads per block
@@ -641,8 +637,6 @@ def tables_fast():
 
 
 def lean_kernel(out):
-    global LBROWS
-    LBROWS = 4 * LRO * WR
     """The lean kernel `lora_merge_q64_{out}` (16-bit outputs): what a QLoRA merge almost always
     is, and so what the launcher picks for it: a bnb 4-bit base (NF4/FP4, double quant or not)
     with blocksize 64, cols % 64 == 0, quant-state dtype = the output dtype, a LoRA of rank >= 1
@@ -666,11 +660,11 @@ def lean_kernel(out):
     s.append(f"// Block of {NT} threads, the same 8x8-per-thread tiles as the fast kernel. Needs cols % 64 == 0, r >= 1.")
     s.append(f".visible .entry lora_merge_q64_{out}{PARAMS}")
     s.append(f".maxntid {NT}, 1, 1")
-    s.append(f".minnctapersm {LEAN_CTAS}")
+    s.append(f".minnctapersm {65536 // (128 * NT)}")
     s.append("{")
     s.append(common_regs().rstrip("\n"))
-    s.append(f"    .reg .f32           %acc<{LRO * CI}>, %a<{CI}>, %b<{LRO}>, %w<{CI}>;")
-    s.append(f"    .reg .b32           %cw<{LRO}>, %r_it;")
+    s.append(f"    .reg .f32           %acc<{RO * CI}>, %a<{CI}>, %b<{RO}>, %w<{CI}>;")
+    s.append(f"    .reg .b32           %cw<{RO}>;")
     s.append(f"    .reg .f32           %v<{CI}>;")
     s.append("    .reg .b32           %r_tid, %r_c0, %r_row0, %r_pair, %r_nmap, %r_lcol, %r_lrow, %r_alo, %r_ahi, %r_boff;")
     s.append("    .reg .b32           %r_ch, %r_nch, %r_kc, %r_sa, %r_sb, %r_rpad, %r_bc, %r_br;")
@@ -679,7 +673,7 @@ def lean_kernel(out):
     s.append("    .reg .f32           %f_amn;")
     s.append("    .reg .pred          %p_active, %p_d32, %p_ch0, %p_next;")
     s.append(f"    .shared .align 16 .b8 s_a[{2 * KC * BCOLS * 4}];    // [2][{KC}][{BCOLS}] f32, 16-byte pieces swizzled")
-    s.append(f"    .shared .align 16 .b8 s_b[{2 * KC * LBROWS * 4}];     // [2][{KC}][{LBROWS}] f32")
+    s.append(f"    .shared .align 16 .b8 s_b[{2 * KC * BROWS * 4}];     // [2][{KC}][{BROWS}] f32")
     s.append("")
     s.append(common_setup().rstrip("\n"))
     s.append(f"    not.pred            %p_d32, {dself};")
@@ -690,7 +684,7 @@ def lean_kernel(out):
     s.append("    mov.u32             %r_pair, s_pair;")
     s.append("    mov.u32             %r_nmap, s_nmap;")
     s.append("    // ---- per block, once: the lane layout (as in the fast kernel) and the staging offsets")
-    s.append(lane_layout(LRO).rstrip("\n"))
+    s.append(lane_layout(RO).rstrip("\n"))
     s.append("    bfe.u32             %r11, %r5, 2, 1;                 // A pieces swizzled: q ^ ((q >> 3) & 1)")
     s.append("    shl.b32             %r12, %r11, 4;")
     s.append("    shl.b32             %r13, %r7, 5;")
@@ -718,7 +712,7 @@ def lean_kernel(out):
     s.append(f"    mad.lo.u32          %r14, %r12, {BCOLS * 4}, %r14;")
     s.append("    add.u32             %r_dA1, %r15, %r14;              // odd pieces: l ^ 1")
     s.append("    shl.b32             %r14, %r11, 4;")
-    s.append(f"    mad.lo.u32          %r14, %r12, {LBROWS * 4}, %r14;")
+    s.append(f"    mad.lo.u32          %r14, %r12, {BROWS * 4}, %r14;")
     s.append("    mov.u32             %r15, s_b;")
     s.append("    add.u32             %r_dB, %r15, %r14;")
     s.append(f"    add.u32             %r_nch, %r_r, {KC - 1};")
@@ -730,11 +724,11 @@ def lean_kernel(out):
     s.append(f"    mov.u32             %r_one2, {one};")
     s.append("    mov.u32             %r_zero2, 0;")
     s.append("    mov.u32             %r_chk, 0;")
-    s.append(f"    // tiles: gx = ceil(cols / {BCOLS}) x gy = ceil(rows / {LBROWS}); tile t = bx * gy + by; this block takes t = ctaid, ctaid + nctaid, ...")
+    s.append(f"    // tiles: gx = ceil(cols / {BCOLS}) x gy = ceil(rows / {BROWS}); tile t = bx * gy + by; this block takes t = ctaid, ctaid + nctaid, ...")
     s.append(f"    add.u32             %r_gx, %r_cols, {BCOLS - 1};")
     s.append(f"    shr.u32             %r_gx, %r_gx, {BCOLS.bit_length() - 1};")
-    s.append(f"    add.u32             %r_gy, %r_rows, {LBROWS - 1};")
-    s.append(f"    shr.u32             %r_gy, %r_gy, {LBROWS.bit_length() - 1};")
+    s.append(f"    add.u32             %r_gy, %r_rows, {BROWS - 1};")
+    s.append(f"    shr.u32             %r_gy, %r_gy, {BROWS.bit_length() - 1};")
     s.append("    mov.u32             %r1, %ctaid.x;")
     s.append("    div.u32             %r_bx, %r1, %r_gy;")
     s.append("    mul.lo.u32          %r2, %r_bx, %r_gy;")
@@ -750,14 +744,14 @@ def lean_kernel(out):
     s.append("    mov.u32             %r20, 0;")
     s.append("    mov.u32             %r25, 0;")
     s.append(f"    shl.b32             %r_sbc, %r_bx, {BCOLS.bit_length() - 1};")
-    s.append(f"    shl.b32             %r_sbr, %r_by, {LBROWS.bit_length() - 1};")
+    s.append(f"    shl.b32             %r_sbr, %r_by, {BROWS.bit_length() - 1};")
     s.append(stage_code().rstrip("\n"))
     s.append("")
     s.append("TILE_LOOP:")
     s.append("    setp.ge.u32         %p0, %r_bx, %r_gx;")
     s.append("    @%p0 bra            TILES_DONE;")
     s.append(f"    shl.b32             %r_bc, %r_bx, {BCOLS.bit_length() - 1};")
-    s.append(f"    shl.b32             %r_br, %r_by, {LBROWS.bit_length() - 1};")
+    s.append(f"    shl.b32             %r_br, %r_by, {BROWS.bit_length() - 1};")
     s.append("    add.u32             %r_c0, %r_bc, %r_lcol;")
     s.append("    add.u32             %r_row0, %r_br, %r_lrow;")
     s.append("    setp.lt.u32         %p_active, %r_c0, %r_cols;")
@@ -803,7 +797,7 @@ def chunk_loop(acc):
         "    @!%p_next bra       WAIT_ALL;",
         "    mov.u32             %r20, 0;",
         f"    shl.b32             %r_sbc, %r_nbx, {BCOLS.bit_length() - 1};",
-        f"    shl.b32             %r_sbr, %r_nby, {LBROWS.bit_length() - 1};",
+        f"    shl.b32             %r_sbr, %r_nby, {BROWS.bit_length() - 1};",
         "STAGE_IT:",
         "    xor.b32             %r25, %r_buf, 1;",
         stage_code().rstrip("\n"),
@@ -815,7 +809,7 @@ def chunk_loop(acc):
         "    bar.sync            0;",
         f"    mad.lo.u32          %r_sa, %r_buf, {KC * BCOLS * 4}, %r_alo;",
         f"    mad.lo.u32          %r24, %r_buf, {KC * BCOLS * 4}, %r_ahi;",
-        f"    mad.lo.u32          %r_sb, %r_buf, {KC * LBROWS * 4}, %r_boff;",
+        f"    mad.lo.u32          %r_sb, %r_buf, {KC * BROWS * 4}, %r_boff;",
         f"    shl.b32             %r23, %r_ch, {KC.bit_length() - 1};",
         "    sub.u32             %r_kc, %r_r, %r23;",
         f"    setp.lt.u32         %p2, %r_kc, {KC};",
@@ -828,12 +822,12 @@ def chunk_loop(acc):
         """One k: 4 ld.shared.v4 (8 B values, 8 A values), 64 FMAs. `first` (k = 0 of the tile)
         adds to +0.0 instead of the accumulator, so the accumulators need no zeroing."""
         o = [
-            f"    ld.shared.v4.f32    {{%b0, %b1, %b2, %b3}}, [%r_sb+{kk * LBROWS * 4}];",
-            *([f"    ld.shared.v4.f32    {{%b4, %b5, %b6, %b7}}, [%r_sb+{kk * LBROWS * 4 + 16}];"] if LRO == 8 else []),
+            f"    ld.shared.v4.f32    {{%b0, %b1, %b2, %b3}}, [%r_sb+{kk * BROWS * 4}];",
+            f"    ld.shared.v4.f32    {{%b4, %b5, %b6, %b7}}, [%r_sb+{kk * BROWS * 4 + 16}];",
             f"    ld.shared.v4.f32    {{%a0, %a1, %a2, %a3}}, [%r_sa+{kk * BCOLS * 4}];",
             f"    ld.shared.v4.f32    {{%a4, %a5, %a6, %a7}}, [%r24+{kk * BCOLS * 4}];",
         ]
-        for j in range(LRO):
+        for j in range(RO):
             c = (lambda e: "0f00000000") if first else (lambda e: acc(j, e))
             o.append("    " + " ".join(f"fma.rn.f32 {acc(j, e)}, %b{j}, %a{e}, {c(e)};" for e in range(CI)))
         return o
@@ -845,7 +839,7 @@ def chunk_loop(acc):
             + [
                 f"    add.u32             %r_sa, %r_sa, {BCOLS * 4};",
                 f"    add.u32             %r24, %r24, {BCOLS * 4};",
-                f"    add.u32             %r_sb, %r_sb, {LBROWS * 4};",
+                f"    add.u32             %r_sb, %r_sb, {BROWS * 4};",
                 "    sub.u32             %r_kc, %r_kc, 1;",
                 "    setp.ne.u32         %p2, %r_kc, 0;",
                 f"    @%p2 bra            {label};",
@@ -870,7 +864,7 @@ def chunk_loop(acc):
     s += [
         f"    add.u32             %r_sa, %r_sa, {BCOLS * 4};",
         f"    add.u32             %r24, %r24, {BCOLS * 4};",
-        f"    add.u32             %r_sb, %r_sb, {LBROWS * 4};",
+        f"    add.u32             %r_sb, %r_sb, {BROWS * 4};",
         "    sub.u32             %r_kc, %r_kc, 1;",
         "    setp.ne.u32         %p2, %r_kc, 0;",
         "    @%p2 bra            K_PARTIAL_LOOP;",
@@ -926,9 +920,9 @@ def stage_code():
         "    cp.async.cg.shared.global [%r32+384], [%rd5+384], 16, %r30;",
         "    selp.u32            %r29, 16, 0, %p4;",
         "    selp.u32            %r30, 16, 0, %p5;",
-        f"    mad.lo.u32          %r31, %r25, {KC * LBROWS * 4}, %r_dB;",
+        f"    mad.lo.u32          %r31, %r25, {KC * BROWS * 4}, %r_dB;",
         "    cp.async.cg.shared.global [%r31], [%rd6], 16, %r29;",
-        *(["    cp.async.cg.shared.global [%r31+128], [%rd6+128], 16, %r30;"] if LBROWS == 64 else []),
+        "    cp.async.cg.shared.global [%r31+128], [%rd6+128], 16, %r30;",
         "    cp.async.commit_group;",
     ]
     return lines(*o)
@@ -948,7 +942,7 @@ def lean_loads():
         "    min.u32             %r5, %r_c0, %r4;                 // clamped column",
         "    sub.u32             %r6, %r_rows, 1;",
     ]
-    for j in range(LRO):
+    for j in range(RO):
         o.append(f"    add.u32             %r7, %r_row0, {j};")
         o.append("    min.u32             %r7, %r7, %r6;")
         o.append("    mad.lo.u32          %r7, %r7, %r_cols, %r5;")
@@ -1028,9 +1022,9 @@ def lean_epilogue(out, acc):
         if d32:
             o.append("EPI_D32:")
         o += lookups(0)
-        for j in range(LRO):
+        for j in range(RO):
             o.append(f"    // ---- row {j}")
-            if j + 1 < LRO:
+            if j + 1 < RO:
                 o += lookups(j + 1)
             w, am = regs(j)
             for e in range(CI):
@@ -1092,7 +1086,7 @@ def lean_fix(out):
     so they are finite whenever the stored values are."""
     o = ["FIX:", "    mov.u32             %r_nf, 1;", "    mov.u32             %r_chk, 0;"]
     if out == "bf16":
-        for j in range(LRO):
+        for j in range(RO):
             o += store_row(j, "ld")
             for i in range(4):
                 o.append(f"    mov.b32             {{%hs0, %hs1}}, %rp{i};")
@@ -1277,11 +1271,6 @@ def render():
 
 
 if __name__ == "__main__":
-    args = sys.argv[1:]
-    if "--lean-rows" in args:  # variants for timing (LW_VARIANTS); not the shipped kernel
-        LRO = int(args[args.index("--lean-rows") + 1])
-        LEAN_CTAS = int(args[args.index("--lean-ctas") + 1])
-        OUT = Path(args[args.index("--out") + 1])
     text = render()
     if "--check" in sys.argv[1:]:
         if OUT.read_text() != text:

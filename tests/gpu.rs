@@ -295,6 +295,16 @@ fn gpu_tiles_equal_cpu_bytes() {
     );
 }
 
+/// Whether `w` (one element of dtype `dt`) is a NaN whose payload the kernels need not match:
+/// fp16 and f32 NaNs (kernels/README.md). A bf16 NaN must be torch's 0x7FC0, so never here.
+fn nan_with_free_payload(dt: FloatDtype, w: &[u8]) -> bool {
+    match dt {
+        FloatDtype::F32 => f32::from_le_bytes([w[0], w[1], w[2], w[3]]).is_nan(),
+        FloatDtype::F16 => u16::from_le_bytes([w[0], w[1]]) & 0x7FFF > 0x7C00,
+        FloatDtype::Bf16 => false,
+    }
+}
+
 /// Runs one case on both backends with inputs changed by `edit` first.
 fn compare_with(gpu: &CudaBackend, cpu: &CpuBackend, c: &Case, edit: impl FnOnce(&mut Inputs)) -> Result<(), String> {
     let mut x = inputs(c);
@@ -306,11 +316,7 @@ fn compare_with(gpu: &CudaBackend, cpu: &CpuBackend, c: &Case, edit: impl FnOnce
     let gf = gpu.merge_tile(&t, &mut got).map_err(|e| format!("{c:?}: {e}"))?;
     // fp16/f32 NaN payloads are not specified (kernels/README.md): a NaN matches any NaN there.
     let sz = c.out.size();
-    let nan = |w: &[u8]| match c.out {
-        FloatDtype::F32 => f32::from_le_bytes([w[0], w[1], w[2], w[3]]).is_nan(),
-        FloatDtype::F16 => u16::from_le_bytes([w[0], w[1]]) & 0x7FFF > 0x7C00,
-        FloatDtype::Bf16 => false,
-    };
+    let nan = |w: &[u8]| nan_with_free_payload(c.out, w);
     let differs = |e: usize| {
         let (g, w) = (&got[e * sz..(e + 1) * sz], &want[e * sz..(e + 1) * sz]);
         g != w && !(nan(g) && nan(w))
@@ -597,11 +603,7 @@ fn gpu_special_values_equal_cpu() {
             assert_eq!(gf, wf, "finite flag, r {r} scale {scale} out {out:?}");
             let sz = out.size();
             for (e, (gw, ww)) in got.chunks_exact(sz).zip(want.chunks_exact(sz)).enumerate() {
-                let is_nan = |w: &[u8]| match out {
-                    FloatDtype::F32 => f32::from_le_bytes([w[0], w[1], w[2], w[3]]).is_nan(),
-                    FloatDtype::F16 => u16::from_le_bytes([w[0], w[1]]) & 0x7FFF > 0x7C00,
-                    FloatDtype::Bf16 => false,
-                };
+                let is_nan = |w: &[u8]| nan_with_free_payload(out, w);
                 let same = gw == ww || (is_nan(gw) && is_nan(ww));
                 if !same {
                     failures += 1;
