@@ -670,7 +670,7 @@ def lean_kernel(out):
     s.append("    .reg .b32           %r_ch, %r_nch, %r_kc, %r_sa, %r_sb, %r_rpad, %r_bc, %r_br;")
     s.append("    .reg .b32           %r_dA, %r_dA1, %r_dB, %r_gy, %r_bx, %r_by, %r_gq, %r_gr, %r_gx, %r_nbx, %r_nby, %r_sbc, %r_sbr, %r_buf;")
     s.append("    .reg .b32           %r_nv, %r_e0, %r_amc1, %r_am, %r_chk, %r_one2, %r_zero2, %r_u;")
-    s.append("    .reg .f32           %f_amn;")
+    s.append("    .reg .f32           %f_amn, %f_z;")
     s.append("    .reg .pred          %p_active, %p_d32, %p_ch0, %p_next;")
     s.append(f"    .shared .align 16 .b8 s_a[{2 * KC * BCOLS * 4}];    // [2][{KC}][{BCOLS}] f32, 16-byte pieces swizzled")
     s.append(f"    .shared .align 16 .b8 s_b[{2 * KC * BROWS * 4}];     // [2][{KC}][{BROWS}] f32")
@@ -723,7 +723,7 @@ def lean_kernel(out):
     s.append("    cvt.u32.u64         %r_u, %rd2;")
     s.append(f"    mov.u32             %r_one2, {one};")
     s.append("    mov.u32             %r_zero2, 0;")
-    s.append("    mov.u32             %r_chk, 0;")
+    s.append("    mov.f32             %f_z, 0f00000000;")
     s.append(f"    // tiles: gx = ceil(cols / {BCOLS}) x gy = ceil(rows / {BROWS}); tile t = bx * gy + by; this block takes t = ctaid, ctaid + nctaid, ...")
     s.append(f"    add.u32             %r_gx, %r_cols, {BCOLS - 1};")
     s.append(f"    shr.u32             %r_gx, %r_gx, {BCOLS.bit_length() - 1};")
@@ -941,14 +941,15 @@ def lean_loads():
         "    sub.u32             %r4, %r_cols, 8;",
         "    min.u32             %r5, %r_c0, %r4;                 // clamped column",
         "    sub.u32             %r6, %r_rows, 1;",
+        "    shr.u32             %r8, %r5, 1;",
+        "    cvt.u64.u32         %rd4, %r8;",
+        "    add.u64             %rd4, %rd_base, %rd4;            // the clamped column's code byte in row 0",
+        "    shr.u32             %r8, %r_cols, 1;                 // code bytes per row",
     ]
     for j in range(RO):
         o.append(f"    add.u32             %r7, %r_row0, {j};")
         o.append("    min.u32             %r7, %r7, %r6;")
-        o.append("    mad.lo.u32          %r7, %r7, %r_cols, %r5;")
-        o.append("    shr.u32             %r7, %r7, 1;                     // code byte")
-        o.append("    cvt.u64.u32         %rd3, %r7;")
-        o.append("    add.u64             %rd3, %rd_base, %rd3;")
+        o.append("    mad.wide.u32        %rd3, %r7, %r8, %rd4;")
         o.append(f"    ld.global.nc.u32    %cw{j}, [%rd3];")
     o += [
         "    and.b32             %r7, %r_tid, 7;                  // lc",
@@ -979,18 +980,24 @@ def lean_loads():
 
 def lean_epilogue(out, acc):
     """After the k loop, for each of the thread's 8 rows: per pair of elements, one byte extract
-    and one ld.shared.v2 (the pair table), 2 mul.rn by absmax, one cvt.rn.{out}x2 (round_q, already
-    packed), 2 mul.rn by scale, then
-      f32 delta:    unpack, 2 add.rn.f32, one cvt.rn.{out}x2 (the single output rounding);
-      16-bit delta: one cvt.rn.{out}x2 (round_d) and one fma.rn.{out}x2 (d * 1 + w). The sum of two
-                    {out} values rounded once equals add.rn.f32 then cvt.rn: f32 has more than
-                    2p + 1 bits (p = 8 or 11), so that double rounding is innocuous.
-    One 16-byte store per row. The not-finite check is one fma.rn.{out}x2 per pair: chk = o * 0 +
-    chk stays +0 until an o holds an Inf or NaN, and is NaN from then on. A row's table lookups
-    and absmax shuffle are issued one row ahead (alternating register sets %w / %v), so their
-    latency hides behind the previous row's arithmetic."""
+    and one ld.shared.v2 (the pair table), 2 mul.rn by absmax, round_q, 2 mul.rn by scale, then
+      f32 delta:    2 add.rn.f32, one cvt.rn.{out}x2 (the single output rounding). For bf16,
+                    round_q is one cvt.rn.bf16x2.f32 per element with a zero low half, which is
+                    the f32 bit pattern of the rounded value (no unpacking); for f16, one packed
+                    cvt per pair, unpacked with cvt.f32.f16;
+      16-bit delta: round_q packed (one cvt.rn.{out}x2 per pair), one cvt.rn.{out}x2 (round_d) and
+                    one fma.rn.{out}x2 (d * 1 + w). The sum of two {out} values rounded once equals
+                    add.rn.f32 then cvt.rn: f32 has more than 2p + 1 bits (p = 8 or 11), so that
+                    double rounding is innocuous.
+    One 16-byte store per row. The not-finite check is two fma.rn.{out}x2 per row, chk = o_i * o_j
+    + chk over the row's four pairs: an Inf or NaN output makes chk Inf or NaN for good, and
+    finite outputs make it Inf only when a product or the sum overflows (|o| near 2^64 and
+    beyond), so a tile whose chk ends not finite is checked exactly out of line (lean_fix). A
+    row's table lookups and absmax shuffle are issued one row ahead (alternating register sets
+    %w / %v), so their latency hides behind the previous row's arithmetic."""
     T = f"{out}x2"
     o = [
+        "    mov.u32             %r_chk, 0;",
         "    mov.b32             %r_am, %f_amn;",
         "    @!%p_nested bra     AM_DONE;",
         "    shl.b32             %r7, %r_amc1, 2;",
@@ -1029,21 +1036,21 @@ def lean_epilogue(out, acc):
             w, am = regs(j)
             for e in range(CI):
                 o.append(f"    mul.rn.f32          {w}{e}, {w}{e}, {am};")
-            for i in range(4):
-                o.append(f"    cvt.rn.{T}.f32   %rp{i}, {w}{2 * i + 1}, {w}{2 * i};")
+            if d32 and out == "bf16":
+                # round_q kept in f32: {bf16(w), bf16(0)} is the f32 bit pattern of bf16(w)
+                for e in range(CI):
+                    o.append(f"    cvt.rn.{T}.f32   %r9, {w}{e}, %f_z;")
+                    o.append(f"    mov.b32             {w}{e}, %r9;")
+            else:
+                for i in range(4):
+                    o.append(f"    cvt.rn.{T}.f32   %rp{i}, {w}{2 * i + 1}, {w}{2 * i};")
             for e in range(CI):
                 o.append(f"    mul.rn.f32          %a{e}, {acc(j, e)}, %f_scale;")
             if d32:
-                for i in range(4):
-                    if out == "bf16":
-                        o.append(f"    shl.b32             %r9, %rp{i}, 16;")
-                        o.append(f"    mov.b32             {w}{2 * i}, %r9;")
-                        o.append(f"    and.b32             %r9, %rp{i}, 0xFFFF0000;")
-                        o.append(f"    mov.b32             {w}{2 * i + 1}, %r9;")
-                    else:
-                        o.append(f"    mov.b32             {{%hs0, %hs1}}, %rp{i};")
-                        o.append(f"    cvt.f32.f16         {w}{2 * i}, %hs0;")
-                        o.append(f"    cvt.f32.f16         {w}{2 * i + 1}, %hs1;")
+                for i in range(4 if out == "f16" else 0):
+                    o.append(f"    mov.b32             {{%hs0, %hs1}}, %rp{i};")
+                    o.append(f"    cvt.f32.f16         {w}{2 * i}, %hs0;")
+                    o.append(f"    cvt.f32.f16         {w}{2 * i + 1}, %hs1;")
                 for e in range(CI):
                     o.append(f"    add.rn.f32          {w}{e}, {w}{e}, %a{e};")
                 for i in range(4):
@@ -1052,14 +1059,16 @@ def lean_epilogue(out, acc):
                 for i in range(4):
                     o.append(f"    cvt.rn.{T}.f32   %r9, %a{2 * i + 1}, %a{2 * i};")
                     o.append(f"    fma.rn.{T}       %rp{i}, %r9, %r_one2, %rp{i};")
-            for i in range(4):
-                o.append(f"    fma.rn.{T}       %r_chk, %rp{i}, %r_zero2, %r_chk;")
+            for i in (0, 2):
+                o.append(f"    fma.rn.{T}       %r_chk, %rp{i}, %rp{i + 1}, %r_chk;")
             o += store_row(j)
         if not d32:
             o.append("    bra.uni             EPI_END;")
     o += [
         "EPI_END:",
-        "    setp.ne.u32         %p0, %r_chk, 0;",
+        "    // chk * 0 + 0 is +0 in a lane where chk is finite, NaN where it is not",
+        f"    fma.rn.{T}       %r7, %r_chk, %r_zero2, %r_zero2;",
+        "    setp.ne.u32         %p0, %r7, 0;",
         "    @%p0 bra            FIX;",
         "FIX_BACK:",
     ]
@@ -1080,22 +1089,29 @@ def store_row(j, op="st"):
 
 
 def lean_fix(out):
-    """Out of line, rare: this tile has an Inf or NaN. Flag it; for bf16, rewrite this thread's
-    stored rows with NaN as torch's 0x7FC0 (the GPU's arithmetic gives 0x7FFF; its own stores,
-    so plain loads see them). Lanes past the edge hold copies of real values plus a zero update,
-    so they are finite whenever the stored values are."""
-    o = ["FIX:", "    mov.u32             %r_nf, 1;", "    mov.u32             %r_chk, 0;"]
-    if out == "bf16":
-        for j in range(RO):
-            o += store_row(j, "ld")
-            for i in range(4):
-                o.append(f"    mov.b32             {{%hs0, %hs1}}, %rp{i};")
-                for h in ("%hs0", "%hs1"):
-                    o.append(f"    and.b16             %ht, {h}, 0x7FFF;")
+    """Out of line, rare: this thread's chk ended Inf or NaN, so an output may be. Load its
+    stored rows back (its own stores, so plain loads see them) and check each value exactly:
+    flag the tile if one is Inf or NaN, and for bf16 rewrite NaN as torch's 0x7FC0 (the GPU's
+    arithmetic gives 0x7FFF). Lanes past the edge hold copies of real values plus a zero update,
+    so they are finite whenever the stored values are and are not looked at."""
+    inf = "0x7F80" if out == "bf16" else "0x7C00"
+    o = ["FIX:"]
+    for j in range(RO):
+        o += store_row(j, "ld")
+        o.append("    @!%p4 bra           FIX_DONE;")
+        for i in range(4):
+            o.append(f"    mov.b32             {{%hs0, %hs1}}, %rp{i};")
+            for h in ("%hs0", "%hs1"):
+                o.append(f"    and.b16             %ht, {h}, 0x7FFF;")
+                o.append(f"    setp.ge.u16         %p32, %ht, {inf};")
+                o.append("    @%p32 mov.u32       %r_nf, 1;")
+                if out == "bf16":
                     o.append("    setp.gt.u16         %p32, %ht, 0x7F80;")
                     o.append(f"    selp.b16            {h}, 0x7FC0, {h}, %p32;")
-                o.append(f"    mov.b32             %rp{i}, {{%hs0, %hs1}};")
-            o.append("    @%p4 st.global.v4.b32 [%rd30], {%rp0, %rp1, %rp2, %rp3};")
+            o.append(f"    mov.b32             %rp{i}, {{%hs0, %hs1}};")
+        if out == "bf16":
+            o.append("    st.global.v4.b32    [%rd30], {%rp0, %rp1, %rp2, %rp3};")
+    o.append("FIX_DONE:")
     o.append("    bra.uni             FIX_BACK;")
     return lines(*o)
 

@@ -27,6 +27,7 @@ use crate::quant::bnb::AbsmaxRef;
 const PTX: &str = include_str!("../../../kernels/lora_merge.ptx");
 /// The FMA-rate probe used by [`bench`].
 const FMA_PTX: &str = include_str!("../../../kernels/fma_rate.ptx");
+const FLUSH_PTX: &str = include_str!("../../../kernels/l2_flush.ptx");
 
 /// Converts a driver error into ours, naming the operation.
 fn cu_err(op: impl Into<String>) -> impl FnOnce(CudaError) -> Error {
@@ -735,8 +736,16 @@ pub mod bench {
         pub cols: usize,
         /// LoRA rank.
         pub r: usize,
-        /// Median milliseconds per launch.
+        /// Median milliseconds of one launch timed alone (events around it, so the CPU's launch
+        /// latency, a few microseconds, is inside the figure).
         pub ms: f64,
+        /// Median milliseconds per launch over batches of [`BATCH`] back-to-back launches: the
+        /// GPU's own time per launch, without the CPU's launch latency (inputs that fit in L2
+        /// stay there between launches).
+        pub ms_b2b: f64,
+        /// Median milliseconds of one launch queued behind an L2 flush: the GPU's own time from
+        /// a cold L2, without the CPU's launch latency.
+        pub ms_cold: f64,
         /// Bytes the launch must move: codes + absmax + B read, output written (A is L2-resident
         /// and counted once).
         pub bytes: u64,
@@ -744,20 +753,60 @@ pub mod bench {
         pub hash: u64,
     }
 
+    /// Launches per batch for the back-to-back timings.
+    pub const BATCH: usize = 10;
+
+    /// Bytes read between cold timings: several times the L2 of an H100 or H200 (50 MiB).
+    const FLUSH_BYTES: usize = 256 << 20;
+
+    /// How a time is taken.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Mode {
+        /// One call between two events on an idle stream: the CPU's launch latency is inside.
+        Alone,
+        /// [`BATCH`] calls between two events, per call: the GPU's queue stays full.
+        BackToBack,
+        /// One call between two events queued behind `kernels/l2_flush.ptx` reading
+        /// [`FLUSH_BYTES`]: L2 holds none of the call's inputs and no dirty lines, and the flush
+        /// keeps the GPU busy while the CPU queues the events and the call.
+        Cold,
+    }
+
+    /// Device-to-device copy bandwidth in GB/s (bytes read plus written), per [`Mode`].
+    #[derive(Debug, Clone, Copy)]
+    pub struct CopyRates {
+        /// [`Mode::Alone`].
+        pub alone: f64,
+        /// [`Mode::BackToBack`].
+        pub b2b: f64,
+        /// [`Mode::Cold`].
+        pub cold: f64,
+    }
+
     impl KernelTiming {
-        /// Achieved GB/s (bytes read plus bytes written).
+        /// Achieved GB/s (bytes read plus bytes written), one launch timed alone.
         pub fn gbs(&self) -> f64 {
-            self.bytes as f64 / (self.ms * 1e-3) / 1e9
+            self.gbs_at(self.ms)
         }
-        /// Achieved TFLOP/s of the rank-r update (2·r FLOP per element).
+        /// Achieved TFLOP/s of the rank-r update (2·r FLOP per element), one launch timed alone.
         pub fn tflops(&self) -> f64 {
-            2.0 * self.r as f64 * (self.rows * self.cols) as f64 / (self.ms * 1e-3) / 1e12
+            self.tflops_at(self.ms)
+        }
+        /// GB/s for a time of `ms` milliseconds.
+        pub fn gbs_at(&self, ms: f64) -> f64 {
+            self.bytes as f64 / (ms * 1e-3) / 1e9
+        }
+        /// TFLOP/s for a time of `ms` milliseconds.
+        pub fn tflops_at(&self, ms: f64) -> f64 {
+            2.0 * self.r as f64 * (self.rows * self.cols) as f64 / (ms * 1e-3) / 1e12
         }
     }
 
     /// A context, stream and the modules, for timing.
     pub struct Bench {
         stream: Stream,
+        flush: DeviceBuffer<u8>,
+        flush_module: Module,
         module: Module,
         fma: Module,
         /// The GPU's name.
@@ -765,19 +814,48 @@ pub mod bench {
         _ctx: Context,
     }
 
-    fn time_ms(stream: &Stream, iters: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
-        let mut v = Vec::with_capacity(iters);
-        let start = Event::new(EventFlags::DEFAULT).map_err(cu_err("cuEventCreate"))?;
-        let stop = Event::new(EventFlags::DEFAULT).map_err(cu_err("cuEventCreate"))?;
-        for _ in 0..iters {
-            start.record(stream).map_err(cu_err("cuEventRecord"))?;
-            f()?;
-            stop.record(stream).map_err(cu_err("cuEventRecord"))?;
-            stop.synchronize().map_err(cu_err("cuEventSynchronize"))?;
-            v.push(stop.elapsed_time_f32(&start).map_err(cu_err("cuEventElapsedTime"))? as f64);
+    impl Bench {
+        /// Queues `l2_flush` over the flush buffer (filled with one repeated word by `new`).
+        fn flush_l2(&self) -> Result<()> {
+            let func = self.flush_module.get_function("l2_flush").map_err(cu_err("l2_flush"))?;
+            let p_buf = self.flush.as_device_ptr().as_raw();
+            let p_n16 = (self.flush.len() / 16) as u64;
+            // Never written (see the kernel); any device word would do.
+            let p_out = p_buf;
+            let p_never = 1u32;
+            let args = [
+                &p_buf as *const u64 as *mut c_void,
+                &p_n16 as *const u64 as *mut c_void,
+                &p_out as *const u64 as *mut c_void,
+                &p_never as *const u32 as *mut c_void,
+            ];
+            // SAFETY: FFI; arguments match `l2_flush(u64, u64, u64, u32)`; the kernel reads
+            // `p_n16` 16-byte pieces of the flush buffer and writes nothing.
+            unsafe { self.stream.launch(&func, 132u32 * 8, 256u32, 0, &args) }.map_err(cu_err("launch l2_flush"))
         }
-        v.sort_by(f64::total_cmp);
-        Ok(v[v.len() / 2])
+
+        /// Median over `iters` of the time per call of `f` in milliseconds, taken as `mode` says.
+        fn time_ms(&self, iters: usize, mode: Mode, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+            let stream = &self.stream;
+            let batch = if mode == Mode::BackToBack { BATCH } else { 1 };
+            let mut v = Vec::with_capacity(iters);
+            let start = Event::new(EventFlags::DEFAULT).map_err(cu_err("cuEventCreate"))?;
+            let stop = Event::new(EventFlags::DEFAULT).map_err(cu_err("cuEventCreate"))?;
+            for _ in 0..iters {
+                if mode == Mode::Cold {
+                    self.flush_l2()?;
+                }
+                start.record(stream).map_err(cu_err("cuEventRecord"))?;
+                for _ in 0..batch {
+                    f()?;
+                }
+                stop.record(stream).map_err(cu_err("cuEventRecord"))?;
+                stop.synchronize().map_err(cu_err("cuEventSynchronize"))?;
+                v.push(stop.elapsed_time_f32(&start).map_err(cu_err("cuEventElapsedTime"))? as f64 / batch as f64);
+            }
+            v.sort_by(f64::total_cmp);
+            Ok(v[v.len() / 2])
+        }
     }
 
     fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
@@ -814,8 +892,22 @@ pub mod bench {
             let module = Module::from_ptx(PTX, &[]).map_err(cu_err("load lora_merge.ptx"))?;
             let fma = Module::from_ptx(FMA_PTX, &[]).map_err(cu_err("load fma_rate.ptx"))?;
             let stream = Stream::new(StreamFlags::NON_BLOCKING, None).map_err(cu_err("cuStreamCreate"))?;
+            // SAFETY: plain bytes, filled right below.
+            let flush = unsafe { DeviceBuffer::<u8>::uninitialized(FLUSH_BYTES) }.map_err(cu_err("cuMemAlloc"))?;
+            // One repeated word (l2_flush relies on it), so the flush's xor is always 0.
+            // SAFETY: FFI; `flush` holds FLUSH_BYTES / 4 u32 words.
+            let rc = unsafe { cu::cuMemsetD32_v2(flush.as_device_ptr().as_raw(), 0x5A5A_5A5A, FLUSH_BYTES / 4) };
+            if rc != cu::cudaError_enum::CUDA_SUCCESS {
+                return Err(Error::Cuda {
+                    op: "cuMemsetD32".into(),
+                    what: result_name(rc),
+                });
+            }
+            let flush_module = Module::from_ptx(FLUSH_PTX, &[]).map_err(cu_err("load l2_flush.ptx"))?;
             Ok(Bench {
                 stream,
+                flush,
+                flush_module,
                 module,
                 fma,
                 device,
@@ -823,8 +915,14 @@ pub mod bench {
             })
         }
 
-        /// Device-to-device copy bandwidth in GB/s, counting bytes read plus bytes written.
+        /// Device-to-device copy bandwidth in GB/s, counting bytes read plus bytes written, one
+        /// copy timed alone.
         pub fn copy_gbs(&self, bytes: usize) -> Result<f64> {
+            Ok(self.copy_rates(bytes)?.alone)
+        }
+
+        /// Device-to-device copy bandwidth in GB/s (bytes read plus written), timed each way.
+        pub fn copy_rates(&self, bytes: usize) -> Result<CopyRates> {
             // SAFETY: plain bytes; the copy's source content does not matter for timing.
             let src = unsafe { DeviceBuffer::<u8>::uninitialized(bytes) }.map_err(cu_err("cuMemAlloc"))?;
             // SAFETY: as above.
@@ -843,9 +941,13 @@ pub mod bench {
                     })
                 }
             };
-            time_ms(&self.stream, 3, copy)?;
-            let ms = time_ms(&self.stream, 20, copy)?;
-            Ok(2.0 * bytes as f64 / (ms * 1e-3) / 1e9)
+            self.time_ms(3, Mode::Alone, copy)?;
+            let gbs = |ms: f64| 2.0 * bytes as f64 / (ms * 1e-3) / 1e9;
+            Ok(CopyRates {
+                alone: gbs(self.time_ms(20, Mode::Alone, copy)?),
+                b2b: gbs(self.time_ms(20, Mode::BackToBack, copy)?),
+                cold: gbs(self.time_ms(20, Mode::Cold, copy)?),
+            })
         }
 
         /// Plain f32 FMA rate (TFLOP/s) of `kernels/fma_rate.ptx`: independent chains, no memory.
@@ -867,8 +969,8 @@ pub mod bench {
                 // SAFETY: FFI; arguments match `fma_rate(u64, u32, f32)`, `out` holds one f32 per thread.
                 unsafe { self.stream.launch(&func, blocks, threads, 0, &args) }.map_err(cu_err("launch fma_rate"))
             };
-            time_ms(&self.stream, 2, run)?;
-            let ms = time_ms(&self.stream, 10, run)?;
+            self.time_ms(2, Mode::Alone, run)?;
+            let ms = self.time_ms(10, Mode::Alone, run)?;
             // 32 FMAs per loop iteration per thread, 2 FLOP each.
             Ok(64.0 * iters as f64 * (blocks * threads) as f64 / (ms * 1e-3) / 1e12)
         }
@@ -945,8 +1047,10 @@ pub mod bench {
                 // SAFETY: FFI; arguments in the kernel's order and types; buffers sized for the shape.
                 unsafe { self.stream.launch(&func, grid, block, 0, &args) }.map_err(cu_err(format!("launch {name}")))
             };
-            time_ms(&self.stream, 3, run)?;
-            let ms = time_ms(&self.stream, iters, run)?;
+            self.time_ms(3, Mode::Alone, run)?;
+            let ms = self.time_ms(iters, Mode::Alone, run)?;
+            let ms_b2b = self.time_ms(iters, Mode::BackToBack, run)?;
+            let ms_cold = self.time_ms(iters, Mode::Cold, run)?;
             let mut host = vec![0u8; n * 2];
             out.copy_to(&mut host[..]).map_err(cu_err("copy output"))?;
             let hash = host.iter().fold(0xcbf29ce484222325u64, |h, &b| {
@@ -958,6 +1062,8 @@ pub mod bench {
                 cols,
                 r,
                 ms,
+                ms_b2b,
+                ms_cold,
                 bytes,
                 hash,
             })
