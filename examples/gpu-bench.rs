@@ -250,7 +250,7 @@ fn run() -> loraweld::Result<()> {
     println!("ceilings: copy {copy:.0} GB/s, fma {fma:.1} TFLOP/s");
     println!("kernel (NF4 double quant -> bf16, device-resident), median of 20, each timed three ways (copies too):");
     println!("  alone: one launch between events on an idle stream (the CPU's launch latency is inside)");
-    println!("  cold:  one launch queued behind a 256 MiB memset (L2 cold, no launch latency)");
+    println!("  cold:  one launch queued behind a 256 MiB read of another buffer (kernels/l2_flush.ptx: L2 cold and clean, no launch latency)");
     println!(
         "  b2b:   per launch over {} back-to-back launches (no launch latency; inputs that fit stay in L2)",
         loraweld::compute::cuda::bench::BATCH
