@@ -208,7 +208,7 @@ fn tile<'a>(c: &Case, x: &'a Inputs) -> MergeTile<'a> {
 }
 
 /// Runs one case on both backends; `Err` names the first differing byte.
-fn compare(gpu: &CudaBackend, cpu: &CpuBackend, c: &Case) -> Result<(), String> {
+fn compare(gpu: &CudaBackend, cpu: &CpuBackend, c: &Case) -> Result<bool, String> {
     compare_with(gpu, cpu, c, |_| {})
 }
 
@@ -306,7 +306,9 @@ fn nan_with_free_payload(dt: FloatDtype, w: &[u8]) -> bool {
 }
 
 /// Runs one case on both backends with inputs changed by `edit` first.
-fn compare_with(gpu: &CudaBackend, cpu: &CpuBackend, c: &Case, edit: impl FnOnce(&mut Inputs)) -> Result<(), String> {
+/// Merges `c` (inputs changed by `edit`) on both backends; Ok(the tile is finite) when every
+/// byte and the finite flag agree.
+fn compare_with(gpu: &CudaBackend, cpu: &CpuBackend, c: &Case, edit: impl FnOnce(&mut Inputs)) -> Result<bool, String> {
     let mut x = inputs(c);
     edit(&mut x);
     let t = tile(c, &x);
@@ -334,7 +336,7 @@ fn compare_with(gpu: &CudaBackend, cpu: &CpuBackend, c: &Case, edit: impl FnOnce
     if gf != wf {
         return Err(format!("{c:?}: finite flag gpu {gf} cpu {wf}"));
     }
-    Ok(())
+    Ok(wf)
 }
 
 /// The lean kernels (`lora_merge_q64_*`, the common QLoRA case: blocksize 64, cols % 64 == 0,
@@ -424,6 +426,46 @@ fn gpu_lean_tiles_equal_cpu_bytes() {
                     if let Err(e) = res {
                         failures.push(e);
                     }
+                }
+            }
+        }
+    }
+    // Large but finite outputs (|w| up to about 2e29 in bf16, 2e3 in fp16): their pairwise
+    // products overflow, which sends the kernel's cheap not-finite check to its exact recheck;
+    // that must leave the bytes alone and the tile flagged finite.
+    for out in [FloatDtype::Bf16, FloatDtype::F16] {
+        for nested in [false, true] {
+            for r in [1usize, 16, 64] {
+                let c = Case {
+                    base: Base::Nf4 {
+                        nested,
+                        blocksize: 64,
+                        qdt: out,
+                    },
+                    total_rows: 130,
+                    row0: 0,
+                    rows: 130,
+                    cols: 4160,
+                    r,
+                    scale: 2.0,
+                    delta: FloatDtype::F32,
+                    out,
+                    seed: g.next(),
+                };
+                n += 1;
+                let big = if out == FloatDtype::F16 { 1e4f32 } else { 1e30 };
+                let res = compare_with(&gpu, &cpu, &c, |x| {
+                    let f = if nested { &mut x.nested_absmax } else { &mut x.absmax };
+                    let v: Vec<f32> = f
+                        .chunks_exact(4)
+                        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) * big)
+                        .collect();
+                    *f = le(&v);
+                });
+                match res {
+                    Ok(true) => {}
+                    Ok(false) => failures.push(format!("{c:?}: meant to be finite, but the CPU flags it")),
+                    Err(e) => failures.push(e),
                 }
             }
         }
