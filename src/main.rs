@@ -48,7 +48,7 @@ struct Cli {
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Save an adapter (`lora`) or merge it into its base (`merged_16bit`).
+    /// Save an adapter (`lora`) or merge it into its base (`merged_16bit`, `merged_4bit`).
     #[command(after_help = AFTER_HELP)]
     Save(SaveArgs),
     /// Push a saved directory to a Hub model repo (LFS upload + one commit).
@@ -172,7 +172,7 @@ struct SaveArgs {
         long,
         default_value = "merged_16bit",
         value_name = "METHOD",
-        long_help = "What to write, by Unsloth's names:\n  lora          the adapter as is (or cast with --dtype), tokenizer files, a model card\n  merged_16bit  the adapter merged into its base (16-bit or bnb 4-bit), as 16-bit safetensors\n  merged_4bit   merged and written as bitsandbytes 4-bit safetensors (from a 4-bit base: updated\n                weights are requantized with the base's settings; from a 16-bit base: --quant-type)"
+        long_help = "What to write, by Unsloth's names:\n  lora          the adapter as is (or cast with --dtype), tokenizer files, a model card\n  merged_16bit  the adapter merged into its base (16-bit or bnb 4-bit), as 16-bit\n                safetensors\n  merged_4bit   merged and written as bitsandbytes 4-bit safetensors: from a 4-bit base\n                the updated weights are requantized with the base's settings, from a\n                16-bit base with --quant-type"
     )]
     save_method: String,
     /// Output dtype: bf16, fp16 or f32 [default: the base's own].
@@ -209,7 +209,7 @@ struct SaveArgs {
         long,
         default_value = "natural",
         value_name = "ORDER",
-        long_help = "Order that decides which tensors share a shard (each file is sorted by dtype and name anyway):\n  natural  transformers v5 save_pretrained after from_pretrained (what PEFT merge_and_unload + save_pretrained writes)\n  module   module registration order for Llama-family names (transformers v4; v5 models built from_config)"
+        long_help = "Order that decides which tensors share a shard (each file is sorted by dtype and name anyway):\n  natural  transformers v5 save_pretrained after from_pretrained (what PEFT\n           merge_and_unload + save_pretrained writes)\n  module   module registration order for Llama-family names (transformers v4;\n           v5 models built from_config)"
     )]
     shard_order: String,
     /// Compute device: auto, cpu or cuda.
