@@ -107,9 +107,11 @@ fn run() -> loraweld::Result<()> {
                 g.ms, g.hash, g.ms_b2b
             );
             for (name, m) in &variants {
-                // A variant's lean kernel if it has one, else its general one.
+                // A variant's lean kernel if it has one (the nested one, else the one kernel of builds
+                // before the split), else its general one.
                 let v = b
-                    .nf4_merge_in(m, "lora_merge_q64_bf16", rows, cols, r, 20)
+                    .nf4_merge_in(m, "lora_merge_q64n_bf16", rows, cols, r, 20)
+                    .or_else(|_| b.nf4_merge_in(m, "lora_merge_q64_bf16", rows, cols, r, 20))
                     .or_else(|_| b.nf4_merge_in(m, "lora_merge_bf16", rows, cols, r, 20))?;
                 line += &format!(
                     "  {name} {:>7.3} / {:.3} ms{}",

@@ -636,10 +636,11 @@ def tables_fast():
     )
 
 
-def lean_kernel(out):
-    """The lean kernel `lora_merge_q64_{out}` (16-bit outputs): what a QLoRA merge almost always
-    is, and so what the launcher picks for it: a bnb 4-bit base (NF4/FP4, double quant or not)
-    with blocksize 64, cols % 64 == 0, quant-state dtype = the output dtype, a LoRA of rank >= 1
+def lean_kernel(out, nested):
+    """The lean kernel `lora_merge_q64_{out}` (plain absmax) or `lora_merge_q64n_{out}` (double
+    quant), 16-bit outputs: what a QLoRA merge almost always is, and so what the launcher picks
+    for it: a bnb 4-bit base (NF4/FP4; one kernel per absmax kind, so neither carries the other's
+    loads) with blocksize 64, cols % 64 == 0, quant-state dtype = the output dtype, a LoRA of rank >= 1
     whose delta dtype is f32 or the output dtype. The arithmetic is the same as the general
     kernel's, with fewer instructions (lean_epilogue) and a different schedule:
 
@@ -656,9 +657,10 @@ def lean_kernel(out):
     dself = "%p_dbf16" if out == "bf16" else "%p_df16"
     acc = lambda j, e: f"%acc{j * CI + e}"
     s = []
-    s.append(f"// Lean kernel: bnb 4-bit (blocksize 64) + LoRA -> {out}, persistent; see lean_kernel() in unroll.py.")
+    kind = "double-quant (nested) absmax" if nested else "plain f32 absmax"
+    s.append(f"// Lean kernel: bnb 4-bit (blocksize 64, {kind}) + LoRA -> {out}, persistent; see lean_kernel() in unroll.py.")
     s.append(f"// Block of {NT} threads, the same 8x8-per-thread tiles as the fast kernel. Needs cols % 64 == 0, r >= 1.")
-    s.append(f".visible .entry lora_merge_q64_{out}{PARAMS}")
+    s.append(f".visible .entry lora_merge_q64{'n' if nested else ''}_{out}{PARAMS}")
     s.append(f".maxntid {NT}, 1, 1")
     s.append(f".minnctapersm {65536 // (128 * NT)}")
     s.append("{")
@@ -756,7 +758,7 @@ def lean_kernel(out):
     s.append("    add.u32             %r_row0, %r_br, %r_lrow;")
     s.append("    setp.lt.u32         %p_active, %r_c0, %r_cols;")
     s.append("    setp.lt.and.u32     %p_active, %r_row0, %r_rows, %p_active;")
-    s.append(lean_loads().rstrip("\n"))
+    s.append(lean_loads(nested).rstrip("\n"))
     s.append("")
     s.append("    // the next tile: t + nctaid")
     s.append("    add.u32             %r_nby, %r_by, %r_gr;")
@@ -768,7 +770,7 @@ def lean_kernel(out):
     s.append("    mov.u32             %r_ch, 0;")
     s.extend(chunk_loop(acc))
     s.append("EPILOGUE:")
-    s.append(lean_epilogue(out, acc).rstrip("\n"))
+    s.append(lean_epilogue(out, acc, nested).rstrip("\n"))
     s.append("    mov.u32             %r_bx, %r_nbx;")
     s.append("    mov.u32             %r_by, %r_nby;")
     s.append("    bra.uni             TILE_LOOP;")
@@ -928,7 +930,7 @@ def stage_code():
     return lines(*o)
 
 
-def lean_loads():
+def lean_loads(nested):
     """Before the k loop: the 8 rows' code words and one absmax per lane. A row's 8 lanes cover
     its 64 columns (c0 & ~63) .. +63, one absmax block, so lane lc loads the absmax of row
     row0 + lc and the epilogue hands it round with shfl. Loads clamp to the last row and the last
@@ -959,26 +961,28 @@ def lean_loads():
         "    shr.u32             %r9, %r5, 6;",
         "    mad.lo.u32          %r7, %r7, %r8, %r9;",
         "    add.u32             %r7, %r7, %r_u;                  // index into p_absmax",
-        "    @%p_nested bra      LOADS_NESTED;",
-        "    mad.wide.u32        %rd3, %r7, 4, %rd_absmax;",
-        "    ld.global.nc.f32    %f_amn, [%rd3];",
-        "    bra.uni             LOADS_DONE;",
-        "LOADS_NESTED:",
-        "    cvt.u64.u32         %rd2, %r7;",
-        "    add.u64             %rd3, %rd_absmax, %rd2;",
-        "    ld.global.nc.u8     %r_amc1, [%rd3];",
-        "    add.u64             %rd2, %rd2, %rd_blk0;",
-        "    shr.u64             %rd2, %rd2, %r_lnbs;",
-        "    sub.u64             %rd2, %rd2, %rd_nblk0;",
-        "    shl.b64             %rd2, %rd2, 2;",
-        "    add.u64             %rd3, %rd_nabs, %rd2;",
-        "    ld.global.nc.f32    %f_amn, [%rd3];                  // nested_absmax",
-        "LOADS_DONE:",
     ]
+    if nested:
+        o += [
+            "    cvt.u64.u32         %rd2, %r7;",
+            "    add.u64             %rd3, %rd_absmax, %rd2;",
+            "    ld.global.nc.u8     %r_amc1, [%rd3];",
+            "    add.u64             %rd2, %rd2, %rd_blk0;",
+            "    shr.u64             %rd2, %rd2, %r_lnbs;",
+            "    sub.u64             %rd2, %rd2, %rd_nblk0;",
+            "    shl.b64             %rd2, %rd2, 2;",
+            "    add.u64             %rd3, %rd_nabs, %rd2;",
+            "    ld.global.nc.f32    %f_amn, [%rd3];                  // nested_absmax",
+        ]
+    else:
+        o += [
+            "    mad.wide.u32        %rd3, %r7, 4, %rd_absmax;",
+            "    ld.global.nc.f32    %f_amn, [%rd3];",
+        ]
     return lines(*o)
 
 
-def lean_epilogue(out, acc):
+def lean_epilogue(out, acc, nested):
     """After the k loop, for each of the thread's 8 rows: per pair of elements, one byte extract
     and one ld.shared.v2 (the pair table), 2 mul.rn by absmax, round_q, 2 mul.rn by scale, then
       f32 delta:    2 add.rn.f32, one cvt.rn.{out}x2 (the single output rounding). For bf16,
@@ -999,16 +1003,17 @@ def lean_epilogue(out, acc):
     o = [
         "    mov.u32             %r_chk, 0;",
         "    mov.b32             %r_am, %f_amn;",
-        "    @!%p_nested bra     AM_DONE;",
-        "    shl.b32             %r7, %r_amc1, 2;",
-        "    add.u32             %r7, %r_nmap, %r7;",
-        "    ld.shared.f32       %f2, [%r7];                      // nested_map[u8]",
-        "    mul.rn.f32          %f2, %f2, %f_amn;",
-        "    add.rn.f32          %f2, %f2, %f_offset;",
-        "    mov.b32             %r_am, %f2;",
-        "AM_DONE:",
-        "    @%p_d32 bra         EPI_D32;",
     ]
+    if nested:
+        o += [
+            "    shl.b32             %r7, %r_amc1, 2;",
+            "    add.u32             %r7, %r_nmap, %r7;",
+            "    ld.shared.f32       %f2, [%r7];                      // nested_map[u8]",
+            "    mul.rn.f32          %f2, %f2, %f_amn;",
+            "    add.rn.f32          %f2, %f2, %f_offset;",
+            "    mov.b32             %r_am, %f2;",
+        ]
+    o += ["    @%p_d32 bra         EPI_D32;"]
 
     def regs(j):
         return ("%w", "%f1") if j % 2 == 0 else ("%v", "%f3")
@@ -1280,7 +1285,8 @@ def render():
     for out in ("bf16", "f16", "f32"):
         parts.append("\n" + fast_kernel(out))
     for out in ("bf16", "f16"):
-        parts.append("\n" + lean_kernel(out))
+        for nested in (False, True):
+            parts.append("\n" + lean_kernel(out, nested))
     for out in ("bf16", "f16", "f32"):
         parts.append("\n" + any_kernel(out))
     return "".join(parts)

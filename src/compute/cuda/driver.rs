@@ -99,7 +99,7 @@ fn lean_grid(func: &Function<'_>, rows: usize, cols: usize) -> Result<GridSize> 
 
 /// Grid and block of entry point `name` (a `lora_merge_*` kernel) for `rows x cols`.
 fn launch_shape(func: &Function<'_>, name: &str, rows: usize, cols: usize) -> Result<(GridSize, BlockSize)> {
-    if name.contains("_q64_") {
+    if name.contains("_q64") {
         Ok((lean_grid(func, rows, cols)?, FAST_BLOCK.into()))
     } else if name.contains("_any_") {
         Ok((((rows * cols).div_ceil(256).min(65535) as u32).into(), 256u32.into()))
@@ -127,8 +127,9 @@ fn dt_suffix(dt: FloatDtype) -> &'static str {
 
 /// How one tile maps onto the kernels: the entry point and its `p_flags` word.
 struct KernelSpec {
-    /// `lora_merge_q64_{out}` (lean, persistent), `lora_merge_{out}` (8x8 register tiles) or
-    /// `lora_merge_any_{out}` (any shape); [`launch_shape`] gives each its grid.
+    /// `lora_merge_q64_{out}` / `lora_merge_q64n_{out}` (lean, persistent; plain / double-quant
+    /// absmax), `lora_merge_{out}` (8x8 register tiles) or `lora_merge_any_{out}` (any shape);
+    /// [`launch_shape`] gives each its grid.
     name: String,
     flags: u32,
     log2_bs: u32,
@@ -171,8 +172,9 @@ impl KernelSpec {
             flags |= 32 | (dt_code(l.delta_dtype) << 6);
         }
         let fast = tile.cols.is_multiple_of(8);
-        // The lean kernels (`lora_merge_q64_*`): the common QLoRA case, with a shorter epilogue
-        // (kernels/README.md). Rows start on a 64-element block because cols % 64 == 0.
+        // The lean kernels (`lora_merge_q64_*`, `lora_merge_q64n_*` for double quant): the common
+        // QLoRA case, with a shorter epilogue (kernels/README.md). Rows start on a 64-element
+        // block because cols % 64 == 0.
         let lean = match (tile.base, tile.lora) {
             (BaseRows::Bnb(q), Some(l)) => {
                 q.blocksize == 64
@@ -184,9 +186,12 @@ impl KernelSpec {
             }
             _ => false,
         };
+        let nested = flags & 4 != 0;
         let name = format!(
             "lora_merge_{}{}",
-            if lean {
+            if lean && nested {
+                "q64n_"
+            } else if lean {
                 "q64_"
             } else if fast {
                 ""
@@ -985,11 +990,11 @@ pub mod bench {
             Module::from_ptx(ptx, &[]).map_err(cu_err("load variant ptx"))
         }
 
-        /// Times the kernel the backend would launch (`lora_merge_q64_bf16`) on an NF4
+        /// Times the kernel the backend would launch (`lora_merge_q64n_bf16`) on an NF4
         /// double-quant weight `[rows, cols]` (blocksize 64, bf16 quant state) with a rank-`r` f32
         /// update, all inputs resident on the device.
         pub fn nf4_merge(&self, rows: usize, cols: usize, r: usize, iters: usize) -> Result<KernelTiming> {
-            self.nf4_merge_in(&self.module, "lora_merge_q64_bf16", rows, cols, r, iters)
+            self.nf4_merge_in(&self.module, "lora_merge_q64n_bf16", rows, cols, r, iters)
         }
 
         /// As [`Bench::nf4_merge`], with the entry point `name` of `module`.
@@ -1080,15 +1085,43 @@ mod tests {
 
     /// The entry point the launcher picks for a bnb 4-bit tile with an r = 4 LoRA.
     fn pick(blocksize: u64, cols: usize, qdt: FloatDtype, delta: FloatDtype, out: FloatDtype) -> String {
+        pick_with(blocksize, cols, qdt, delta, out, false)
+    }
+
+    /// As [`pick`], with a double-quant (nested) absmax.
+    fn pick_nested(blocksize: u64, cols: usize, qdt: FloatDtype, delta: FloatDtype, out: FloatDtype) -> String {
+        pick_with(blocksize, cols, qdt, delta, out, true)
+    }
+
+    fn pick_with(
+        blocksize: u64,
+        cols: usize,
+        qdt: FloatDtype,
+        delta: FloatDtype,
+        out: FloatDtype,
+        nested: bool,
+    ) -> String {
         let qmap: Vec<u8> = NF4.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let nmap = vec![0u8; 1024];
         let (a, b) = (vec![0f32; 4 * cols], vec![0f32; 4 * 2]);
+        let absmax = if nested {
+            AbsmaxRef::Nested {
+                codes: &[],
+                nested_absmax: &[],
+                nested_map: &nmap,
+                nested_blocksize: 256,
+                offset: 0.0,
+            }
+        } else {
+            AbsmaxRef::Plain(&[])
+        };
         let tile = MergeTile {
             row0: 0,
             rows: 2,
             cols,
             base: BaseRows::Bnb(QuantView {
                 codes: &[],
-                absmax: AbsmaxRef::Plain(&[]),
+                absmax,
                 quant_map: &qmap,
                 blocksize,
                 dtype: qdt,
@@ -1111,6 +1144,10 @@ mod tests {
         assert_eq!(pick(64, 4096, Bf16, F32, Bf16), "lora_merge_q64_bf16");
         assert_eq!(pick(64, 4096, Bf16, Bf16, Bf16), "lora_merge_q64_bf16");
         assert_eq!(pick(64, 192, F16, F16, F16), "lora_merge_q64_f16");
+        // double quant: the nested lean kernel
+        assert_eq!(pick_nested(64, 4096, Bf16, F32, Bf16), "lora_merge_q64n_bf16");
+        assert_eq!(pick_nested(64, 192, F16, F16, F16), "lora_merge_q64n_f16");
+        assert_eq!(pick_nested(128, 4096, Bf16, F32, Bf16), "lora_merge_bf16");
         // blocksize, width, dtypes outside the lean kernel's case
         assert_eq!(pick(128, 4096, Bf16, F32, Bf16), "lora_merge_bf16");
         assert_eq!(pick(64, 4104, Bf16, F32, Bf16), "lora_merge_bf16");
