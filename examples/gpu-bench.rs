@@ -33,7 +33,7 @@ fn run() -> loraweld::Result<()> {
     let b = Bench::new()?;
     println!("device: {}", b.device);
     let c = b.copy_rates(1 << 30)?;
-    let copy2 = b.copy_gbs(1 << 30)?;
+    let copy2 = b.copy_rates(1 << 30)?.alone;
     // The figure for an H100 (51 TFLOP/s) stands in if the probe cannot run.
     let fma = b.fma_tflops().unwrap_or_else(|e| {
         println!("fma probe failed ({e}); using 51 TFLOP/s");
@@ -94,25 +94,9 @@ fn run() -> loraweld::Result<()> {
                 "csv,compare,{rows},{cols},{r},built-in,{:.4},{:016x},{:.4}",
                 t.ms, t.hash, t.ms_b2b
             );
-            // The general fast kernel on the same tile, for comparison with the lean one.
-            let g = b.nf4_merge_in(b.module(), "lora_merge_bf16", rows, cols, r, 20)?;
-            line += &format!(
-                "  general {:>7.3} / {:.3} ms{}",
-                g.ms,
-                g.ms_b2b,
-                if g.hash == t.hash { "" } else { " DIFFERENT BYTES" }
-            );
-            println!(
-                "csv,compare,{rows},{cols},{r},general,{:.4},{:016x},{:.4}",
-                g.ms, g.hash, g.ms_b2b
-            );
-            for (name, m) in &variants {
-                // A variant's lean kernel if it has one (the nested one, else the one kernel of builds
-                // before the split), else its general one.
-                let v = b
-                    .nf4_merge_in(m, "lora_merge_q64n_bf16", rows, cols, r, 20)
-                    .or_else(|_| b.nf4_merge_in(m, "lora_merge_q64_bf16", rows, cols, r, 20))
-                    .or_else(|_| b.nf4_merge_in(m, "lora_merge_bf16", rows, cols, r, 20))?;
+            // Another kernel on the same inputs: its times on the table line and a CSV line, and
+            // whether its output bytes are the built-in kernel's.
+            let mut compare = |name: &str, v: &loraweld::compute::cuda::bench::KernelTiming| {
                 line += &format!(
                     "  {name} {:>7.3} / {:.3} ms{}",
                     v.ms,
@@ -123,6 +107,20 @@ fn run() -> loraweld::Result<()> {
                     "csv,compare,{rows},{cols},{r},{name},{:.4},{:016x},{:.4}",
                     v.ms, v.hash, v.ms_b2b
                 );
+            };
+            // The general fast kernel on the same tile, for comparison with the lean one.
+            compare(
+                "general",
+                &b.nf4_merge_in(b.module(), "lora_merge_bf16", rows, cols, r, 20)?,
+            );
+            for (name, m) in &variants {
+                // A variant's lean kernel if it has one (the nested one, else the one kernel of builds
+                // before the split), else its general one.
+                let v = b
+                    .nf4_merge_in(m, "lora_merge_q64n_bf16", rows, cols, r, 20)
+                    .or_else(|_| b.nf4_merge_in(m, "lora_merge_q64_bf16", rows, cols, r, 20))
+                    .or_else(|_| b.nf4_merge_in(m, "lora_merge_bf16", rows, cols, r, 20))?;
+                compare(name, &v);
             }
             cmp_out.push(line);
             // The bound that applies: the slower of moving the bytes at copy speed and doing

@@ -57,6 +57,27 @@ fn le(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
+/// Rewrites the little-endian f32 array `bytes` in place, value `i` as `f(i, value)`.
+fn map_f32(bytes: &mut Vec<u8>, f: impl Fn(usize, f32) -> f32) {
+    let v: Vec<f32> = bytes
+        .chunks_exact(4)
+        .enumerate()
+        .map(|(i, b)| f(i, f32::from_le_bytes([b[0], b[1], b[2], b[3]])))
+        .collect();
+    *bytes = le(&v);
+}
+
+/// Prints how many of `n` cases differ and fails the test, listing them, if any did.
+fn assert_none_differ(test: &str, n: usize, failures: &[String]) {
+    println!("{test}: {n} cases, {} differ", failures.len());
+    assert!(
+        failures.is_empty(),
+        "{} of {n} cases differ:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
 fn encode(v: &[f32], dt: FloatDtype) -> Vec<u8> {
     let mut out = vec![0u8; v.len() * dt.size()];
     loraweld::quant::dtype::encode_into(v, dt, &mut out);
@@ -286,13 +307,7 @@ fn gpu_tiles_equal_cpu_bytes() {
             }
         }
     }
-    println!("gpu_tiles_equal_cpu_bytes: {n} cases, {} differ", failures.len());
-    assert!(
-        failures.is_empty(),
-        "{} of {n} cases differ:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert_none_differ("gpu_tiles_equal_cpu_bytes", n, &failures);
 }
 
 /// Whether `w` (one element of dtype `dt`) is a NaN whose payload the kernels need not match:
@@ -408,12 +423,7 @@ fn gpu_lean_tiles_equal_cpu_bytes() {
                     let res = compare_with(&gpu, &cpu, &c, |x| {
                         if mode == 2 && !nested {
                             let tiny = if out == FloatDtype::F16 { 1e-6 } else { 1e-37 };
-                            let v: Vec<f32> = x
-                                .absmax
-                                .chunks_exact(4)
-                                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) * tiny)
-                                .collect();
-                            x.absmax = le(&v);
+                            map_f32(&mut x.absmax, |_, v| v * tiny);
                             for a in &mut x.a {
                                 *a *= tiny;
                             }
@@ -433,34 +443,32 @@ fn gpu_lean_tiles_equal_cpu_bytes() {
     // Large but finite outputs (|w| up to about 2e29 in bf16, 2e3 in fp16): their pairwise
     // products overflow, which sends the kernel's cheap not-finite check to its exact recheck;
     // that must leave the bytes alone and the tile flagged finite.
+    // An NF4 tile of 130 rows (the lean kernel's case) with an f32 delta.
+    let nf4_tile = |out, nested, cols, r, scale, seed| Case {
+        base: Base::Nf4 {
+            nested,
+            blocksize: 64,
+            qdt: out,
+        },
+        total_rows: 130,
+        row0: 0,
+        rows: 130,
+        cols,
+        r,
+        scale,
+        delta: FloatDtype::F32,
+        out,
+        seed,
+    };
     for out in [FloatDtype::Bf16, FloatDtype::F16] {
         for nested in [false, true] {
             for r in [1usize, 16, 64] {
-                let c = Case {
-                    base: Base::Nf4 {
-                        nested,
-                        blocksize: 64,
-                        qdt: out,
-                    },
-                    total_rows: 130,
-                    row0: 0,
-                    rows: 130,
-                    cols: 4160,
-                    r,
-                    scale: 2.0,
-                    delta: FloatDtype::F32,
-                    out,
-                    seed: g.next(),
-                };
+                let c = nf4_tile(out, nested, 4160, r, 2.0, g.next());
                 n += 1;
                 let big = if out == FloatDtype::F16 { 1e4f32 } else { 1e30 };
                 let res = compare_with(&gpu, &cpu, &c, |x| {
                     let f = if nested { &mut x.nested_absmax } else { &mut x.absmax };
-                    let v: Vec<f32> = f
-                        .chunks_exact(4)
-                        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) * big)
-                        .collect();
-                    *f = le(&v);
+                    map_f32(f, |_, v| v * big);
                 });
                 match res {
                     Ok(true) => {}
@@ -481,36 +489,12 @@ fn gpu_lean_tiles_equal_cpu_bytes() {
                 (2.0, 1.0, huge),
                 (2f32.powi(127), 100.0, huge),
             ] {
-                let c = Case {
-                    base: Base::Nf4 {
-                        nested,
-                        blocksize: 64,
-                        qdt: out,
-                    },
-                    total_rows: 130,
-                    row0: 0,
-                    rows: 130,
-                    cols: 640,
-                    r: 16,
-                    scale,
-                    delta: FloatDtype::F32,
-                    out,
-                    seed: g.next(),
-                };
+                let c = nf4_tile(out, nested, 640, 16, scale, g.next());
                 n += 1;
                 let res = compare_with(&gpu, &cpu, &c, |x| {
                     // a few blocks only: the rest of the tile stays ordinary
                     let f = if nested { &mut x.nested_absmax } else { &mut x.absmax };
-                    let mut v: Vec<f32> = f
-                        .chunks_exact(4)
-                        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                        .collect();
-                    for (i, w) in v.iter_mut().enumerate() {
-                        if i % 7 == 3 {
-                            *w *= big_absmax;
-                        }
-                    }
-                    *f = le(&v);
+                    map_f32(f, |i, v| if i % 7 == 3 { v * big_absmax } else { v });
                     for a in &mut x.a {
                         *a *= big_a;
                     }
@@ -521,13 +505,7 @@ fn gpu_lean_tiles_equal_cpu_bytes() {
             }
         }
     }
-    println!("gpu_lean_tiles_equal_cpu_bytes: {n} cases, {} differ", failures.len());
-    assert!(
-        failures.is_empty(),
-        "{} of {n} cases differ:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert_none_differ("gpu_lean_tiles_equal_cpu_bytes", n, &failures);
 }
 
 #[test]

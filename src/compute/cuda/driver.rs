@@ -789,14 +789,6 @@ pub mod bench {
     }
 
     impl KernelTiming {
-        /// Achieved GB/s (bytes read plus bytes written), one launch timed alone.
-        pub fn gbs(&self) -> f64 {
-            self.gbs_at(self.ms)
-        }
-        /// Achieved TFLOP/s of the rank-r update (2·r FLOP per element), one launch timed alone.
-        pub fn tflops(&self) -> f64 {
-            self.tflops_at(self.ms)
-        }
         /// GB/s for a time of `ms` milliseconds.
         pub fn gbs_at(&self, ms: f64) -> f64 {
             self.bytes as f64 / (ms * 1e-3) / 1e9
@@ -918,12 +910,6 @@ pub mod bench {
                 device,
                 _ctx: ctx,
             })
-        }
-
-        /// Device-to-device copy bandwidth in GB/s, counting bytes read plus bytes written, one
-        /// copy timed alone.
-        pub fn copy_gbs(&self, bytes: usize) -> Result<f64> {
-            Ok(self.copy_rates(bytes)?.alone)
         }
 
         /// Device-to-device copy bandwidth in GB/s (bytes read plus written), timed each way.
@@ -1083,24 +1069,9 @@ mod tests {
     use crate::options::FloatDtype;
     use crate::quant::bnb::{AbsmaxRef, QuantView, NF4};
 
-    /// The entry point the launcher picks for a bnb 4-bit tile with an r = 4 LoRA.
-    fn pick(blocksize: u64, cols: usize, qdt: FloatDtype, delta: FloatDtype, out: FloatDtype) -> String {
-        pick_with(blocksize, cols, qdt, delta, out, false)
-    }
-
-    /// As [`pick`], with a double-quant (nested) absmax.
-    fn pick_nested(blocksize: u64, cols: usize, qdt: FloatDtype, delta: FloatDtype, out: FloatDtype) -> String {
-        pick_with(blocksize, cols, qdt, delta, out, true)
-    }
-
-    fn pick_with(
-        blocksize: u64,
-        cols: usize,
-        qdt: FloatDtype,
-        delta: FloatDtype,
-        out: FloatDtype,
-        nested: bool,
-    ) -> String {
+    /// The entry point the launcher picks for a bnb 4-bit tile with an r = 4 LoRA (`nested`:
+    /// double-quant absmax).
+    fn pick(blocksize: u64, cols: usize, qdt: FloatDtype, delta: FloatDtype, out: FloatDtype, nested: bool) -> String {
         let qmap: Vec<u8> = NF4.iter().flat_map(|x| x.to_le_bytes()).collect();
         let nmap = vec![0u8; 1024];
         let (a, b) = (vec![0f32; 4 * cols], vec![0f32; 4 * 2]);
@@ -1141,19 +1112,19 @@ mod tests {
     #[test]
     fn the_common_qlora_tile_gets_the_lean_kernel_and_the_rest_the_general_ones() {
         use FloatDtype::{Bf16, F16, F32};
-        assert_eq!(pick(64, 4096, Bf16, F32, Bf16), "lora_merge_q64_bf16");
-        assert_eq!(pick(64, 4096, Bf16, Bf16, Bf16), "lora_merge_q64_bf16");
-        assert_eq!(pick(64, 192, F16, F16, F16), "lora_merge_q64_f16");
+        assert_eq!(pick(64, 4096, Bf16, F32, Bf16, false), "lora_merge_q64_bf16");
+        assert_eq!(pick(64, 4096, Bf16, Bf16, Bf16, false), "lora_merge_q64_bf16");
+        assert_eq!(pick(64, 192, F16, F16, F16, false), "lora_merge_q64_f16");
         // double quant: the nested lean kernel
-        assert_eq!(pick_nested(64, 4096, Bf16, F32, Bf16), "lora_merge_q64n_bf16");
-        assert_eq!(pick_nested(64, 192, F16, F16, F16), "lora_merge_q64n_f16");
-        assert_eq!(pick_nested(128, 4096, Bf16, F32, Bf16), "lora_merge_bf16");
+        assert_eq!(pick(64, 4096, Bf16, F32, Bf16, true), "lora_merge_q64n_bf16");
+        assert_eq!(pick(64, 192, F16, F16, F16, true), "lora_merge_q64n_f16");
+        assert_eq!(pick(128, 4096, Bf16, F32, Bf16, true), "lora_merge_bf16");
         // blocksize, width, dtypes outside the lean kernel's case
-        assert_eq!(pick(128, 4096, Bf16, F32, Bf16), "lora_merge_bf16");
-        assert_eq!(pick(64, 4104, Bf16, F32, Bf16), "lora_merge_bf16");
-        assert_eq!(pick(64, 4096, F32, F32, Bf16), "lora_merge_bf16");
-        assert_eq!(pick(64, 4096, Bf16, F16, Bf16), "lora_merge_bf16");
-        assert_eq!(pick(64, 4096, F32, F32, F32), "lora_merge_f32");
-        assert_eq!(pick(64, 4100, Bf16, F32, Bf16), "lora_merge_any_bf16");
+        assert_eq!(pick(128, 4096, Bf16, F32, Bf16, false), "lora_merge_bf16");
+        assert_eq!(pick(64, 4104, Bf16, F32, Bf16, false), "lora_merge_bf16");
+        assert_eq!(pick(64, 4096, F32, F32, Bf16, false), "lora_merge_bf16");
+        assert_eq!(pick(64, 4096, Bf16, F16, Bf16, false), "lora_merge_bf16");
+        assert_eq!(pick(64, 4096, F32, F32, F32, false), "lora_merge_f32");
+        assert_eq!(pick(64, 4100, Bf16, F32, Bf16, false), "lora_merge_any_bf16");
     }
 }
