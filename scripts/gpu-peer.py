@@ -6,7 +6,9 @@ Unsloth does on the GPU for a 4-bit layer, on the same Llama-70B shapes.
     w = w.float(); w.addmm_(B, A, alpha=s); out = w.to(torch.bfloat16)
 
 Needs torch with CUDA and bitsandbytes (PYTHONPATH to an unpacked 0.50.2 wheel is enough).
-Prints one `csv,peer,ROWS,COLS,R,MS` line per shape and rank, and a table.
+Prints one `csv,peer,ROWS,COLS,R,MS` line per shape and rank, and a table. First it times
+torch's plain f32 matmul (TF32 off, 8192^3), the "plain f32 FMA" rate issue 5 quotes (about
+51 TFLOP/s on an H100), beside gpu-bench's FMA probes: `csv,torch_sgemm,TFLOP/s`.
 """
 import sys
 
@@ -34,6 +36,16 @@ def main():
     torch.backends.cuda.matmul.allow_tf32 = False
     dev = torch.device("cuda")
     print(f"peer: torch {torch.__version__}, bitsandbytes {F.__name__}, {torch.cuda.get_device_name(0)}")
+    n = 8192
+    x = torch.randn(n, n, device=dev)
+    y = torch.randn(n, n, device=dev)
+    z = torch.empty(n, n, device=dev)
+    ms = median_ms(lambda: torch.mm(x, y, out=z))
+    tflops = 2 * n**3 / (ms * 1e-3) / 1e12
+    print(f"csv,torch_sgemm,{tflops:.2f}")
+    print(f"torch f32 matmul (TF32 off) {n}^3: {ms:.2f} ms, {tflops:.1f} TFLOP/s")
+    del x, y, z
+    torch.cuda.empty_cache()
     shapes = [(8192, 8192), (8192, 28672), (28672, 8192), (1024, 8192)]
     rows_out = []
     for r in (16, 64):

@@ -83,28 +83,38 @@ fn fast_grid(rows: usize, cols: usize) -> GridSize {
     (cols.div_ceil(128) as u32, rows.div_ceil(64) as u32).into()
 }
 
-/// The lean kernels' grid: persistent, as many blocks as fit on the GPU at once (the occupancy
-/// API times the SMs), at most one per 128 x 64 tile; each block walks tiles `gridDim.x` apart.
-fn lean_grid(func: &Function<'_>, rows: usize, cols: usize) -> Result<GridSize> {
-    let tiles = cols.div_ceil(128) * rows.div_ceil(64);
+/// How many blocks of `func` (a lean kernel, 128-thread blocks) the GPU holds at once: the
+/// occupancy API times the SMs. Asked once per kernel (at backend start), not per launch.
+fn resident_blocks(func: &Function<'_>) -> Result<u32> {
     let per_sm = func
         .max_active_blocks_per_multiprocessor(FAST_BLOCK.into(), 0)
         .map_err(cu_err("cuOccupancyMaxActiveBlocksPerMultiprocessor"))?;
     let sms = Device::get_device(0)
         .and_then(|d| d.get_attribute(DeviceAttribute::MultiprocessorCount))
         .map_err(cu_err("cuDeviceGetAttribute(MultiprocessorCount)"))?;
-    let blocks = (per_sm.max(1) as usize * sms.max(1) as usize).min(tiles).max(1);
-    Ok((blocks as u32).into())
+    Ok(per_sm.max(1).saturating_mul(sms.max(1) as u32))
 }
 
-/// Grid and block of entry point `name` (a `lora_merge_*` kernel) for `rows x cols`.
-fn launch_shape(func: &Function<'_>, name: &str, rows: usize, cols: usize) -> Result<(GridSize, BlockSize)> {
+/// The lean kernels' entry points (see [`KernelSpec::of`]).
+const LEAN_KERNELS: [&str; 4] = [
+    "lora_merge_q64_bf16",
+    "lora_merge_q64_f16",
+    "lora_merge_q64n_bf16",
+    "lora_merge_q64n_f16",
+];
+
+/// Grid and block of entry point `name` (a `lora_merge_*` kernel) for `rows x cols`. The lean
+/// kernels' grid is persistent: `resident` blocks (what fits on the GPU at once, from
+/// [`resident_blocks`]), at most one per 128 x 64 tile; each block walks tiles `gridDim.x` apart.
+fn launch_shape(name: &str, rows: usize, cols: usize, resident: u32) -> (GridSize, BlockSize) {
     if name.contains("_q64") {
-        Ok((lean_grid(func, rows, cols)?, FAST_BLOCK.into()))
+        let tiles = cols.div_ceil(128) * rows.div_ceil(64);
+        let blocks = (resident.max(1) as usize).min(tiles).max(1);
+        ((blocks as u32).into(), FAST_BLOCK.into())
     } else if name.contains("_any_") {
-        Ok((((rows * cols).div_ceil(256).min(65535) as u32).into(), 256u32.into()))
+        (((rows * cols).div_ceil(256).min(65535) as u32).into(), 256u32.into())
     } else {
-        Ok((fast_grid(rows, cols), FAST_BLOCK.into()))
+        (fast_grid(rows, cols), FAST_BLOCK.into())
     }
 }
 
@@ -384,6 +394,8 @@ struct Gpu {
     host_a: Option<LockedBuffer<u8>>,
     dev_a: Option<DeviceBuffer<u8>>,
     module: Module,
+    /// [`resident_blocks`] of each of [`LEAN_KERNELS`], in that order.
+    lean_resident: [u32; 4],
     ctx: Context,
 }
 
@@ -533,7 +545,11 @@ impl Gpu {
             log2nbs: c.spec.log2_nbs,
         };
         let args = ka.ptrs();
-        let (grid, block) = launch_shape(&func, &c.spec.name, c.n_rows, cols)?;
+        let resident = LEAN_KERNELS
+            .iter()
+            .position(|k| *k == c.spec.name)
+            .map_or(0, |i| self.lean_resident[i]);
+        let (grid, block) = launch_shape(&c.spec.name, c.n_rows, cols, resident);
         // SAFETY: FFI. The arguments point at the fields of `ka` (alive until the call returns),
         // of the exact types and order the kernel declares; every device pointer lies inside a
         // live allocation sized for this chunk.
@@ -596,6 +612,13 @@ impl CudaBackend {
         let (ctx, device) = open_device()?;
         let none = |why: String| Error::NoCudaDevice { why };
         let module = Module::from_ptx(PTX, &[]).map_err(|e| none(format!("loading kernels/lora_merge.ptx: {e}")))?;
+        let mut lean_resident = [0u32; 4];
+        for (slot, name) in lean_resident.iter_mut().zip(LEAN_KERNELS) {
+            let func = module
+                .get_function(name)
+                .map_err(|e| none(format!("kernels/lora_merge.ptx has no {name}: {e}")))?;
+            *slot = resident_blocks(&func)?;
+        }
         let (free, _total) = cust::memory::mem_get_info().map_err(|e| none(format!("cuMemGetInfo: {e}")))?;
         let device_budget = match budget {
             MemoryBudget::Fraction(f) => (free as f64 * f) as u64,
@@ -620,6 +643,7 @@ impl CudaBackend {
                 host_a: None,
                 dev_a: None,
                 module,
+                lean_resident,
                 ctx,
             }),
             cpu: CpuBackend::new(threads)?,
@@ -941,10 +965,37 @@ pub mod bench {
             })
         }
 
-        /// Plain f32 FMA rate (TFLOP/s) of `kernels/fma_rate.ptx`: independent chains, no memory.
-        pub fn fma_tflops(&self) -> Result<f64> {
-            let func = self.fma.get_function("fma_rate").map_err(cu_err("fma_rate"))?;
-            let (blocks, threads, iters) = (132u32 * 16, 256u32, 4096u32);
+        /// Plain f32 FMA rate (TFLOP/s) of the probe `entry` of `kernels/fma_rate.ptx`
+        /// (`fma_rate`: 128 FMAs per loop trip; `fma_rate32`: 32, the probe used before): 8
+        /// independent chains per thread, no memory, two waves of 16 blocks of 256 per SM.
+        pub fn fma_tflops(&self, entry: &str) -> Result<f64> {
+            let per_trip = if entry == "fma_rate32" { 32 } else { 128 };
+            let sms = Device::get_device(0)
+                .and_then(|d| d.get_attribute(DeviceAttribute::MultiprocessorCount))
+                .map_err(cu_err("cuDeviceGetAttribute(MultiprocessorCount)"))?
+                .max(1) as u32;
+            let (blocks, threads) = (sms * 16, 256u32);
+            // About 2.2 TFLOP on an H100 whichever the probe: 30-40 ms.
+            let iters = 4096 * 32 / per_trip;
+            let ms = self.fma_ms(entry, blocks, threads, iters, 10, Mode::Alone)?;
+            Ok(2.0 * (per_trip * iters) as f64 * (blocks * threads) as f64 / (ms * 1e-3) / 1e12)
+        }
+
+        /// The same probe (`fma_rate`) doing about `flop` FLOP on `blocks` blocks of 128 threads
+        /// (the lean kernel's grid), timed cold: what the card's FMA rate comes to for that much
+        /// work in one launch (launch, ramp and tail included), the FMA counterpart of a copy of
+        /// as many bytes. Returns (TFLOP/s, the FLOP actually done).
+        pub fn fma_same_work(&self, flop: f64, blocks: u32) -> Result<(f64, f64)> {
+            let threads = 128u32;
+            let per_launch_trip = 256.0 * (blocks * threads) as f64;
+            let iters = (flop / per_launch_trip).round().max(1.0) as u32;
+            let done = per_launch_trip * iters as f64;
+            let ms = self.fma_ms("fma_rate", blocks, threads, iters, 20, Mode::Cold)?;
+            Ok((done / (ms * 1e-3) / 1e12, done))
+        }
+
+        fn fma_ms(&self, entry: &str, blocks: u32, threads: u32, iters: u32, n: usize, mode: Mode) -> Result<f64> {
+            let func = self.fma.get_function(entry).map_err(cu_err(entry.to_string()))?;
             // SAFETY: plain bytes, written by the kernel.
             let out = unsafe { DeviceBuffer::<u8>::uninitialized((blocks * threads) as usize * 4) }
                 .map_err(cu_err("cuMemAlloc"))?;
@@ -957,13 +1008,21 @@ pub mod bench {
                     &p_iters as *const u32 as *mut c_void,
                     &p_x as *const f32 as *mut c_void,
                 ];
-                // SAFETY: FFI; arguments match `fma_rate(u64, u32, f32)`, `out` holds one f32 per thread.
+                // SAFETY: FFI; arguments match `fma_rate*(u64, u32, f32)`, `out` holds one f32 per thread.
                 unsafe { self.stream.launch(&func, blocks, threads, 0, &args) }.map_err(cu_err("launch fma_rate"))
             };
             self.time_ms(2, Mode::Alone, run)?;
-            let ms = self.time_ms(10, Mode::Alone, run)?;
-            // 32 FMAs per loop iteration per thread, 2 FLOP each.
-            Ok(64.0 * iters as f64 * (blocks * threads) as f64 / (ms * 1e-3) / 1e12)
+            self.time_ms(n, mode, run)
+        }
+
+        /// Blocks in the built-in `lora_merge_q64n_bf16`'s grid for `rows x cols`.
+        pub fn lean_blocks(&self, rows: usize, cols: usize) -> Result<u32> {
+            let func = self
+                .module
+                .get_function("lora_merge_q64n_bf16")
+                .map_err(cu_err("lora_merge_q64n_bf16"))?;
+            let (grid, _) = launch_shape("lora_merge_q64n_bf16", rows, cols, resident_blocks(&func)?);
+            Ok(grid.x)
         }
 
         /// The built-in `lora_merge.ptx` module.
@@ -1032,7 +1091,7 @@ pub mod bench {
                 log2bs: 6,
                 log2nbs: 8,
             };
-            let (grid, block) = launch_shape(&func, name, rows, cols)?;
+            let (grid, block) = launch_shape(name, rows, cols, resident_blocks(&func)?);
             let run = || {
                 let args = ka.ptrs();
                 // SAFETY: FFI; arguments in the kernel's order and types; buffers sized for the shape.
@@ -1064,7 +1123,7 @@ pub mod bench {
 
 #[cfg(test)]
 mod tests {
-    use super::KernelSpec;
+    use super::{launch_shape, KernelSpec, LEAN_KERNELS};
     use crate::compute::{BaseRows, LoraRows, MergeTile};
     use crate::options::FloatDtype;
     use crate::quant::bnb::{AbsmaxRef, QuantView, NF4};
@@ -1126,5 +1185,30 @@ mod tests {
         assert_eq!(pick(64, 4096, Bf16, F16, Bf16, false), "lora_merge_bf16");
         assert_eq!(pick(64, 4096, F32, F32, F32, false), "lora_merge_f32");
         assert_eq!(pick(64, 4100, Bf16, F32, Bf16, false), "lora_merge_any_bf16");
+        // every lean pick is one the backend sized a grid for at start
+        for (q, o, n) in [
+            (Bf16, Bf16, false),
+            (F16, F16, false),
+            (Bf16, Bf16, true),
+            (F16, F16, true),
+        ] {
+            assert!(LEAN_KERNELS.contains(&pick(64, 4096, q, F32, o, n).as_str()));
+        }
+    }
+
+    #[test]
+    fn launch_shapes() {
+        let dims = |name: &str, rows, cols, resident| {
+            let (g, b) = launch_shape(name, rows, cols, resident);
+            ((g.x, g.y), (b.x, b.y))
+        };
+        // lean: as many blocks as fit at once (528 on an H100), never more than the 128 x 64 tiles
+        assert_eq!(dims("lora_merge_q64n_bf16", 8192, 8192, 528), ((528, 1), (32, 4)));
+        assert_eq!(dims("lora_merge_q64_f16", 100, 256, 528), ((4, 1), (32, 4)));
+        assert_eq!(dims("lora_merge_q64_bf16", 64, 64, 0), ((1, 1), (32, 4)));
+        // general fast path: one block per tile
+        assert_eq!(dims("lora_merge_bf16", 100, 300, 0), ((3, 2), (32, 4)));
+        // any shape: one element per thread, 256 per block
+        assert_eq!(dims("lora_merge_any_f32", 3, 7, 0), ((1, 1), (256, 1)));
     }
 }
