@@ -75,7 +75,7 @@ e2e() {
 import json, sys, os
 out = sys.argv[1]
 print("e2e (8B-shaped NF4 dq -> merged_16bit bf16):")
-print(f"  {'output':<6} {'device':<6} {'wall s':>7} {'read s':>7} {'compute s':>9} {'pack s':>7} {'GB out':>7} {'GB/s':>6}  backend")
+print(f"  {'output':<6} {'device':<6} {'wall s':>7} {'start s':>7} {'read s':>7} {'compute s':>9} {'pack s':>7} {'GB out':>7} {'GB/s':>6}  backend")
 for dst in ("disk", "shm"):
     for dev in ("cpu", "cuda"):
         p = os.path.join(out, f"e2e-{dst}-{dev}.json")
@@ -84,7 +84,7 @@ for dst in ("disk", "shm"):
         r = json.load(open(p))
         st = r["stages"]
         gb = r["bytes_written"] / 1e9
-        print(f"  {dst:<6} {dev:<6} {r['seconds']:7.2f} {st['read_s']:7.2f} {st['compute_s']:9.2f} {st['pack_s']:7.2f} {gb:7.2f} {gb / r['seconds']:6.2f}  {r['backend']}")
+        print(f"  {dst:<6} {dev:<6} {r['seconds']:7.2f} {st.get('backend_start_s', 0):7.2f} {st['read_s']:7.2f} {st['compute_s']:9.2f} {st['pack_s']:7.2f} {gb:7.2f} {gb / r['seconds']:6.2f}  {r['backend']}")
 EOF
     rm -rf "$W"
 }

@@ -156,6 +156,10 @@ pub struct StageTimes {
     pub compute_s: f64,
     /// Packer busy seconds (writing + hashing + syncing).
     pub pack_s: f64,
+    /// Seconds to start the compute backend, before the stages run (set by `save`). For CUDA:
+    /// the context, the staging buffers and the driver's JIT of the PTX, which it caches per
+    /// machine (1.7 s on an H100 without that cache, BENCHMARKS.md).
+    pub backend_start_s: f64,
 }
 
 /// Output buffers in circulation: one being filled, two queued for the packer, the rest with
@@ -276,6 +280,7 @@ pub fn execute(
                 read_s: r.as_secs_f64(),
                 compute_s: c.as_secs_f64(),
                 pack_s: pt.as_secs_f64(),
+                backend_start_s: 0.0,
             },
         ))
     })

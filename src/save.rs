@@ -188,7 +188,9 @@ pub fn save(opts: &SaveOptions) -> Result<SaveReport> {
             }
         }
     }
+    let t_backend = Instant::now();
     let backend = pick_backend(opts)?;
+    let backend_start_s = t_backend.elapsed().as_secs_f64();
     report.backend = backend.name();
     if opts.dry_run {
         report.seconds = t0.elapsed().as_secs_f64();
@@ -322,7 +324,10 @@ pub fn save(opts: &SaveOptions) -> Result<SaveReport> {
     report.bytes_written = shards.iter().map(|s| s.bytes).sum();
     report.shards = shards;
     report.files = files;
-    report.stages = stages;
+    report.stages = StageTimes {
+        backend_start_s,
+        ..stages
+    };
     report.seconds = t0.elapsed().as_secs_f64();
     report.peak_rss = crate::sys::peak_rss();
     Ok(report)
