@@ -87,6 +87,11 @@ fn run() -> loraweld::Result<()> {
     }
     let mut rows_out = Vec::new();
     let mut cmp_out = Vec::new();
+    let mut floors = Vec::new();
+    // An empty launch, timed cold: what every figure below carries.
+    let (empty_ms, _) = b.traffic_floor(0, 0)?;
+    println!("csv,empty_launch,{empty_ms:.4}");
+    floors.push(format!("an empty launch: {:.2} us cold", empty_ms * 1e3));
     for &r in &ranks {
         for &(rows, cols) in &shapes {
             let t = b.nf4_merge(rows, cols, r, 20)?;
@@ -144,6 +149,20 @@ fn run() -> loraweld::Result<()> {
                 "csv,copy_same_bytes,{rows},{cols},{r},{:.1},{:.1},{:.1}",
                 same.alone, same.b2b, same.cold
             );
+            // The floor: a kernel that moves the merge's bytes (bf16 out, the rest in) and does
+            // nothing else, launched and timed cold the same way.
+            let written = rows * cols * 2;
+            let (floor_ms, floor_grid) = b.traffic_floor(t.bytes as usize - written, written)?;
+            println!(
+                "csv,traffic_floor,{rows},{cols},{r},{floor_ms:.4},{},{written},{floor_grid},{:.1}",
+                t.bytes as usize - written,
+                100.0 * (t.bytes as f64 / (copy * 1e9) * 1e3) / floor_ms
+            );
+            floors.push(format!(
+                "{rows:>6}x{cols:<6} r={r:<3} moving the bytes alone: {floor_ms:.4} ms cold ({floor_grid} blocks), {:.1}% of the copy bound; the kernel {:.4} ms",
+                100.0 * (t.bytes as f64 / (copy * 1e9) * 1e3) / floor_ms,
+                t.ms_cold
+            ));
             let flop = 2.0 * r as f64 * (rows * cols) as f64;
             let (same_fma, same_flop) = b.fma_same_work(flop, b.lean_blocks(rows, cols)?)?;
             println!("csv,fma_same_work,{rows},{cols},{r},{same_fma:.2},{same_flop:.0}");
@@ -181,6 +200,9 @@ fn run() -> loraweld::Result<()> {
             println!("  {l}");
         }
         for l in cmp_out {
+            println!("  {l}");
+        }
+        for l in floors {
             println!("  {l}");
         }
         return Ok(());
@@ -272,6 +294,10 @@ fn run() -> loraweld::Result<()> {
     }
     println!("kernel variants on the same inputs (same card, same run; alone / back to back):");
     for l in cmp_out {
+        println!("  {l}");
+    }
+    println!("floors (kernels/traffic.ptx: the same bytes moved by a kernel that does nothing else, cold):");
+    for l in floors {
         println!("  {l}");
     }
     println!("tile path (merge_tile from host memory, 64 MiB tiles):");

@@ -27,7 +27,10 @@ use crate::quant::bnb::AbsmaxRef;
 const PTX: &str = include_str!("../../../kernels/lora_merge.ptx");
 /// The FMA-rate probe used by [`bench`].
 const FMA_PTX: &str = include_str!("../../../kernels/fma_rate.ptx");
+/// The L2 flush before a cold timing, used by [`bench`].
 const FLUSH_PTX: &str = include_str!("../../../kernels/l2_flush.ptx");
+/// The bytes-only floor kernel, used by [`bench`].
+const TRAFFIC_PTX: &str = include_str!("../../../kernels/traffic.ptx");
 
 /// Converts a driver error into ours, naming the operation.
 fn cu_err(op: impl Into<String>) -> impl FnOnce(CudaError) -> Error {
@@ -830,6 +833,7 @@ pub mod bench {
         flush_module: Module,
         module: Module,
         fma: Module,
+        traffic: Module,
         /// The GPU's name.
         pub device: String,
         _ctx: Context,
@@ -925,12 +929,14 @@ pub mod bench {
                 });
             }
             let flush_module = Module::from_ptx(FLUSH_PTX, &[]).map_err(cu_err("load l2_flush.ptx"))?;
+            let traffic = Module::from_ptx(TRAFFIC_PTX, &[]).map_err(cu_err("load traffic.ptx"))?;
             Ok(Bench {
                 stream,
                 flush,
                 flush_module,
                 module,
                 fma,
+                traffic,
                 device,
                 _ctx: ctx,
             })
@@ -1013,6 +1019,45 @@ pub mod bench {
             };
             self.time_ms(2, Mode::Alone, run)?;
             self.time_ms(n, mode, run)
+        }
+
+        /// The floor under a kernel that reads `read` and writes `write` bytes (`kernels/traffic.ptx`,
+        /// which moves them and does nothing else), timed cold like the merge: the fastest median
+        /// over a few grids, in ms, with that grid's blocks of 256 threads. `read = write = 0` is
+        /// an empty launch.
+        pub fn traffic_floor(&self, read: usize, write: usize) -> Result<(f64, u32)> {
+            let func = self.traffic.get_function("traffic").map_err(cu_err("traffic"))?;
+            let sms = Device::get_device(0)
+                .and_then(|d| d.get_attribute(DeviceAttribute::MultiprocessorCount))
+                .map_err(cu_err("cuDeviceGetAttribute(MultiprocessorCount)"))?
+                .max(1) as u32;
+            // SAFETY: plain bytes; what the source holds does not matter for timing.
+            let src = unsafe { DeviceBuffer::<u8>::uninitialized(read.max(16)) }.map_err(cu_err("cuMemAlloc"))?;
+            // SAFETY: plain bytes, written by the kernel.
+            let dst = unsafe { DeviceBuffer::<u8>::uninitialized(write.max(16)) }.map_err(cu_err("cuMemAlloc"))?;
+            let p_src = src.as_device_ptr().as_raw();
+            let p_dst = dst.as_device_ptr().as_raw();
+            let (p_nr16, p_nw16) = ((read / 16) as u64, (write / 16) as u64);
+            let mut best = (f64::INFINITY, 0u32);
+            for blocks in [sms, sms * 4, sms * 8, sms * 16] {
+                let run = || {
+                    let args = [
+                        &p_src as *const u64 as *mut c_void,
+                        &p_dst as *const u64 as *mut c_void,
+                        &p_nr16 as *const u64 as *mut c_void,
+                        &p_nw16 as *const u64 as *mut c_void,
+                    ];
+                    // SAFETY: FFI; arguments match `traffic(u64, u64, u64, u64)`; the kernel reads
+                    // `p_nr16` and writes `p_nw16` 16-byte pieces of buffers that hold them.
+                    unsafe { self.stream.launch(&func, blocks, 256u32, 0, &args) }.map_err(cu_err("launch traffic"))
+                };
+                self.time_ms(2, Mode::Alone, run)?;
+                let ms = self.time_ms(20, Mode::Cold, run)?;
+                if ms < best.0 {
+                    best = (ms, blocks);
+                }
+            }
+            Ok(best)
         }
 
         /// Blocks in the built-in `lora_merge_q64n_bf16`'s grid for `rows x cols`.
