@@ -86,16 +86,21 @@ fn fast_grid(rows: usize, cols: usize) -> GridSize {
     (cols.div_ceil(128) as u32, rows.div_ceil(64) as u32).into()
 }
 
+/// The SMs of device 0 (at least 1).
+fn sm_count() -> Result<u32> {
+    let sms = Device::get_device(0)
+        .and_then(|d| d.get_attribute(DeviceAttribute::MultiprocessorCount))
+        .map_err(cu_err("cuDeviceGetAttribute(MultiprocessorCount)"))?;
+    Ok(sms.max(1) as u32)
+}
+
 /// How many blocks of `func` (a lean kernel, 128-thread blocks) the GPU holds at once: the
 /// occupancy API times the SMs. Asked once per kernel (at backend start), not per launch.
 fn resident_blocks(func: &Function<'_>) -> Result<u32> {
     let per_sm = func
         .max_active_blocks_per_multiprocessor(FAST_BLOCK.into(), 0)
         .map_err(cu_err("cuOccupancyMaxActiveBlocksPerMultiprocessor"))?;
-    let sms = Device::get_device(0)
-        .and_then(|d| d.get_attribute(DeviceAttribute::MultiprocessorCount))
-        .map_err(cu_err("cuDeviceGetAttribute(MultiprocessorCount)"))?;
-    Ok(per_sm.max(1).saturating_mul(sms.max(1) as u32))
+    Ok(per_sm.max(1).saturating_mul(sm_count()?))
 }
 
 /// The lean kernels' entry points (see [`KernelSpec::of`]).
@@ -976,10 +981,7 @@ pub mod bench {
         /// independent chains per thread, no memory, two waves of 16 blocks of 256 per SM.
         pub fn fma_tflops(&self, entry: &str) -> Result<f64> {
             let per_trip = if entry == "fma_rate32" { 32 } else { 128 };
-            let sms = Device::get_device(0)
-                .and_then(|d| d.get_attribute(DeviceAttribute::MultiprocessorCount))
-                .map_err(cu_err("cuDeviceGetAttribute(MultiprocessorCount)"))?
-                .max(1) as u32;
+            let sms = sm_count()?;
             let (blocks, threads) = (sms * 16, 256u32);
             // About 2.2 TFLOP on an H100 whichever the probe: 30-40 ms.
             let iters = 4096 * 32 / per_trip;
@@ -1027,10 +1029,7 @@ pub mod bench {
         /// an empty launch.
         pub fn traffic_floor(&self, read: usize, write: usize) -> Result<(f64, u32)> {
             let func = self.traffic.get_function("traffic").map_err(cu_err("traffic"))?;
-            let sms = Device::get_device(0)
-                .and_then(|d| d.get_attribute(DeviceAttribute::MultiprocessorCount))
-                .map_err(cu_err("cuDeviceGetAttribute(MultiprocessorCount)"))?
-                .max(1) as u32;
+            let sms = sm_count()?;
             // SAFETY: plain bytes; what the source holds does not matter for timing.
             let src = unsafe { DeviceBuffer::<u8>::uninitialized(read.max(16)) }.map_err(cu_err("cuMemAlloc"))?;
             // SAFETY: plain bytes, written by the kernel.
