@@ -320,7 +320,6 @@ fn nan_with_free_payload(dt: FloatDtype, w: &[u8]) -> bool {
     }
 }
 
-/// Runs one case on both backends with inputs changed by `edit` first.
 /// Merges `c` (inputs changed by `edit`) on both backends; Ok(the tile is finite) when every
 /// byte and the finite flag agree.
 fn compare_with(gpu: &CudaBackend, cpu: &CpuBackend, c: &Case, edit: impl FnOnce(&mut Inputs)) -> Result<bool, String> {

@@ -839,6 +839,8 @@ pub mod bench {
         module: Module,
         fma: Module,
         traffic: Module,
+        /// SMs of the device (asked once).
+        sms: u32,
         /// The GPU's name.
         pub device: String,
         _ctx: Context,
@@ -861,7 +863,7 @@ pub mod bench {
             ];
             // SAFETY: FFI; arguments match `l2_flush(u64, u64, u64, u32)`; the kernel reads
             // `p_n16` 16-byte pieces of the flush buffer and writes nothing.
-            unsafe { self.stream.launch(&func, 132u32 * 8, 256u32, 0, &args) }.map_err(cu_err("launch l2_flush"))
+            unsafe { self.stream.launch(&func, self.sms * 8, 256u32, 0, &args) }.map_err(cu_err("launch l2_flush"))
         }
 
         /// Median over `iters` of the time per call of `f` in milliseconds, taken as `mode` says.
@@ -942,6 +944,7 @@ pub mod bench {
                 module,
                 fma,
                 traffic,
+                sms: sm_count()?,
                 device,
                 _ctx: ctx,
             })
@@ -981,8 +984,7 @@ pub mod bench {
         /// independent chains per thread, no memory, two waves of 16 blocks of 256 per SM.
         pub fn fma_tflops(&self, entry: &str) -> Result<f64> {
             let per_trip = if entry == "fma_rate32" { 32 } else { 128 };
-            let sms = sm_count()?;
-            let (blocks, threads) = (sms * 16, 256u32);
+            let (blocks, threads) = (self.sms * 16, 256u32);
             // About 2.2 TFLOP on an H100 whichever the probe: 30-40 ms.
             let iters = 4096 * 32 / per_trip;
             let ms = self.fma_ms(entry, blocks, threads, iters, 10, Mode::Alone)?;
@@ -1029,7 +1031,6 @@ pub mod bench {
         /// an empty launch.
         pub fn traffic_floor(&self, read: usize, write: usize) -> Result<(f64, u32)> {
             let func = self.traffic.get_function("traffic").map_err(cu_err("traffic"))?;
-            let sms = sm_count()?;
             // SAFETY: plain bytes; what the source holds does not matter for timing.
             let src = unsafe { DeviceBuffer::<u8>::uninitialized(read.max(16)) }.map_err(cu_err("cuMemAlloc"))?;
             // SAFETY: plain bytes, written by the kernel.
@@ -1038,6 +1039,7 @@ pub mod bench {
             let p_dst = dst.as_device_ptr().as_raw();
             let (p_nr16, p_nw16) = ((read / 16) as u64, (write / 16) as u64);
             let mut best = (f64::INFINITY, 0u32);
+            let sms = self.sms;
             for blocks in [sms, sms * 4, sms * 8, sms * 16] {
                 let run = || {
                     let args = [
