@@ -31,7 +31,7 @@ fn run() -> loraweld::Result<()> {
     use std::time::Instant;
 
     let b = Bench::new()?;
-    println!("device: {}", b.device);
+    println!("device: {} (merge kernels: {})", b.device, b.image);
     let c = b.copy_rates(1 << 30)?;
     let copy2 = b.copy_rates(1 << 30)?.alone;
     // The FMA ceiling: `fma_rate` (128 FMAs per loop trip). `fma_rate32` (32 per trip, the probe
@@ -280,7 +280,7 @@ fn run() -> loraweld::Result<()> {
         println!("csv,tile_path,{rows},{cols},{r},{:.2},{gbs:.2}", total * 1e3);
     }
 
-    println!("\n== {} ==", gpu.device_name());
+    println!("\n== {} ({}) ==", gpu.device_name(), gpu.kernel_image());
     println!("ceilings: copy {copy:.0} GB/s, fma {fma:.1} TFLOP/s (fma_rate32: {fma32:.1})");
     println!("kernel (NF4 double quant -> bf16, device-resident), median of 20, each timed three ways (copies too):");
     println!("  alone: one launch between events on an idle stream (the CPU's launch latency is inside)");

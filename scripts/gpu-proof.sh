@@ -10,6 +10,7 @@
 #   scripts/gpu-proof.sh check   # GPU bytes == CPU bytes (tests/gpu.rs)
 #   scripts/gpu-proof.sh bench   # kernel vs copy bandwidth and FMA rate; the PyTorch peer
 #   scripts/gpu-proof.sh e2e     # an 8B-shaped NF4 checkpoint merged with --device cpu and cuda
+#   scripts/gpu-proof.sh start   # backend start without the driver's JIT cache: cubin vs PTX
 #
 # Logs go to $OUT (or /tmp/gpu-proof); a short table is printed last.
 set -uo pipefail
@@ -58,12 +59,17 @@ e2e() {
         --heads 32 --kv-heads 8 --r 16 --alpha 32 >"$OUT/synth.log" 2>&1 || { cat "$OUT/synth.log"; return 1; }
     echo "synth: $((SECONDS - t0)) s; $(du -sh "$W/base_nf4" | cut -f1) base, $(du -sh "$W/lora" | cut -f1) adapter"
     df -h "$W" /dev/shm | tail -n +1
+    # cuda-jit: the PTX instead of the embedded cubin, with the driver's JIT cache off (what a
+    # fresh machine or container pays without the cubin)
     for dst in disk shm; do
-        for dev in cpu cuda; do
+        for dev in cpu cuda cuda-jit; do
             if [ "$dst" = disk ]; then out="$W/out"; else out=/dev/shm/lw-out; fi
+            [ "$dst" = shm ] && [ "$dev" = cuda-jit ] && continue
+            local jit=0 cache=0
+            [ "$dev" = cuda-jit ] && jit=1 cache=1
             rm -rf "$out"
             sync
-            "$B/loraweld" save "$W/lora" "$out" --device "$dev" --json \
+            CUDA_CACHE_DISABLE=$cache LORAWELD_CUDA_JIT=$jit "$B/loraweld" save "$W/lora" "$out" --device "${dev%-jit}" --json \
                 >"$OUT/e2e-$dst-$dev.json" 2>"$OUT/e2e-$dst-$dev.err" || { cat "$OUT/e2e-$dst-$dev.err"; return 1; }
             rm -rf "$out"
         done
@@ -75,18 +81,50 @@ e2e() {
 import json, sys, os
 out = sys.argv[1]
 print("e2e (8B-shaped NF4 dq -> merged_16bit bf16):")
-print(f"  {'output':<6} {'device':<6} {'wall s':>7} {'start s':>7} {'read s':>7} {'compute s':>9} {'pack s':>7} {'GB out':>7} {'GB/s':>6}  backend")
+print(f"  {'output':<6} {'device':<8} {'wall s':>7} {'start s':>7} {'read s':>7} {'compute s':>9} {'pack s':>7} {'GB out':>7} {'GB/s':>6}  backend")
 for dst in ("disk", "shm"):
-    for dev in ("cpu", "cuda"):
+    for dev in ("cpu", "cuda", "cuda-jit"):
         p = os.path.join(out, f"e2e-{dst}-{dev}.json")
         if not os.path.exists(p):
             continue
         r = json.load(open(p))
         st = r["stages"]
         gb = r["bytes_written"] / 1e9
-        print(f"  {dst:<6} {dev:<6} {r['seconds']:7.2f} {st.get('backend_start_s', 0):7.2f} {st['read_s']:7.2f} {st['compute_s']:9.2f} {st['pack_s']:7.2f} {gb:7.2f} {gb / r['seconds']:6.2f}  {r['backend']}")
+        print(f"  {dst:<6} {dev:<8} {r['seconds']:7.2f} {st.get('backend_start_s', 0):7.2f} {st['read_s']:7.2f} {st['compute_s']:9.2f} {st['pack_s']:7.2f} {gb:7.2f} {gb / r['seconds']:6.2f}  {r['backend']}")
 EOF
     rm -rf "$W"
+}
+
+start() {
+    # The bundled NF4 fixture (lora_on_nf4 on base_nf4_dq) is a few MB, so the wall is mostly the
+    # backend's start. CUDA_CACHE_DISABLE=1 keeps the driver's JIT cache out, as on a fresh
+    # machine or container; LORAWELD_CUDA_JIT=1 makes loraweld load the PTX instead of its cubin.
+    echo "== start: backend start with the driver's JIT cache off, embedded cubin vs PTX"
+    local fx=tests/fixtures/llama/lora_on_nf4 ref=/tmp/lw-start-cpu
+    rm -rf "$ref"
+    "$B/loraweld" save "$fx" "$ref" --device cpu --json >"$OUT/start-cpu.json" || return 1
+    for mode in cubin ptx; do
+        for i in 1 2 3; do
+            local o="/tmp/lw-start-$mode-$i" jit=0
+            [ "$mode" = ptx ] && jit=1
+            rm -rf "$o"
+            CUDA_CACHE_DISABLE=1 LORAWELD_CUDA_JIT=$jit "$B/loraweld" save "$fx" "$o" --device cuda --json \
+                >"$OUT/start-$mode-$i.json" || return 1
+            cmp "$ref/model.safetensors" "$o/model.safetensors" || { echo "start: $mode output differs from the CPU's"; return 1; }
+            rm -rf "$o"
+        done
+    done
+    python3 - "$OUT" <<'EOF'
+import json, sys, os, glob
+out = sys.argv[1]
+print("backend start, NF4 fixture -> merged_16bit, CUDA_CACHE_DISABLE=1 (output bytes == --device cpu's):")
+print(f"  {'kernels':<7} {'run':>3} {'start s':>8} {'wall s':>7}  backend")
+for p in sorted(glob.glob(os.path.join(out, "start-*.json"))):
+    r = json.load(open(p))
+    mode, _, run = os.path.basename(p)[6:-5].partition("-")
+    print(f"  {mode:<7} {run or '-':>3} {r['stages'].get('backend_start_s', 0):8.3f} {r['seconds']:7.3f}  {r['backend']}")
+EOF
+    rm -rf "$ref"
 }
 
 for step in "${@:-check}"; do
@@ -94,6 +132,7 @@ for step in "${@:-check}"; do
         check) check ;;
         bench) bench ;;
         e2e) e2e ;;
-        *) echo "gpu-proof: unknown step $step (check, bench, e2e)"; exit 2 ;;
+        start) start ;;
+        *) echo "gpu-proof: unknown step $step (check, bench, e2e, start)"; exit 2 ;;
     esac
 done

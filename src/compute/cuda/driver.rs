@@ -25,6 +25,56 @@ use crate::quant::bnb::AbsmaxRef;
 
 /// The kernels, embedded (candle's `include_str!` of its PTX).
 const PTX: &str = include_str!("../../../kernels/lora_merge.ptx");
+/// Machine code for `PTX` from build.rs (`ptxas` for sm_80 and sm_90), when the build found a
+/// `ptxas`; empty otherwise.
+mod cubins {
+    include!(concat!(env!("OUT_DIR"), "/cubins.rs"));
+}
+
+/// Which of the embedded cubins (their `sm` numbers, `archs`) a GPU of compute capability
+/// `major.minor` runs: the same major and the highest minor not above its own, since a cubin runs
+/// on later minors of its major (sm_80 on an RTX 3090's 8.6 or an RTX 4090's 8.9). `None`: no
+/// cubin fits, the PTX is JIT-compiled.
+fn pick_cubin(major: u32, minor: u32, archs: &[u32]) -> Option<usize> {
+    archs
+        .iter()
+        .enumerate()
+        .filter(|&(_, &sm)| sm / 10 == major && sm % 10 <= minor)
+        .max_by_key(|&(_, &sm)| sm)
+        .map(|(i, _)| i)
+}
+
+/// Loads the merge kernels on the current context: the embedded cubin for this GPU when there is
+/// one and the driver takes it, otherwise the PTX, which the driver JIT-compiles (1.7 s on an H100
+/// unless its cache has it). Returns the module and what was loaded (`sm_90 cubin`, `PTX`).
+/// `LORAWELD_CUDA_JIT=1` skips the cubins (a timing aid).
+fn load_merge_module() -> Result<(Module, String)> {
+    let load_ptx = |what: String| {
+        Module::from_ptx(PTX, &[])
+            .map(|m| (m, what))
+            .map_err(cu_err("load kernels/lora_merge.ptx"))
+    };
+    if std::env::var_os("LORAWELD_CUDA_JIT").is_some_and(|v| v != "0") {
+        return load_ptx("PTX, LORAWELD_CUDA_JIT".into());
+    }
+    let dev = Device::get_device(0).map_err(cu_err("cuDeviceGet"))?;
+    let cc = |a| dev.get_attribute(a).map(|v| v.max(0) as u32);
+    let major = cc(DeviceAttribute::ComputeCapabilityMajor).map_err(cu_err("cuDeviceGetAttribute"))?;
+    let minor = cc(DeviceAttribute::ComputeCapabilityMinor).map_err(cu_err("cuDeviceGetAttribute"))?;
+    let archs: Vec<u32> = cubins::CUBINS.iter().map(|&(sm, _)| sm).collect();
+    match pick_cubin(major, minor, &archs) {
+        Some(i) => {
+            let (sm, bytes) = cubins::CUBINS[i];
+            match Module::from_cubin(bytes, &[]) {
+                Ok(m) => Ok((m, format!("sm_{sm} cubin"))),
+                // An older driver may refuse a newer toolkit's cubin; its JIT still takes the PTX.
+                Err(e) => load_ptx(format!("PTX; the sm_{sm} cubin was refused: {e}")),
+            }
+        }
+        None => load_ptx("PTX".into()),
+    }
+}
+
 /// The FMA-rate probe used by [`bench`].
 const FMA_PTX: &str = include_str!("../../../kernels/fma_rate.ptx");
 /// The L2 flush before a cold timing, used by [`bench`].
@@ -606,6 +656,8 @@ pub struct CudaBackend {
     /// A few threads for pinned ↔ pageable copies.
     copier: rayon::ThreadPool,
     device: String,
+    /// What `load_merge_module` loaded (`sm_90 cubin`, `PTX`).
+    image: String,
     /// Target bytes per chunk (output or input, whichever is larger).
     chunk_bytes: usize,
     /// Device bytes this backend may use: `maximum_memory_usage` applied to free VRAM.
@@ -619,7 +671,7 @@ impl CudaBackend {
     pub fn new(budget: MemoryBudget, threads: Option<usize>) -> Result<Self> {
         let (ctx, device) = open_device()?;
         let none = |why: String| Error::NoCudaDevice { why };
-        let module = Module::from_ptx(PTX, &[]).map_err(|e| none(format!("loading kernels/lora_merge.ptx: {e}")))?;
+        let (module, image) = load_merge_module().map_err(|e| none(e.to_string()))?;
         let mut lean_resident = [0u32; 4];
         for (slot, name) in lean_resident.iter_mut().zip(LEAN_KERNELS) {
             let func = module
@@ -657,6 +709,7 @@ impl CudaBackend {
             cpu: CpuBackend::new(threads)?,
             copier,
             device,
+            image,
             chunk_bytes,
             device_budget,
         })
@@ -665,6 +718,12 @@ impl CudaBackend {
     /// The GPU's name (`NVIDIA H100 80GB HBM3`).
     pub fn device_name(&self) -> &str {
         &self.device
+    }
+
+    /// What the merge kernels were loaded from: `sm_90 cubin` (embedded machine code) or `PTX`
+    /// (JIT-compiled by the driver), with the reason when a cubin was passed over.
+    pub fn kernel_image(&self) -> &str {
+        &self.image
     }
 
     /// Rows per chunk: `chunk_bytes` over the widest per-row stream (input, output or B).
@@ -727,7 +786,7 @@ impl CudaBackend {
 
 impl Backend for CudaBackend {
     fn name(&self) -> String {
-        format!("cuda ({})", self.device)
+        format!("cuda ({}, {})", self.device, self.image)
     }
 
     fn merge_tile(&self, tile: &MergeTile<'_>, out: &mut [u8]) -> Result<bool> {
@@ -843,6 +902,8 @@ pub mod bench {
         sms: u32,
         /// The GPU's name.
         pub device: String,
+        /// What the merge kernels were loaded from (`sm_90 cubin`, `PTX`).
+        pub image: String,
         _ctx: Context,
     }
 
@@ -921,7 +982,7 @@ pub mod bench {
         /// Opens device 0.
         pub fn new() -> Result<Self> {
             let (ctx, device) = open_device()?;
-            let module = Module::from_ptx(PTX, &[]).map_err(cu_err("load lora_merge.ptx"))?;
+            let (module, image) = load_merge_module()?;
             let fma = Module::from_ptx(FMA_PTX, &[]).map_err(cu_err("load fma_rate.ptx"))?;
             let stream = Stream::new(StreamFlags::NON_BLOCKING, None).map_err(cu_err("cuStreamCreate"))?;
             // SAFETY: plain bytes, filled right below.
@@ -946,6 +1007,7 @@ pub mod bench {
                 traffic,
                 sms: sm_count()?,
                 device,
+                image,
                 _ctx: ctx,
             })
         }
@@ -1169,7 +1231,7 @@ pub mod bench {
 
 #[cfg(test)]
 mod tests {
-    use super::{launch_shape, KernelSpec, LEAN_KERNELS};
+    use super::{cubins, launch_shape, pick_cubin, KernelSpec, LEAN_KERNELS};
     use crate::compute::{BaseRows, LoraRows, MergeTile};
     use crate::options::FloatDtype;
     use crate::quant::bnb::{AbsmaxRef, QuantView, NF4};
@@ -1256,5 +1318,55 @@ mod tests {
         assert_eq!(dims("lora_merge_bf16", 100, 300, 0), ((3, 2), (32, 4)));
         // any shape: one element per thread, 256 per block
         assert_eq!(dims("lora_merge_any_f32", 3, 7, 0), ((1, 1), (256, 1)));
+    }
+
+    #[test]
+    fn a_gpu_runs_the_cubin_of_its_major_with_the_highest_minor_not_above_its_own() {
+        let built = [80, 90];
+        assert_eq!(pick_cubin(9, 0, &built), Some(1)); // H100, H200
+        assert_eq!(pick_cubin(8, 0, &built), Some(0)); // A100
+        assert_eq!(pick_cubin(8, 6, &built), Some(0)); // RTX 3090
+        assert_eq!(pick_cubin(8, 9, &built), Some(0)); // RTX 4090, L40S
+        assert_eq!(pick_cubin(8, 6, &[80, 86]), Some(1));
+        assert_eq!(pick_cubin(8, 0, &[86]), None); // a later minor's cubin does not run on 8.0
+        assert_eq!(pick_cubin(10, 0, &built), None); // Blackwell: the PTX
+        assert_eq!(pick_cubin(12, 0, &built), None);
+        assert_eq!(pick_cubin(7, 5, &built), None);
+        assert_eq!(pick_cubin(9, 0, &[]), None); // built without ptxas
+    }
+
+    /// The cubins build.rs embedded are CUDA ELF files for the arch they claim, holding every
+    /// entry point the launcher asks for. A build with `LORAWELD_PTXAS` set (CI's) must have both.
+    #[test]
+    fn embedded_cubins_are_elf_for_their_arch_with_every_entry_point() {
+        if option_env!("LORAWELD_PTXAS").is_some_and(|p| p != "none") {
+            let archs: Vec<u32> = cubins::CUBINS.iter().map(|&(sm, _)| sm).collect();
+            assert_eq!(
+                archs,
+                [80, 90],
+                "LORAWELD_PTXAS was set, so build.rs must embed both cubins"
+            );
+        }
+        let names = LEAN_KERNELS.iter().chain(&[
+            "lora_merge_bf16",
+            "lora_merge_f16",
+            "lora_merge_f32",
+            "lora_merge_any_bf16",
+            "lora_merge_any_f16",
+            "lora_merge_any_f32",
+        ]);
+        for &(sm, bytes) in cubins::CUBINS {
+            assert_eq!(&bytes[..4], b"\x7fELF", "sm_{sm}");
+            let machine = u16::from_le_bytes([bytes[18], bytes[19]]);
+            assert_eq!(machine, 0xBE, "sm_{sm}: e_machine is EM_CUDA");
+            let flags = u32::from_le_bytes([bytes[48], bytes[49], bytes[50], bytes[51]]);
+            assert_eq!((flags >> 8) & 0xFF, sm, "sm_{sm}: the arch in e_flags");
+            for name in names.clone() {
+                let found = bytes
+                    .windows(name.len() + 1)
+                    .any(|w| &w[..name.len()] == name.as_bytes() && w[name.len()] == 0);
+                assert!(found, "sm_{sm} cubin has no {name}");
+            }
+        }
     }
 }
