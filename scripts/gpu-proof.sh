@@ -11,6 +11,7 @@
 #   scripts/gpu-proof.sh bench   # kernel vs copy bandwidth and FMA rate; the PyTorch peer
 #   scripts/gpu-proof.sh e2e     # an 8B-shaped NF4 checkpoint merged with --device cpu and cuda
 #   scripts/gpu-proof.sh start   # backend start without the driver's JIT cache: cubin vs PTX
+#   scripts/gpu-proof.sh cores   # the 8B merge pinned to a few cores (E2E_CORES="2 4"): cpu vs cuda
 #
 # Logs go to $OUT (or /tmp/gpu-proof); a short table is printed last.
 set -uo pipefail
@@ -49,7 +50,7 @@ for key in sorted(k, key=lambda x: (x[2], x)):
 EOF
 }
 
-e2e() {
+synth8b() {
     W="${E2E_DIR:-/tmp/lw-e2e}"
     rm -rf "$W" /dev/shm/lw-out
     mkdir -p "$W"
@@ -59,6 +60,10 @@ e2e() {
         --heads 32 --kv-heads 8 --r 16 --alpha 32 >"$OUT/synth.log" 2>&1 || { cat "$OUT/synth.log"; return 1; }
     echo "synth: $((SECONDS - t0)) s; $(du -sh "$W/base_nf4" | cut -f1) base, $(du -sh "$W/lora" | cut -f1) adapter"
     df -h "$W" /dev/shm | tail -n +1
+}
+
+e2e() {
+    synth8b || return 1
     # cuda-jit: the PTX instead of the embedded cubin, with the driver's JIT cache off (what a
     # fresh machine or container pays without the cubin)
     for dst in disk shm; do
@@ -91,6 +96,43 @@ for dst in ("disk", "shm"):
         st = r["stages"]
         gb = r["bytes_written"] / 1e9
         print(f"  {dst:<6} {dev:<8} {r['seconds']:7.2f} {st.get('backend_start_s', 0):7.2f} {st['read_s']:7.2f} {st['compute_s']:9.2f} {st['pack_s']:7.2f} {gb:7.2f} {gb / r['seconds']:6.2f}  {r['backend']}")
+EOF
+    rm -rf "$W"
+}
+
+cores() {
+    # The 8B merge on a few cores, as on the small machines loraweld is for: the whole process
+    # pinned to the first N cores (taskset) with --threads N, CPU backend vs GPU backend.
+    synth8b || return 1
+    echo "== cores: the same merge pinned to ${E2E_CORES:-2 4} cores"
+    for n in ${E2E_CORES:-2 4}; do
+        for dst in disk shm; do
+            for dev in cpu cuda; do
+                if [ "$dst" = disk ]; then out="$W/out"; else out=/dev/shm/lw-out; fi
+                rm -rf "$out"
+                sync
+                taskset -c "0-$((n - 1))" "$B/loraweld" save "$W/lora" "$out" --device "$dev" --threads "$n" --json \
+                    >"$OUT/cores-$n-$dst-$dev.json" 2>"$OUT/cores-$n-$dst-$dev.err" || { cat "$OUT/cores-$n-$dst-$dev.err"; return 1; }
+                rm -rf "$out"
+            done
+        done
+    done
+    python3 - "$OUT" ${E2E_CORES:-2 4} <<'EOF'
+import json, sys, os
+out, cores = sys.argv[1], sys.argv[2:]
+print("8B-shaped NF4 dq -> merged_16bit on N cores (taskset, --threads N):")
+print(f"  {'cores':>5} {'output':<6} {'device':<6} {'wall s':>7} {'start s':>7} {'compute s':>9} {'pack s':>7} {'GB/s':>6}  shard blake3")
+for n in cores:
+    for dst in ("disk", "shm"):
+        for dev in ("cpu", "cuda"):
+            p = os.path.join(out, f"cores-{n}-{dst}-{dev}.json")
+            if not os.path.exists(p):
+                continue
+            r = json.load(open(p))
+            st = r["stages"]
+            gb = r["bytes_written"] / 1e9
+            h = r["shards"][0]["blake3"][:12] if r.get("shards") else "-"
+            print(f"  {n:>5} {dst:<6} {dev:<6} {r['seconds']:7.2f} {st.get('backend_start_s', 0):7.2f} {st['compute_s']:9.2f} {st['pack_s']:7.2f} {gb / r['seconds']:6.2f}  {h}")
 EOF
     rm -rf "$W"
 }
@@ -133,6 +175,7 @@ for step in "${@:-check}"; do
         bench) bench ;;
         e2e) e2e ;;
         start) start ;;
-        *) echo "gpu-proof: unknown step $step (check, bench, e2e, start)"; exit 2 ;;
+        cores) cores ;;
+        *) echo "gpu-proof: unknown step $step (check, bench, e2e, start, cores)"; exit 2 ;;
     esac
 done
