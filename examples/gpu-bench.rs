@@ -192,7 +192,44 @@ fn run() -> loraweld::Result<()> {
             }
         }
     }
+    // The 16-bit base variant (`lora_merge_bf16` on a bf16 weight, f32 update, bf16 output), the
+    // kernel a LoRA on an unquantized model gets, against the same ceilings, cold.
+    let mut base16 = Vec::new();
+    for &r in &ranks {
+        for &(rows, cols) in &shapes {
+            let t = b.bf16_merge(rows, cols, r, 20)?;
+            let t_mem = t.bytes as f64 / (copy * 1e9) * 1e3;
+            let t_fma = 2.0 * r as f64 * (rows * cols) as f64 / (fma * 1e12) * 1e3;
+            let (bound, floor) = if t_mem >= t_fma {
+                ("copy", t_mem)
+            } else {
+                ("fma", t_fma)
+            };
+            let (gbs, tflops) = (t.gbs_at(t.ms_cold), t.tflops_at(t.ms_cold));
+            println!(
+                "csv,kernel16,{rows},{cols},{r},{:.4},{},{gbs:.1},{tflops:.2},{bound},{:.1},cold",
+                t.ms_cold,
+                t.bytes,
+                100.0 * floor / t.ms_cold
+            );
+            base16.push(format!(
+                "{rows:>6}x{cols:<6} r={r:<3} cold {:>7.4} ms {gbs:>5.0} GB/s ({:>3.0}% of copy) {tflops:>5.1} TFLOP/s ({:>3.0}% of fma)  bound {bound}: {:>4.1}%   alone {:.4} ms, b2b {:.4} ms",
+                t.ms_cold,
+                100.0 * gbs / copy,
+                100.0 * tflops / fma,
+                100.0 * floor / t.ms_cold,
+                t.ms,
+                t.ms_b2b
+            ));
+        }
+    }
     drop(b);
+    let print_base16 = |lines: &[String]| {
+        println!("16-bit base (lora_merge_bf16: bf16 weight + f32 LoRA -> bf16, device-resident), median of 20:");
+        for l in lines {
+            println!("  {l}");
+        }
+    };
 
     // Host to host through merge_tile: what the pipeline's compute stage sees.
     if std::env::var_os("LW_NO_TILE").is_some() {
@@ -205,6 +242,7 @@ fn run() -> loraweld::Result<()> {
         for l in floors {
             println!("  {l}");
         }
+        print_base16(&base16);
         return Ok(());
     }
     let gpu = CudaBackend::new(MemoryBudget::Fraction(0.5), None)?;
@@ -300,6 +338,7 @@ fn run() -> loraweld::Result<()> {
     for l in floors {
         println!("  {l}");
     }
+    print_base16(&base16);
     println!("tile path (merge_tile from host memory, 64 MiB tiles):");
     for l in tile_rows {
         println!("  {l}");

@@ -1160,9 +1160,41 @@ pub mod bench {
             r: usize,
             iters: usize,
         ) -> Result<KernelTiming> {
+            self.merge_in(module, name, false, rows, cols, r, iters)
+        }
+
+        /// Times the kernel the backend launches for a 16-bit base (`lora_merge_bf16`): a bf16
+        /// weight `[rows, cols]` (finite values) plus a rank-`r` f32 update, to bf16, all inputs
+        /// resident on the device.
+        pub fn bf16_merge(&self, rows: usize, cols: usize, r: usize, iters: usize) -> Result<KernelTiming> {
+            self.merge_in(&self.module, "lora_merge_bf16", true, rows, cols, r, iters)
+        }
+
+        /// One timing of entry point `name`: an NF4 double-quant base (blocksize 64, bf16 quant
+        /// state), or with `bf16_base` a bf16 one; a rank-`r` f32 update; bf16 output.
+        #[expect(clippy::too_many_arguments)]
+        fn merge_in(
+            &self,
+            module: &Module,
+            name: &str,
+            bf16_base: bool,
+            rows: usize,
+            cols: usize,
+            r: usize,
+            iters: usize,
+        ) -> Result<KernelTiming> {
             let n = rows * cols;
             let nb = n.div_ceil(64);
-            let codes = upload(&random_bytes(n.div_ceil(2), 1))?;
+            let (base_bytes, flags) = if bf16_base {
+                // The upper halves of finite f32: finite bf16, so no row takes the out-of-line
+                // not-finite path.
+                let f = random_f32(n, 1, 2.0);
+                let bf: Vec<u8> = f.chunks_exact(4).flat_map(|c| [c[2], c[3]]).collect();
+                (bf, 1 | 32 | (2 << 6)) // bf16 base, LoRA, f32 delta
+            } else {
+                (random_bytes(n.div_ceil(2), 1), 4 | 32 | (2 << 6)) // nf4 base, nested, bf16 quant dtype, LoRA, f32 delta
+            };
+            let base = upload(&base_bytes)?;
             let absmax = upload(&random_bytes(nb, 2))?;
             let nabs = upload(&random_f32(nb.div_ceil(256), 3, 0.1))?;
             let nmap = upload(&random_f32(256, 4, 2.0))?;
@@ -1176,10 +1208,9 @@ pub mod bench {
             let out = unsafe { DeviceBuffer::<u8>::uninitialized(n * 2) }.map_err(cu_err("cuMemAlloc"))?;
             let func = module.get_function(name).map_err(cu_err(name.to_string()))?;
             let ptr = |b: &DeviceBuffer<u8>| b.as_device_ptr().as_raw();
-            // nf4 base, nested, bf16 quant dtype, LoRA, f32 delta
             let ka = KernelArgs {
                 out: ptr(&out),
-                base: ptr(&codes),
+                base: ptr(&base),
                 absmax: ptr(&absmax),
                 nabs: ptr(&nabs),
                 nmap: ptr(&nmap),
@@ -1195,7 +1226,7 @@ pub mod bench {
                 r: r as u32,
                 scale: 2.0,
                 offset: 0.03,
-                flags: 4 | 32 | (2 << 6),
+                flags,
                 log2bs: 6,
                 log2nbs: 8,
             };
@@ -1214,7 +1245,8 @@ pub mod bench {
             let hash = host.iter().fold(0xcbf29ce484222325u64, |h, &b| {
                 (h ^ b as u64).wrapping_mul(0x100000001b3)
             });
-            let bytes = (n.div_ceil(2) + nb + rows * r * 4 + r * cols * 4 + n * 2) as u64;
+            let quant_state = if bf16_base { 0 } else { nb };
+            let bytes = (base_bytes.len() + quant_state + rows * r * 4 + r * cols * 4 + n * 2) as u64;
             Ok(KernelTiming {
                 rows,
                 cols,
