@@ -32,6 +32,36 @@ fn run() -> loraweld::Result<()> {
 
     let b = Bench::new()?;
     println!("device: {} (merge kernels: {})", b.device, b.image);
+    // LW_SOAK=1: a few seconds of each kernel back to back, with wall-clock marks, so a clock
+    // and power log taken beside it (nvidia-smi -lms) shows what the SM clock is under each
+    // load; then exit.
+    if std::env::var_os("LW_SOAK").is_some() {
+        let now_ms = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis())
+                .unwrap_or(0)
+        };
+        // about 10 s of the probe (25-30 ms a call on an H100)
+        for _ in 0..400 {
+            let t0 = now_ms();
+            let f = b.fma_tflops("fma_rate")?;
+            println!("soak,fma_rate,{t0},{},{f:.2}", now_ms());
+        }
+        for (rows, cols, r, iters) in [(8192usize, 28672usize, 64usize, 1500usize), (8192, 28672, 16, 4000)] {
+            let t0 = now_ms();
+            let t = b.nf4_merge(rows, cols, r, iters)?;
+            println!(
+                "soak,merge_r{r},{t0},{},{:.2},{:.4},{:.4},{:.4}",
+                now_ms(),
+                t.tflops_at(t.ms_b2b),
+                t.ms,
+                t.ms_b2b,
+                t.ms_cold
+            );
+        }
+        return Ok(());
+    }
     let c = b.copy_rates(1 << 30)?;
     let copy2 = b.copy_rates(1 << 30)?.alone;
     // The FMA ceiling: `fma_rate` (128 FMAs per loop trip). `fma_rate32` (32 per trip, the probe
