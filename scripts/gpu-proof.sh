@@ -96,6 +96,18 @@ for dst in ("disk", "shm"):
         st = r["stages"]
         gb = r["bytes_written"] / 1e9
         print(f"  {dst:<6} {dev:<8} {r['seconds']:7.2f} {st.get('backend_start_s', 0):7.2f} {st['read_s']:7.2f} {st['compute_s']:9.2f} {st['pack_s']:7.2f} {gb:7.2f} {gb / r['seconds']:6.2f}  {r['backend']}")
+print("where a GPU run's compute stage went (stages.gpu, busy seconds; they overlap):")
+print(f"  {'output':<6} {'device':<8} {'compute':>7} {'stage in':>8} {'h2d':>6} {'kernel':>6} {'d2h':>6} {'gpu busy':>8} {'wait':>6} {'copy out':>8} {'chunks':>6} {'GB in':>6} {'GB out':>6}")
+for dst in ("disk", "shm"):
+    for dev in ("cuda", "cuda-jit"):
+        p = os.path.join(out, f"e2e-{dst}-{dev}.json")
+        if not os.path.exists(p):
+            continue
+        r = json.load(open(p))
+        g = r["stages"].get("gpu")
+        if not g:
+            continue
+        print(f"  {dst:<6} {dev:<8} {r['stages']['compute_s']:7.2f} {g['stage_in_s']:8.2f} {g['h2d_s']:6.2f} {g['kernel_s']:6.2f} {g['d2h_s']:6.2f} {g['gpu_busy_s']:8.2f} {g['wait_s']:6.2f} {g['copy_out_s']:8.2f} {g['chunks']:6d} {g['h2d_bytes'] / 1e9:6.2f} {g['d2h_bytes'] / 1e9:6.2f}")
 EOF
     rm -rf "$W"
 }

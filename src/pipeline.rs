@@ -157,9 +157,13 @@ pub struct StageTimes {
     /// Packer busy seconds (writing + hashing + syncing).
     pub pack_s: f64,
     /// Seconds to start the compute backend, before the stages run (set by `save`). For CUDA:
-    /// the context, the staging buffers and the driver's JIT of the PTX, which it caches per
-    /// machine (1.7 s on an H100 without that cache, BENCHMARKS.md).
+    /// the context, the staging buffers and loading the kernels: 0.2-0.3 s on an H100 from the
+    /// embedded cubin, 2-3 s more when the driver must JIT-compile the PTX and its cache lacks it
+    /// (BENCHMARKS.md, session 7).
     pub backend_start_s: f64,
+    /// A GPU backend's breakdown of the compute stage (set by `save`); absent on the CPU.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<crate::compute::GpuTimes>,
 }
 
 /// Output buffers in circulation: one being filled, two queued for the packer, the rest with
@@ -281,6 +285,7 @@ pub fn execute(
                 compute_s: c.as_secs_f64(),
                 pack_s: pt.as_secs_f64(),
                 backend_start_s: 0.0,
+                gpu: None,
             },
         ))
     })

@@ -326,6 +326,7 @@ pub fn save(opts: &SaveOptions) -> Result<SaveReport> {
     report.files = files;
     report.stages = StageTimes {
         backend_start_s,
+        gpu: backend.gpu_times(),
         ..stages
     };
     report.seconds = t0.elapsed().as_secs_f64();

@@ -576,6 +576,7 @@ fn gpu_big_tensors_equal_cpu_bytes() {
         (Base::Float(bf), 8192, 8192, 64, bf),
         (Base::Float(FloatDtype::F16), 4096, 4100, 16, FloatDtype::F16),
     ];
+    let out_bytes: u64 = cases.iter().map(|c| (c.1 * c.2 * c.4.size()) as u64).sum();
     let mut failures = Vec::new();
     for (k, (base, rows, cols, r, out)) in cases.into_iter().enumerate() {
         let c = Case {
@@ -602,6 +603,19 @@ fn gpu_big_tensors_equal_cpu_bytes() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // The backend's account of where its time went (`--json` stages.gpu): every one of these
+    // tensors ran on the GPU, so every output byte, plus each chunk's 4-byte flag word, came back
+    // through it; and two streams can at most double the busy time.
+    let t = gpu.gpu_times().expect("the cuda backend reports its times");
+    println!("  {t:?}");
+    assert_eq!(t.d2h_bytes, out_bytes + 4 * t.chunks);
+    assert!(t.chunks >= 7 && t.h2d_bytes > 0);
+    assert!(t.h2d_s > 0.0 && t.kernel_s > 0.0 && t.d2h_s > 0.0 && t.stage_in_s > 0.0 && t.copy_out_s > 0.0);
+    let sum = t.h2d_s + t.kernel_s + t.d2h_s;
+    assert!(
+        t.gpu_busy_s <= sum * 1.0001 && t.gpu_busy_s >= sum / 2.0 * 0.9999,
+        "{t:?}"
+    );
 }
 
 /// NaN, infinities, subnormals and values that overflow the output dtype. Non-NaN outputs and
@@ -738,6 +752,12 @@ fn gpu_fixture_merges_equal_cpu() {
             o.shard_order = ShardOrder::Module;
             let rep = loraweld::save(&o).unwrap();
             println!("  {adapter} base {base:?}: {} in {:.3}s", rep.backend, rep.seconds);
+            // The report says where a GPU run's compute time went, and only for a GPU run.
+            match (device, &rep.stages.gpu) {
+                (DeviceChoice::Cuda, Some(g)) => assert!(g.chunks > 0 && g.d2h_bytes > 0, "{g:?}"),
+                (DeviceChoice::Cpu, None) => {}
+                (d, g) => panic!("{d:?} run reported stages.gpu = {g:?}"),
+            }
             outs.push(out);
         }
         let n = files_equal(&outs[1], &outs[0]).unwrap_or_else(|e| panic!("{adapter} base {base:?}: gpu vs cpu: {e}"));

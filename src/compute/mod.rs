@@ -80,4 +80,39 @@ pub trait Backend: Send + Sync {
     /// Computes `tile` into `out` (`tile.out_len()` bytes). Returns whether every output value
     /// is finite.
     fn merge_tile(&self, tile: &MergeTile<'_>, out: &mut [u8]) -> Result<bool>;
+    /// Where a GPU backend's time went so far; `None` for the CPU.
+    fn gpu_times(&self) -> Option<GpuTimes> {
+        None
+    }
+}
+
+/// Where a GPU backend's time went, summed over the tiles it merged (`--json`:
+/// `stages.gpu`). Busy times of parts that run at the same time: the GPU's copies and kernels
+/// on its two streams, and the host's copies in and out of pinned staging, overlap one another
+/// and the pipeline's other stages. `gpu_busy_s` counts time when either stream had work, so
+/// `h2d_s + kernel_s + d2h_s - gpu_busy_s` is how much the two streams overlapped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct GpuTimes {
+    /// Row chunks launched.
+    pub chunks: u64,
+    /// Host: copying each chunk's inputs (codes, absmax, base rows, `B` transposed) into pinned
+    /// staging.
+    pub stage_in_s: f64,
+    /// GPU: host-to-device copies of the staged inputs.
+    pub h2d_s: f64,
+    /// GPU: the merge kernels.
+    pub kernel_s: f64,
+    /// GPU: device-to-host copies of the results.
+    pub d2h_s: f64,
+    /// GPU: time with a chunk in flight on either stream (the union of the two streams'
+    /// busy intervals, from each chunk's first copy in to its last copy out).
+    pub gpu_busy_s: f64,
+    /// Host: waiting for a slot's stream before reusing it.
+    pub wait_s: f64,
+    /// Host: copying results out of pinned staging into the caller's buffer.
+    pub copy_out_s: f64,
+    /// Bytes copied to the device (`lora_A` included).
+    pub h2d_bytes: u64,
+    /// Bytes copied back.
+    pub d2h_bytes: u64,
 }

@@ -5,6 +5,7 @@
 use std::ffi::{c_void, CStr};
 use std::os::raw::c_char;
 use std::sync::Mutex;
+use std::time::Instant;
 
 use cust::context::{Context, CurrentContext};
 use cust::device::{Device, DeviceAttribute};
@@ -18,7 +19,7 @@ use cust::sys as cu;
 use rayon::prelude::*;
 
 use crate::compute::cpu::CpuBackend;
-use crate::compute::{Backend, BaseRows, MergeTile};
+use crate::compute::{Backend, BaseRows, GpuTimes, MergeTile};
 use crate::error::{Error, Result};
 use crate::options::{FloatDtype, MemoryBudget};
 use crate::quant::bnb::AbsmaxRef;
@@ -403,10 +404,11 @@ impl Layout {
     }
 }
 
-/// A chunk in flight: where its bytes go in the caller's output.
+/// A chunk in flight: where its bytes go in the caller's output, and how many it sent.
 struct Pending {
     out_start: usize,
     len: usize,
+    in_len: usize,
 }
 
 /// One of the two staging slots: a stream with its own pinned and device buffers.
@@ -418,6 +420,9 @@ struct Slot {
     dev_in: Option<DeviceBuffer<u8>>,
     dev_out: Option<DeviceBuffer<u8>>,
     pending: Option<Pending>,
+    /// Recorded on the stream before the chunk's upload, after it, after the kernel and after
+    /// the download: the GPU's own times for [`GpuTimes`].
+    ev: [Event; 4],
 }
 
 impl Slot {
@@ -430,20 +435,26 @@ impl Slot {
             dev_in: None,
             dev_out: None,
             pending: None,
+            ev: [event()?, event()?, event()?, event()?],
         })
     }
+}
 
-    /// Waits for this slot's chunk, copies its output into `out`, and says whether it was all
-    /// finite (the kernel's flag word stayed 0).
-    fn drain(&mut self, out: &mut [u8], pool: &rayon::ThreadPool) -> Result<bool> {
-        let Some(p) = self.pending.take() else {
-            return Ok(true);
-        };
-        self.stream.synchronize().map_err(cu_err("cuStreamSynchronize"))?;
-        let host = self.host_out.as_ref().expect("a pending chunk has an output buffer");
-        par_copy(pool, &mut out[p.out_start..p.out_start + p.len], &host[..p.len]);
-        Ok(self.host_flag[..4] == [0, 0, 0, 0])
-    }
+fn event() -> Result<Event> {
+    Event::new(EventFlags::DEFAULT).map_err(cu_err("cuEventCreate"))
+}
+
+/// Milliseconds from event `a` to event `b`, both completed.
+fn ms_between(a: &Event, b: &Event) -> Result<f64> {
+    Ok(b.elapsed_time_f32(a).map_err(cu_err("cuEventElapsedTime"))? as f64)
+}
+
+/// The GPU's clock for [`GpuTimes::gpu_busy_s`]: an event recorded before the first chunk, and
+/// the end of the busy time counted so far, in ms after it.
+struct Clock {
+    origin: Event,
+    started: bool,
+    busy_end_ms: f64,
 }
 
 /// Everything that lives in the CUDA context. Field order is drop order: the context goes last.
@@ -454,6 +465,9 @@ struct Gpu {
     module: Module,
     /// [`resident_blocks`] of each of [`LEAN_KERNELS`], in that order.
     lean_resident: [u32; 4],
+    /// Where the time went so far.
+    times: GpuTimes,
+    clock: Clock,
     ctx: Context,
 }
 
@@ -551,6 +565,7 @@ impl Gpu {
             .get_function(&c.spec.name)
             .map_err(cu_err(format!("cuModuleGetFunction {}", c.spec.name)))?;
         let slot = &mut self.slots[s];
+        let t_stage = Instant::now();
         {
             let h = host_buf(&mut slot.host_in, in_len)?;
             h[off_flag..off_flag + 16].fill(0);
@@ -565,11 +580,20 @@ impl Gpu {
             h[off_nabs..off_nabs + nabs_src.len()].copy_from_slice(nabs_src);
             par_copy(pool, &mut h[off_base..off_base + base_src.len()], base_src);
         }
+        self.times.stage_in_s += t_stage.elapsed().as_secs_f64();
         host_buf(&mut slot.host_out, out_len)?;
         let dev_in = dev_buf(&mut slot.dev_in, in_len)?.as_device_ptr().as_raw();
         let dev_out = dev_buf(&mut slot.dev_out, out_len)?.as_device_ptr().as_raw();
         let stream = slot.stream.as_inner();
         let host_in = slot.host_in.as_ref().expect("staged above").as_ptr();
+        if !self.clock.started {
+            self.clock
+                .origin
+                .record(&slot.stream)
+                .map_err(cu_err("cuEventRecord"))?;
+            self.clock.started = true;
+        }
+        slot.ev[0].record(&slot.stream).map_err(cu_err("cuEventRecord"))?;
         // SAFETY: FFI. `host_in` is pinned and holds `in_len` staged bytes; `dev_in` has room for
         // them. The slot is not touched again until `drain` has synchronized its stream.
         let rc = unsafe { cu::cuMemcpyHtoDAsync_v2(dev_in, host_in as *const c_void, in_len, stream) };
@@ -579,6 +603,7 @@ impl Gpu {
                 what: result_name(rc),
             });
         }
+        slot.ev[1].record(&slot.stream).map_err(cu_err("cuEventRecord"))?;
 
         let ka = KernelArgs {
             out: dev_out,
@@ -613,6 +638,7 @@ impl Gpu {
         // live allocation sized for this chunk.
         unsafe { slot.stream.launch(&func, grid, block, 0, &args) }
             .map_err(cu_err(format!("launch {}", c.spec.name)))?;
+        slot.ev[2].record(&slot.stream).map_err(cu_err("cuEventRecord"))?;
 
         let host_out = slot.host_out.as_mut().expect("allocated above").as_mut_ptr();
         let host_flag = slot.host_flag.as_mut_ptr();
@@ -632,11 +658,44 @@ impl Gpu {
                 what: result_name(rc),
             });
         }
+        slot.ev[3].record(&slot.stream).map_err(cu_err("cuEventRecord"))?;
         slot.pending = Some(Pending {
             out_start: c.row * cols * osz,
             len: out_len,
+            in_len,
         });
         Ok(())
+    }
+
+    /// Waits for slot `s`'s chunk, copies its output into `out`, adds its times to
+    /// [`Gpu::times`], and says whether it was all finite (the kernel's flag word stayed 0).
+    fn drain(&mut self, s: usize, out: &mut [u8], pool: &rayon::ThreadPool) -> Result<bool> {
+        let slot = &mut self.slots[s];
+        let Some(p) = slot.pending.take() else {
+            return Ok(true);
+        };
+        let t_wait = Instant::now();
+        slot.stream.synchronize().map_err(cu_err("cuStreamSynchronize"))?;
+        let t = &mut self.times;
+        t.wait_s += t_wait.elapsed().as_secs_f64();
+        let ev = &slot.ev;
+        t.h2d_s += ms_between(&ev[0], &ev[1])? * 1e-3;
+        t.kernel_s += ms_between(&ev[1], &ev[2])? * 1e-3;
+        t.d2h_s += ms_between(&ev[2], &ev[3])? * 1e-3;
+        // Chunks are drained in launch order, which is the order their uploads start in (one
+        // copy engine each way), so a running end makes the union of the busy intervals.
+        let start = ms_between(&self.clock.origin, &ev[0])?;
+        let end = ms_between(&self.clock.origin, &ev[3])?;
+        t.gpu_busy_s += (end - start.max(self.clock.busy_end_ms)).max(0.0) * 1e-3;
+        self.clock.busy_end_ms = self.clock.busy_end_ms.max(end);
+        t.chunks += 1;
+        t.h2d_bytes += p.in_len as u64;
+        t.d2h_bytes += p.len as u64 + 4;
+        let t_copy = Instant::now();
+        let host = slot.host_out.as_ref().expect("a pending chunk has an output buffer");
+        par_copy(pool, &mut out[p.out_start..p.out_start + p.len], &host[..p.len]);
+        t.copy_out_s += t_copy.elapsed().as_secs_f64();
+        Ok(slot.host_flag[..4] == [0, 0, 0, 0])
     }
 
     /// After an error: wait for whatever is queued and forget it.
@@ -704,6 +763,12 @@ impl CudaBackend {
                 dev_a: None,
                 module,
                 lean_resident,
+                times: GpuTimes::default(),
+                clock: Clock {
+                    origin: event()?,
+                    started: false,
+                    busy_end_ms: 0.0,
+                },
                 ctx,
             }),
             cpu: CpuBackend::new(threads)?,
@@ -746,6 +811,7 @@ impl CudaBackend {
                 f32_bytes_into(&mut h[..a_len], l.a);
                 let src = h.as_ptr();
                 let d = dev_buf(&mut gpu.dev_a, a_len)?.as_device_ptr().as_raw();
+                let t_a = Instant::now();
                 // SAFETY: FFI; a synchronous copy of `a_len` pinned bytes into a buffer of at least
                 // that size. No kernel is in flight (every tile ends with both slots drained).
                 let rc = unsafe { cu::cuMemcpyHtoD_v2(d, src as *const c_void, a_len) };
@@ -755,6 +821,8 @@ impl CudaBackend {
                         what: result_name(rc),
                     });
                 }
+                gpu.times.h2d_s += t_a.elapsed().as_secs_f64();
+                gpu.times.h2d_bytes += a_len as u64;
                 d
             }
             None => 0,
@@ -765,7 +833,7 @@ impl CudaBackend {
         while row < tile.rows {
             let n_rows = rows_per.min(tile.rows - row);
             let s = j % 2;
-            finite &= gpu.slots[s].drain(out, &self.copier)?;
+            finite &= gpu.drain(s, out, &self.copier)?;
             let c = ChunkArgs {
                 tile,
                 spec,
@@ -778,7 +846,7 @@ impl CudaBackend {
             j += 1;
         }
         for k in 0..2 {
-            finite &= gpu.slots[(j + k) % 2].drain(out, &self.copier)?;
+            finite &= gpu.drain((j + k) % 2, out, &self.copier)?;
         }
         Ok(finite)
     }
@@ -815,6 +883,10 @@ impl Backend for CudaBackend {
             gpu.abandon();
         }
         res
+    }
+
+    fn gpu_times(&self) -> Option<GpuTimes> {
+        self.gpu.lock().ok().map(|g| g.times)
     }
 }
 
