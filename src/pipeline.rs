@@ -258,7 +258,12 @@ pub fn execute(
     let (pool_tx, pool_rx) = bounded::<AlignedBuf>(POOL);
     if pool_cap > 0 {
         for _ in 0..POOL {
-            let _ = pool_tx.try_send(AlignedBuf::new(pool_cap));
+            let mut buf = AlignedBuf::new(pool_cap);
+            // A GPU backend page-locks them, so results come back into them directly.
+            if let Some(release) = backend.pin_output(buf.as_mut_slice()) {
+                buf.on_release(release);
+            }
+            let _ = pool_tx.try_send(buf);
         }
     }
     std::thread::scope(|s| {

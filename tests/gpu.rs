@@ -618,6 +618,76 @@ fn gpu_big_tensors_equal_cpu_bytes() {
     );
 }
 
+/// A page-locked output (what the pipeline's buffers are once `pin_output` registered them):
+/// the results are downloaded straight into it, with no copy out of the backend's staging, and
+/// the bytes are the CPU's. After the release the same buffer goes through the staging again.
+#[test]
+fn gpu_merges_into_a_pinned_output_equal_cpu_bytes() {
+    let Some(gpu) = gpu("gpu_merges_into_a_pinned_output_equal_cpu_bytes") else {
+        return;
+    };
+    let cpu = CpuBackend::new(None).unwrap();
+    let c = Case {
+        base: Base::Nf4 {
+            nested: true,
+            blocksize: 64,
+            qdt: FloatDtype::Bf16,
+        },
+        total_rows: 3000,
+        row0: 0,
+        rows: 3000,
+        cols: 4096,
+        r: 16,
+        scale: 2.0,
+        delta: FloatDtype::F32,
+        out: FloatDtype::Bf16,
+        seed: 77,
+    };
+    let x = inputs(&c);
+    let t = tile(&c, &x);
+    let len = t.out_len();
+    let mut want = vec![0u8; len];
+    cpu.merge_tile(&t, &mut want).unwrap();
+    // The tile sits 4096 + 16 bytes into a larger buffer, as in the pipeline's (a page lead).
+    let lead = 4096 + 16;
+    let mut buf = vec![0xA5u8; lead + len + 4096];
+    let release = gpu
+        .pin_output(&mut buf)
+        .expect("the cuda backend pins an output buffer");
+    let before = gpu.gpu_times().unwrap();
+    gpu.merge_tile(&t, &mut buf[lead..lead + len]).unwrap();
+    let after = gpu.gpu_times().unwrap();
+    assert!(
+        buf[lead..lead + len] == want[..],
+        "pinned output differs from the CPU's"
+    );
+    assert!(
+        buf[..lead].iter().chain(&buf[lead + len..]).all(|&b| b == 0xA5),
+        "bytes outside the tile changed"
+    );
+    assert!(after.chunks > before.chunks);
+    assert_eq!(
+        after.d2h_bytes - before.d2h_bytes,
+        len as u64 + 4 * (after.chunks - before.chunks)
+    );
+    assert_eq!(
+        after.copy_out_s, before.copy_out_s,
+        "a pinned output needs no copy out of staging"
+    );
+    release();
+    buf.fill(0xA5);
+    gpu.merge_tile(&t, &mut buf[lead..lead + len]).unwrap();
+    let again = gpu.gpu_times().unwrap();
+    assert!(
+        buf[lead..lead + len] == want[..],
+        "output after the release differs from the CPU's"
+    );
+    assert!(
+        again.copy_out_s > after.copy_out_s,
+        "after the release the output goes through staging"
+    );
+}
+
 /// NaN, infinities, subnormals and values that overflow the output dtype. Non-NaN outputs and
 /// bf16 NaN (always 0x7FC0) are compared bit for bit; the payload of an f16/f32 NaN is not
 /// specified (the CPU's own scalar and SIMD paths need not agree on it), only that it is NaN.

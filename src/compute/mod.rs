@@ -84,7 +84,18 @@ pub trait Backend: Send + Sync {
     fn gpu_times(&self) -> Option<GpuTimes> {
         None
     }
+    /// Offers `buf`, an output buffer that lives for the whole run, to the backend, which may
+    /// page-lock it so that results are copied into it directly (the CUDA backend registers it
+    /// with the driver, and its device-to-host copies then land in it without a pass through
+    /// its own pinned staging). Returns what must run before the buffer is freed; `None`:
+    /// nothing was done.
+    fn pin_output(&self, _buf: &mut [u8]) -> Option<PinRelease> {
+        None
+    }
 }
+
+/// Undoes [`Backend::pin_output`]; runs before the buffer is freed, on whichever thread drops it.
+pub type PinRelease = Box<dyn FnOnce() + Send>;
 
 /// Where a GPU backend's time went, summed over the tiles it merged (`--json`:
 /// `stages.gpu`). Busy times of parts that run at the same time: the GPU's copies and kernels

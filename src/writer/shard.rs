@@ -38,6 +38,8 @@ pub struct AlignedBuf {
     storage: Vec<u8>,
     start: usize,
     cap: usize,
+    /// Run before `storage` is freed (a backend's [`crate::compute::Backend::pin_output`]).
+    release: Option<crate::compute::PinRelease>,
 }
 
 impl AlignedBuf {
@@ -63,7 +65,17 @@ impl AlignedBuf {
             // and then the page would not be faulted in.
             body[i] = std::hint::black_box(0);
         }
-        AlignedBuf { storage, start, cap }
+        AlignedBuf {
+            storage,
+            start,
+            cap,
+            release: None,
+        }
+    }
+
+    /// Sets what must run before this buffer's memory is freed.
+    pub fn on_release(&mut self, f: crate::compute::PinRelease) {
+        self.release = Some(f);
     }
 
     /// Usable bytes.
@@ -79,6 +91,14 @@ impl AlignedBuf {
     /// The aligned bytes, writable.
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         &mut self.storage[self.start..self.start + self.cap]
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        if let Some(f) = self.release.take() {
+            f();
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 
 use std::ffi::{c_void, CStr};
 use std::os::raw::c_char;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use cust::context::{Context, CurrentContext};
@@ -19,7 +19,7 @@ use cust::sys as cu;
 use rayon::prelude::*;
 
 use crate::compute::cpu::CpuBackend;
-use crate::compute::{Backend, BaseRows, GpuTimes, MergeTile};
+use crate::compute::{Backend, BaseRows, GpuTimes, MergeTile, PinRelease};
 use crate::error::{Error, Result};
 use crate::options::{FloatDtype, MemoryBudget};
 use crate::quant::bnb::AbsmaxRef;
@@ -409,6 +409,8 @@ struct Pending {
     out_start: usize,
     len: usize,
     in_len: usize,
+    /// The download went straight into the caller's (page-locked) buffer.
+    direct: bool,
 }
 
 /// One of the two staging slots: a stream with its own pinned and device buffers.
@@ -488,6 +490,9 @@ struct ChunkArgs<'t, 'a> {
     row: usize,
     n_rows: usize,
     a_ptr: u64,
+    /// The caller's output, when it is page-locked ([`CudaBackend::pin_output`]): the chunk's
+    /// result is downloaded straight into it.
+    direct_out: Option<*mut u8>,
 }
 
 impl Gpu {
@@ -581,7 +586,9 @@ impl Gpu {
             par_copy(pool, &mut h[off_base..off_base + base_src.len()], base_src);
         }
         self.times.stage_in_s += t_stage.elapsed().as_secs_f64();
-        host_buf(&mut slot.host_out, out_len)?;
+        if c.direct_out.is_none() {
+            host_buf(&mut slot.host_out, out_len)?;
+        }
         let dev_in = dev_buf(&mut slot.dev_in, in_len)?.as_device_ptr().as_raw();
         let dev_out = dev_buf(&mut slot.dev_out, out_len)?.as_device_ptr().as_raw();
         let stream = slot.stream.as_inner();
@@ -640,10 +647,17 @@ impl Gpu {
             .map_err(cu_err(format!("launch {}", c.spec.name)))?;
         slot.ev[2].record(&slot.stream).map_err(cu_err("cuEventRecord"))?;
 
-        let host_out = slot.host_out.as_mut().expect("allocated above").as_mut_ptr();
+        let out_start = c.row * cols * osz;
+        let host_out = match c.direct_out {
+            // SAFETY: `direct_out` is the caller's output of `tile.out_len()` bytes, and this
+            // chunk's `out_len` bytes from `out_start` lie inside it.
+            Some(p) => unsafe { p.add(out_start) },
+            None => slot.host_out.as_mut().expect("allocated above").as_mut_ptr(),
+        };
         let host_flag = slot.host_flag.as_mut_ptr();
-        // SAFETY: FFI. Both destinations are pinned, sized for the copies, and not read until
-        // `drain` has synchronized the stream.
+        // SAFETY: FFI. Both destinations are pinned (the slot's staging, or the caller's
+        // registered buffer), sized for the copies, and not read until `drain` has synchronized
+        // the stream; `run_tile` drains every chunk before it returns the caller's buffer.
         let rc = unsafe {
             let rc = cu::cuMemcpyDtoHAsync_v2(host_out as *mut c_void, dev_out, out_len, stream);
             if rc == cu::cudaError_enum::CUDA_SUCCESS {
@@ -660,9 +674,10 @@ impl Gpu {
         }
         slot.ev[3].record(&slot.stream).map_err(cu_err("cuEventRecord"))?;
         slot.pending = Some(Pending {
-            out_start: c.row * cols * osz,
+            out_start,
             len: out_len,
             in_len,
+            direct: c.direct_out.is_some(),
         });
         Ok(())
     }
@@ -691,10 +706,12 @@ impl Gpu {
         t.chunks += 1;
         t.h2d_bytes += p.in_len as u64;
         t.d2h_bytes += p.len as u64 + 4;
-        let t_copy = Instant::now();
-        let host = slot.host_out.as_ref().expect("a pending chunk has an output buffer");
-        par_copy(pool, &mut out[p.out_start..p.out_start + p.len], &host[..p.len]);
-        t.copy_out_s += t_copy.elapsed().as_secs_f64();
+        if !p.direct {
+            let t_copy = Instant::now();
+            let host = slot.host_out.as_ref().expect("a pending chunk has an output buffer");
+            par_copy(pool, &mut out[p.out_start..p.out_start + p.len], &host[..p.len]);
+            t.copy_out_s += t_copy.elapsed().as_secs_f64();
+        }
         Ok(slot.host_flag[..4] == [0, 0, 0, 0])
     }
 
@@ -721,6 +738,8 @@ pub struct CudaBackend {
     chunk_bytes: usize,
     /// Device bytes this backend may use: `maximum_memory_usage` applied to free VRAM.
     device_budget: u64,
+    /// Host ranges (start, end) registered with the driver by [`Backend::pin_output`].
+    pins: Arc<Mutex<Vec<(usize, usize)>>>,
 }
 
 impl CudaBackend {
@@ -777,7 +796,16 @@ impl CudaBackend {
             image,
             chunk_bytes,
             device_budget,
+            pins: Arc::new(Mutex::new(Vec::new())),
         })
+    }
+
+    /// Whether `out` lies inside a buffer registered by [`Backend::pin_output`].
+    fn is_pinned(&self, out: &[u8]) -> bool {
+        let (s, e) = (out.as_ptr() as usize, out.as_ptr() as usize + out.len());
+        self.pins
+            .lock()
+            .is_ok_and(|p| p.iter().any(|&(ps, pe)| ps <= s && e <= pe))
     }
 
     /// The GPU's name (`NVIDIA H100 80GB HBM3`).
@@ -828,6 +856,7 @@ impl CudaBackend {
             None => 0,
         };
         let rows_per = self.chunk_rows(tile);
+        let direct_out = self.is_pinned(out).then_some(out.as_mut_ptr());
         let mut finite = true;
         let (mut row, mut j) = (0usize, 0usize);
         while row < tile.rows {
@@ -840,6 +869,7 @@ impl CudaBackend {
                 row,
                 n_rows,
                 a_ptr,
+                direct_out,
             };
             gpu.launch_chunk(s, &c, &self.copier)?;
             row += n_rows;
@@ -887,6 +917,35 @@ impl Backend for CudaBackend {
 
     fn gpu_times(&self) -> Option<GpuTimes> {
         self.gpu.lock().ok().map(|g| g.times)
+    }
+
+    fn pin_output(&self, buf: &mut [u8]) -> Option<PinRelease> {
+        if buf.is_empty() {
+            return None;
+        }
+        let gpu = self.gpu.lock().ok()?;
+        CurrentContext::set_current(&gpu.ctx).ok()?;
+        let start = buf.as_mut_ptr() as usize;
+        // SAFETY: FFI. `buf` is live memory of `buf.len()` bytes; it stays registered until the
+        // release below, which its owner runs before freeing it.
+        let rc = unsafe { cu::cuMemHostRegister_v2(start as *mut c_void, buf.len(), 0) };
+        if rc != cu::cudaError_enum::CUDA_SUCCESS {
+            return None;
+        }
+        let pins = Arc::clone(&self.pins);
+        if let Ok(mut p) = pins.lock() {
+            p.push((start, start + buf.len()));
+        }
+        // A handle of its own keeps the primary context alive until the release has run.
+        let ctx = gpu.ctx.clone();
+        Some(Box::new(move || {
+            if let Ok(mut p) = pins.lock() {
+                p.retain(|&(s, _)| s != start);
+            }
+            let _ = CurrentContext::set_current(&ctx);
+            // SAFETY: FFI; `start` was registered above and its memory is not freed yet.
+            let _ = unsafe { cu::cuMemHostUnregister(start as *mut c_void) };
+        }))
     }
 }
 
