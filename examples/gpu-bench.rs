@@ -115,6 +115,17 @@ fn run() -> loraweld::Result<()> {
             }
         }
     }
+    // The bound that applies to a timing, and its time in ms: the slower of moving the bytes at
+    // copy speed and doing the FMAs at the FMA rate.
+    let bound_of = |t: &loraweld::compute::cuda::bench::KernelTiming| {
+        let t_mem = t.bytes as f64 / (copy * 1e9) * 1e3;
+        let t_fma = 2.0 * t.r as f64 * (t.rows * t.cols) as f64 / (fma * 1e12) * 1e3;
+        if t_mem >= t_fma {
+            ("copy", t_mem)
+        } else {
+            ("fma", t_fma)
+        }
+    };
     let mut rows_out = Vec::new();
     let mut cmp_out = Vec::new();
     let mut floors = Vec::new();
@@ -162,15 +173,7 @@ fn run() -> loraweld::Result<()> {
                 compare(name, &v);
             }
             cmp_out.push(line);
-            // The bound that applies: the slower of moving the bytes at copy speed and doing
-            // the FMAs at the FMA rate.
-            let t_mem = t.bytes as f64 / (copy * 1e9) * 1e3;
-            let t_fma = 2.0 * r as f64 * (rows * cols) as f64 / (fma * 1e12) * 1e3;
-            let (bound, floor) = if t_mem >= t_fma {
-                ("copy", t_mem)
-            } else {
-                ("fma", t_fma)
-            };
+            let (bound, floor) = bound_of(&t);
             // A device copy moving the same number of bytes (read + written), and the FMA probe
             // doing as many FLOP on the lean kernel's grid, both timed cold: small launches reach
             // neither 1 GiB copy rate nor the long probe's FMA rate (launch, ramp and tail).
@@ -228,13 +231,7 @@ fn run() -> loraweld::Result<()> {
     for &r in &ranks {
         for &(rows, cols) in &shapes {
             let t = b.bf16_merge(rows, cols, r, 20)?;
-            let t_mem = t.bytes as f64 / (copy * 1e9) * 1e3;
-            let t_fma = 2.0 * r as f64 * (rows * cols) as f64 / (fma * 1e12) * 1e3;
-            let (bound, floor) = if t_mem >= t_fma {
-                ("copy", t_mem)
-            } else {
-                ("fma", t_fma)
-            };
+            let (bound, floor) = bound_of(&t);
             let (gbs, tflops) = (t.gbs_at(t.ms_cold), t.tflops_at(t.ms_cold));
             println!(
                 "csv,kernel16,{rows},{cols},{r},{:.4},{},{gbs:.1},{tflops:.2},{bound},{:.1},cold",
