@@ -1,8 +1,9 @@
 //! With the `cuda` feature: assembles `kernels/lora_merge.ptx` into sm_80 and sm_90 cubins with
 //! `ptxas` when one is found, so the GPU backend can load machine code instead of asking the
-//! driver to JIT-compile the PTX on first use (1.7 s on an H100, paid on every run where the
-//! driver's cache does not persist, such as a fresh container). Without `ptxas` the build
-//! embeds no cubins and the driver JIT-compiles the PTX, as before; the binary works either way.
+//! driver to JIT-compile the PTX on first use (2-3 s on an H100, paid on every run where the
+//! driver's cache does not persist, such as a fresh container; BENCHMARKS.md, session 7).
+//! Without `ptxas` the build embeds no cubins and the driver JIT-compiles the PTX, as before;
+//! the binary works either way.
 //!
 //! Where `ptxas` is looked for: `$LORAWELD_PTXAS` (a path; `none` turns cubins off), then
 //! `$CUDA_HOME/bin`, `$CUDA_PATH/bin`, `/usr/local/cuda/bin` and `$PATH`.

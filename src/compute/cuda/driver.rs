@@ -46,8 +46,8 @@ fn pick_cubin(major: u32, minor: u32, archs: &[u32]) -> Option<usize> {
 }
 
 /// Loads the merge kernels on the current context: the embedded cubin for this GPU when there is
-/// one and the driver takes it, otherwise the PTX, which the driver JIT-compiles (1.7 s on an H100
-/// unless its cache has it). Returns the module and what was loaded (`sm_90 cubin`, `PTX`).
+/// one and the driver takes it, otherwise the PTX, which the driver JIT-compiles (2-3 s on an H100
+/// unless its cache has it; BENCHMARKS.md, session 7). Returns the module and what was loaded (`sm_90 cubin`, `PTX`).
 /// `LORAWELD_CUDA_JIT=1` skips the cubins (a timing aid).
 fn load_merge_module() -> Result<(Module, String)> {
     let load_ptx = |what: String| {
@@ -925,6 +925,8 @@ impl Backend for CudaBackend {
         }
         let gpu = self.gpu.lock().ok()?;
         CurrentContext::set_current(&gpu.ctx).ok()?;
+        // A handle of its own on the primary context keeps it alive until the release has run.
+        let ctx = Device::get_device(0).and_then(Context::new).ok()?;
         let start = buf.as_mut_ptr() as usize;
         // SAFETY: FFI. `buf` is live memory of `buf.len()` bytes; it stays registered until the
         // release below, which its owner runs before freeing it.
@@ -936,8 +938,6 @@ impl Backend for CudaBackend {
         if let Ok(mut p) = pins.lock() {
             p.push((start, start + buf.len()));
         }
-        // A handle of its own keeps the primary context alive until the release has run.
-        let ctx = gpu.ctx.clone();
         Some(Box::new(move || {
             if let Ok(mut p) = pins.lock() {
                 p.retain(|&(s, _)| s != start);
