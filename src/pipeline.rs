@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, Sender};
+use rayon::prelude::*;
 
 use crate::checkpoint::mmap::MappedFile;
 use crate::checkpoint::{Adapter, Checkpoint};
@@ -617,19 +618,38 @@ impl<'a, 'p> Computer<'a, 'p> {
                 bytes.resize(rows * cols * 4, 0);
                 let finite = self.encoded(key, op, cols, row0, rows, FloatDtype::F32, &mut bytes)?;
                 self.f32s.resize(rows * cols, 0.0);
-                decode_into(&bytes, FloatDtype::F32, &mut self.f32s);
+                let (f32s, bytes) = (&mut self.f32s, &bytes);
+                let mut decode = move || {
+                    f32s.par_chunks_mut(1 << 16)
+                        .zip(bytes.par_chunks(4 << 16))
+                        .for_each(|(o, b)| decode_into(b, FloatDtype::F32, o))
+                };
+                match self.backend.host_pool() {
+                    Some(p) => p.install(decode),
+                    None => decode(),
+                }
                 finite
             }
         };
         self.bytes = bytes;
         if let Some(dt) = pre_round {
-            self.f32s.iter_mut().for_each(|v| *v = round_through(*v, dt));
+            let f32s = &mut self.f32s;
+            let mut round = move || {
+                f32s.par_chunks_mut(1 << 16)
+                    .for_each(|c| c.iter_mut().for_each(|v| *v = round_through(*v, dt)))
+            };
+            match self.backend.host_pool() {
+                Some(p) => p.install(round),
+                None => round(),
+            }
         }
         Ok(finite)
     }
 
-    /// Packed codes of a quant group's tile; records the block absmax values.
-    fn quant_codes(&mut self, group: usize, row0: u64, rows: usize, buf: &mut Vec<u8>) -> Result<bool> {
+    /// Packed codes of a quant group's tile into `buf`, or with `buf = None` only the block
+    /// absmax values (the stats pass); either way it appends the block absmax values to
+    /// `self.absmax`. Blocks are independent, so they are spread over the backend's host pool.
+    fn quant_codes(&mut self, group: usize, row0: u64, rows: usize, buf: Option<&mut Vec<u8>>) -> Result<bool> {
         let g = &self.plan.quant_groups[group];
         let cols = g.shape[1] as usize;
         let finite = self.values(
@@ -647,14 +667,47 @@ impl<'a, 'p> Computer<'a, 'p> {
         let k0 = row0 as usize * cols;
         let len = rows * cols;
         let bs = g.blocksize as usize;
-        let mut codes = vec![0u8; len];
-        let absmax = &mut self.absmax.as_mut().expect("set above").1;
-        for (j, (block, c)) in self.f32s[..len].chunks(bs).zip(codes.chunks_mut(bs)).enumerate() {
-            let partial = k0 + j * bs + bs > n && !n.is_multiple_of(bs);
-            absmax.push(encode::quantize_block(block, partial, g.quant_type, c));
+        let qt = g.quant_type;
+        // Blocks per parallel task: big enough to amortize the task, small enough to balance.
+        const TASK: usize = 256;
+        let partial = |j: usize| k0 + j * bs + bs > n && !n.is_multiple_of(bs);
+        let x = &self.f32s[..len];
+        let mut am = vec![0f32; len.div_ceil(bs)];
+        let work = || match buf {
+            Some(buf) => {
+                let mut codes = vec![0u8; len];
+                x.par_chunks(bs * TASK)
+                    .zip(codes.par_chunks_mut(bs * TASK))
+                    .zip(am.par_chunks_mut(TASK))
+                    .enumerate()
+                    .for_each(|(t, ((xs, cs), ams))| {
+                        for (j, ((b, c), a)) in xs.chunks(bs).zip(cs.chunks_mut(bs)).zip(ams).enumerate() {
+                            *a = encode::quantize_block(b, partial(t * TASK + j), qt, c);
+                        }
+                    });
+                buf.resize(len.div_ceil(2), 0);
+                let pad = encode::zero_code(qt);
+                // Pairs of codes per byte: every piece but the last has an even length.
+                codes
+                    .par_chunks(2 << 16)
+                    .zip(buf.par_chunks_mut(1 << 16))
+                    .for_each(|(c, o)| encode::pack(c, pad, o));
+            }
+            None => x
+                .par_chunks(bs * TASK)
+                .zip(am.par_chunks_mut(TASK))
+                .enumerate()
+                .for_each(|(t, (xs, ams))| {
+                    for (j, (b, a)) in xs.chunks(bs).zip(ams).enumerate() {
+                        *a = encode::block_absmax(b, partial(t * TASK + j));
+                    }
+                }),
+        };
+        match self.backend.host_pool() {
+            Some(p) => p.install(work),
+            None => work(),
         }
-        buf.resize(len.div_ceil(2), 0);
-        encode::pack(&codes, encode::zero_code(g.quant_type), buf);
+        self.absmax.as_mut().expect("set above").1.extend_from_slice(&am);
         Ok(finite)
     }
 
@@ -666,9 +719,8 @@ impl<'a, 'p> Computer<'a, 'p> {
                 return Ok(v.clone());
             }
         }
-        let mut scratch = Vec::new();
         for (row0, n) in tiles(g.shape[0], g.shape[1], g.row_step(), tile_bytes) {
-            self.quant_codes(group, row0, n as usize, &mut scratch)?;
+            self.quant_codes(group, row0, n as usize, None)?;
         }
         Ok(self.absmax.as_ref().map(|a| a.1.clone()).unwrap_or_default())
     }
@@ -873,7 +925,7 @@ fn compute_stage<'a>(
                 let (finite, packed) = match &t.op {
                     Op::Quant { group, .. } => {
                         let mut buf = Vec::new();
-                        (c.quant_codes(*group, row0, rows, &mut buf)?, Packed::Owned(buf))
+                        (c.quant_codes(*group, row0, rows, Some(&mut buf))?, Packed::Owned(buf))
                     }
                     op => {
                         let out_dtype = float_of(t.dtype)

@@ -65,6 +65,10 @@ impl Backend for CpuBackend {
         format!("cpu ({}, {} threads)", self.isa.name(), self.threads)
     }
 
+    fn host_pool(&self) -> Option<&rayon::ThreadPool> {
+        Some(&self.pool)
+    }
+
     fn merge_tile(&self, tile: &MergeTile<'_>, out: &mut [u8]) -> Result<bool> {
         let cols = tile.cols;
         let osz = tile.out_dtype.size();

@@ -80,6 +80,11 @@ pub trait Backend: Send + Sync {
     /// Computes `tile` into `out` (`tile.out_len()` bytes). Returns whether every output value
     /// is finite.
     fn merge_tile(&self, tile: &MergeTile<'_>, out: &mut [u8]) -> Result<bool>;
+    /// A thread pool for the host's work around the merge (the 4-bit requantization of
+    /// `merged_4bit`), sized by `--threads`; `None`: do it on the calling thread.
+    fn host_pool(&self) -> Option<&rayon::ThreadPool> {
+        None
+    }
     /// Where a GPU backend's time went so far; `None` for the CPU.
     fn gpu_times(&self) -> Option<GpuTimes> {
         None

@@ -81,6 +81,17 @@ pub fn dynamic_map() -> [f32; 256] {
     DYN_BITS.map(f32::from_bits)
 }
 
+/// The absmax [`quantize_block`] stores for a block, without its codes (what the stats pass of
+/// `merged_4bit` needs).
+pub fn block_absmax(x: &[f32], partial: bool) -> f32 {
+    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    if partial {
+        amax.max(1e-38)
+    } else {
+        amax
+    }
+}
+
 /// Quantizes one block (`x.len() <= blocksize`; `partial` for the trailing short block) into
 /// codes (one per element, not packed). Returns the stored absmax.
 pub fn quantize_block(x: &[f32], partial: bool, qt: QuantType, codes: &mut [u8]) -> f32 {
@@ -349,6 +360,23 @@ mod tests {
     }
 
     proptest! {
+        /// The stats pass's absmax is the one the codes pass stores, bit for bit: any values,
+        /// zeros and NaN-free specials included, whole and partial blocks.
+        #[test]
+        fn block_absmax_is_what_quantize_block_stores(bits in proptest::collection::vec(any::<u32>(), 1..64),
+                                                      partial in any::<bool>(), zeros in any::<bool>()) {
+            let x: Vec<f32> = bits
+                .iter()
+                .map(|&b| if zeros { 0.0 } else { f32::from_bits(b) })
+                .map(|v| if v.is_nan() { 1.5 } else { v })
+                .collect();
+            let mut codes = vec![0u8; x.len()];
+            for qt in [QuantType::Nf4, QuantType::Fp4] {
+                let stored = quantize_block(&x, partial, qt, &mut codes);
+                prop_assert_eq!(block_absmax(&x, partial).to_bits(), stored.to_bits());
+            }
+        }
+
         /// quantize(dequantize(q)) == q: the dequantized values of any codes quantize back to them
         /// (NF4 and FP4; the block's largest magnitude code sets the scale). FP4 code 8 (-0)
         /// decodes to +0 on CPU and comes back as code 0, so it is excluded.

@@ -919,6 +919,10 @@ impl Backend for CudaBackend {
         self.gpu.lock().ok().map(|g| g.times)
     }
 
+    fn host_pool(&self) -> Option<&rayon::ThreadPool> {
+        self.cpu.host_pool()
+    }
+
     fn pin_output(&self, buf: &mut [u8]) -> Option<PinRelease> {
         if buf.is_empty() {
             return None;
