@@ -601,7 +601,7 @@ impl<'a, 'p> Computer<'a, 'p> {
         pre_round: Option<FloatDtype>,
     ) -> Result<bool> {
         let mut bytes = std::mem::take(&mut self.bytes);
-        let finite = match op {
+        let (finite, rounded) = match op {
             Op::Compute {
                 extra: Some(x), base, ..
             } => {
@@ -612,27 +612,30 @@ impl<'a, 'p> Computer<'a, 'p> {
                 };
                 general_rows(f, x, base_rows, cols, row0, rows, &mut self.f32s);
                 release.run();
-                self.f32s.iter().all(|v| v.is_finite())
+                (self.f32s.iter().all(|v| v.is_finite()), false)
             }
             _ => {
-                bytes.resize(rows * cols * 4, 0);
-                let finite = self.encoded(key, op, cols, row0, rows, FloatDtype::F32, &mut bytes)?;
+                // The backend rounds its f32 result once to the output dtype, so asking it for
+                // `pre_round` gives the f32 result rounded through it, with half the bytes.
+                let dt = pre_round.unwrap_or(FloatDtype::F32);
+                bytes.resize(rows * cols * dt.size(), 0);
+                let finite = self.encoded(key, op, cols, row0, rows, dt, &mut bytes)?;
                 self.f32s.resize(rows * cols, 0.0);
                 let (f32s, bytes) = (&mut self.f32s, &bytes);
                 let mut decode = move || {
                     f32s.par_chunks_mut(1 << 16)
-                        .zip(bytes.par_chunks(4 << 16))
-                        .for_each(|(o, b)| decode_into(b, FloatDtype::F32, o))
+                        .zip(bytes.par_chunks(dt.size() << 16))
+                        .for_each(|(o, b)| decode_into(b, dt, o))
                 };
                 match self.backend.host_pool() {
                     Some(p) => p.install(decode),
                     None => decode(),
                 }
-                finite
+                (finite, true)
             }
         };
         self.bytes = bytes;
-        if let Some(dt) = pre_round {
+        if let Some(dt) = pre_round.filter(|_| !rounded) {
             let f32s = &mut self.f32s;
             let mut round = move || {
                 f32s.par_chunks_mut(1 << 16)
