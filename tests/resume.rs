@@ -120,9 +120,14 @@ fn killed_and_interrupted_runs_resume_to_identical_bytes() {
         send_signal(child.id(), if sigint { 2 } else { 9 });
         let status = child.wait().unwrap();
         if out.exists() {
-            // Only a finished run renames its staging directory to OUT.
-            assert!(status.success(), "run {i}: OUT exists after an unsuccessful run");
-            assert_eq!(weights(&out), want, "run {i}");
+            // Only a finished run renames its staging directory to OUT, so OUT is always whole.
+            // The signal may still land after the rename, while the process reports and exits:
+            // then OUT is complete although the exit status is the signal's.
+            assert_eq!(
+                weights(&out),
+                want,
+                "run {i} (exit {status:?}): OUT exists but is not complete"
+            );
             continue;
         }
         if sigint {
