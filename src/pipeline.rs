@@ -601,7 +601,8 @@ impl<'a, 'p> Computer<'a, 'p> {
         pre_round: Option<FloatDtype>,
     ) -> Result<bool> {
         let mut bytes = std::mem::take(&mut self.bytes);
-        let (finite, rounded) = match op {
+        let pool = self.backend.host_pool();
+        let finite = match op {
             Op::Compute {
                 extra: Some(x), base, ..
             } => {
@@ -612,7 +613,15 @@ impl<'a, 'p> Computer<'a, 'p> {
                 };
                 general_rows(f, x, base_rows, cols, row0, rows, &mut self.f32s);
                 release.run();
-                (self.f32s.iter().all(|v| v.is_finite()), false)
+                let finite = self.f32s.iter().all(|v| v.is_finite());
+                if let Some(dt) = pre_round {
+                    let f32s = &mut self.f32s;
+                    on_pool(pool, move || {
+                        f32s.par_chunks_mut(1 << 16)
+                            .for_each(|c| c.iter_mut().for_each(|v| *v = round_through(*v, dt)))
+                    });
+                }
+                finite
             }
             _ => {
                 // The backend rounds its f32 result once to the output dtype, so asking it for
@@ -622,36 +631,23 @@ impl<'a, 'p> Computer<'a, 'p> {
                 let finite = self.encoded(key, op, cols, row0, rows, dt, &mut bytes)?;
                 self.f32s.resize(rows * cols, 0.0);
                 let (f32s, bytes) = (&mut self.f32s, &bytes);
-                let mut decode = move || {
+                on_pool(pool, move || {
                     f32s.par_chunks_mut(1 << 16)
                         .zip(bytes.par_chunks(dt.size() << 16))
                         .for_each(|(o, b)| decode_into(b, dt, o))
-                };
-                match self.backend.host_pool() {
-                    Some(p) => p.install(decode),
-                    None => decode(),
-                }
-                (finite, true)
+                });
+                finite
             }
         };
         self.bytes = bytes;
-        if let Some(dt) = pre_round.filter(|_| !rounded) {
-            let f32s = &mut self.f32s;
-            let mut round = move || {
-                f32s.par_chunks_mut(1 << 16)
-                    .for_each(|c| c.iter_mut().for_each(|v| *v = round_through(*v, dt)))
-            };
-            match self.backend.host_pool() {
-                Some(p) => p.install(round),
-                None => round(),
-            }
-        }
         Ok(finite)
     }
 
     /// Packed codes of a quant group's tile into `buf`, or with `buf = None` only the block
     /// absmax values (the stats pass); either way it appends the block absmax values to
-    /// `self.absmax`. Blocks are independent, so they are spread over the backend's host pool.
+    /// `self.absmax`. Blocks are independent, so they are spread over the backend's host pool,
+    /// each task quantizing its blocks into a scratch of its own and packing them into its part
+    /// of `buf`.
     fn quant_codes(&mut self, group: usize, row0: u64, rows: usize, buf: Option<&mut Vec<u8>>) -> Result<bool> {
         let g = &self.plan.quant_groups[group];
         let cols = g.shape[1] as usize;
@@ -663,38 +659,32 @@ impl<'a, 'p> Computer<'a, 'p> {
             rows,
             g.pre_round,
         )?;
-        if row0 == 0 || self.absmax.as_ref().map(|a| a.0) != Some(group) {
-            self.absmax = Some((group, Vec::with_capacity(g.blocks() as usize)));
-        }
         let n = g.numel() as usize;
         let k0 = row0 as usize * cols;
         let len = rows * cols;
         let bs = g.blocksize as usize;
         let qt = g.quant_type;
         // Blocks per parallel task: big enough to amortize the task, small enough to balance.
+        // Even, so every task but the last covers whole bytes of packed codes.
         const TASK: usize = 256;
         let partial = |j: usize| k0 + j * bs + bs > n && !n.is_multiple_of(bs);
         let x = &self.f32s[..len];
         let mut am = vec![0f32; len.div_ceil(bs)];
-        let work = || match buf {
+        on_pool(self.backend.host_pool(), || match buf {
             Some(buf) => {
-                let mut codes = vec![0u8; len];
-                x.par_chunks(bs * TASK)
-                    .zip(codes.par_chunks_mut(bs * TASK))
-                    .zip(am.par_chunks_mut(TASK))
-                    .enumerate()
-                    .for_each(|(t, ((xs, cs), ams))| {
-                        for (j, ((b, c), a)) in xs.chunks(bs).zip(cs.chunks_mut(bs)).zip(ams).enumerate() {
-                            *a = encode::quantize_block(b, partial(t * TASK + j), qt, c);
-                        }
-                    });
                 buf.resize(len.div_ceil(2), 0);
                 let pad = encode::zero_code(qt);
-                // Pairs of codes per byte: every piece but the last has an even length.
-                codes
-                    .par_chunks(2 << 16)
-                    .zip(buf.par_chunks_mut(1 << 16))
-                    .for_each(|(c, o)| encode::pack(c, pad, o));
+                x.par_chunks(bs * TASK)
+                    .zip(buf.par_chunks_mut(bs * TASK / 2))
+                    .zip(am.par_chunks_mut(TASK))
+                    .enumerate()
+                    .for_each_init(Vec::new, |codes, (t, ((xs, out), ams))| {
+                        codes.resize(xs.len(), 0);
+                        for (j, ((b, c), a)) in xs.chunks(bs).zip(codes.chunks_mut(bs)).zip(ams).enumerate() {
+                            *a = encode::quantize_block(b, partial(t * TASK + j), qt, c);
+                        }
+                        encode::pack(codes, pad, out);
+                    });
             }
             None => x
                 .par_chunks(bs * TASK)
@@ -705,12 +695,11 @@ impl<'a, 'p> Computer<'a, 'p> {
                         *a = encode::block_absmax(b, partial(t * TASK + j));
                     }
                 }),
-        };
-        match self.backend.host_pool() {
-            Some(p) => p.install(work),
-            None => work(),
+        });
+        match &mut self.absmax {
+            Some((gi, v)) if *gi == group && row0 != 0 => v.extend_from_slice(&am),
+            slot => *slot = Some((group, am)),
         }
-        self.absmax.as_mut().expect("set above").1.extend_from_slice(&am);
         Ok(finite)
     }
 
@@ -816,6 +805,15 @@ impl Release<'_> {
         for (f, s, e) in &self.0 {
             f.release(*s, *e);
         }
+    }
+}
+
+/// Runs `f` on `pool` (the backend's host pool, so rayon work inside it uses `--threads`
+/// threads), or on the calling thread's default pool when there is none.
+fn on_pool<R: Send>(pool: Option<&rayon::ThreadPool>, f: impl FnOnce() -> R + Send) -> R {
+    match pool {
+        Some(p) => p.install(f),
+        None => f(),
     }
 }
 

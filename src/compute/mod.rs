@@ -114,7 +114,8 @@ pub struct GpuTimes {
     /// Host: copying each chunk's inputs (codes, absmax, base rows, `B` transposed) into pinned
     /// staging.
     pub stage_in_s: f64,
-    /// GPU: host-to-device copies of the staged inputs.
+    /// GPU: host-to-device copies of the staged inputs (and each tile's synchronous upload of
+    /// `lora_A`, timed on the host).
     pub h2d_s: f64,
     /// GPU: the merge kernels.
     pub kernel_s: f64,
