@@ -652,7 +652,11 @@ impl Gpu {
             // SAFETY: `direct_out` is the caller's output of `tile.out_len()` bytes, and this
             // chunk's `out_len` bytes from `out_start` lie inside it.
             Some(p) => unsafe { p.add(out_start) },
-            None => slot.host_out.as_mut().expect("allocated above").as_mut_ptr(),
+            None => slot
+                .host_out
+                .as_mut()
+                .ok_or_else(|| Error::Internal("cuda: no pinned output staging".into()))?
+                .as_mut_ptr(),
         };
         let host_flag = slot.host_flag.as_mut_ptr();
         // SAFETY: FFI. Both destinations are pinned (the slot's staging, or the caller's
@@ -708,7 +712,10 @@ impl Gpu {
         t.d2h_bytes += p.len as u64 + 4;
         if !p.direct {
             let t_copy = Instant::now();
-            let host = slot.host_out.as_ref().expect("a pending chunk has an output buffer");
+            let host = slot
+                .host_out
+                .as_ref()
+                .ok_or_else(|| Error::Internal("cuda: a pending chunk has no output staging".into()))?;
             par_copy(pool, &mut out[p.out_start..p.out_start + p.len], &host[..p.len]);
             t.copy_out_s += t_copy.elapsed().as_secs_f64();
         }
