@@ -12,6 +12,7 @@
 #   scripts/gpu-proof.sh e2e     # an 8B-shaped NF4 checkpoint merged with --device cpu and cuda
 #   scripts/gpu-proof.sh start   # backend start without the driver's JIT cache: cubin vs PTX
 #   scripts/gpu-proof.sh cores   # the 8B merge pinned to a few cores (E2E_CORES="2 4"): cpu vs cuda
+#   scripts/gpu-proof.sh q4      # the 8B merge to merged_4bit, all cores and Q4_CORES="2": cpu vs cuda
 #
 # Logs go to $OUT (or /tmp/gpu-proof); a short table is printed last.
 set -uo pipefail
@@ -149,6 +150,43 @@ EOF
     rm -rf "$W"
 }
 
+q4() {
+    # merged_4bit: merge plus requantization (and the double-quant stats pass), on all cores and
+    # pinned to a few, CPU backend vs GPU backend; the shard hashes must agree.
+    synth8b || return 1
+    echo "== q4: the 8B merge to merged_4bit, all cores and ${Q4_CORES:-2} cores"
+    for n in all ${Q4_CORES:-2}; do
+        for dev in cpu cuda; do
+            local out="$W/out" pin=() threads=()
+            if [ "$n" != all ]; then pin=(taskset -c "0-$((n - 1))"); threads=(--threads "$n"); fi
+            rm -rf "$out"
+            sync
+            "${pin[@]}" "$B/loraweld" save "$W/lora" "$out" --save-method merged_4bit --device "$dev" "${threads[@]}" --json \
+                >"$OUT/q4-$n-$dev.json" 2>"$OUT/q4-$n-$dev.err" || { cat "$OUT/q4-$n-$dev.err"; return 1; }
+            rm -rf "$out"
+        done
+    done
+    python3 - "$OUT" all ${Q4_CORES:-2} <<'EOF'
+import json, sys, os
+out, cores = sys.argv[1], sys.argv[2:]
+print("8B-shaped NF4 dq -> merged_4bit (NF4 dq), to disk:")
+print(f"  {'cores':>5} {'device':<6} {'wall s':>7} {'stats s':>7} {'compute s':>9} {'pack s':>7} {'GB out':>7}  shard blake3 (all shards)")
+hashes = {}
+for n in cores:
+    for dev in ("cpu", "cuda"):
+        p = os.path.join(out, f"q4-{n}-{dev}.json")
+        if not os.path.exists(p):
+            continue
+        r = json.load(open(p))
+        st = r["stages"]
+        h = ",".join(s["blake3"][:8] for s in r.get("shards", []))
+        hashes.setdefault(h, []).append(f"{n}/{dev}")
+        print(f"  {n:>5} {dev:<6} {r['seconds']:7.2f} {st.get('quant_stats_s', 0):7.2f} {st['compute_s']:9.2f} {st['pack_s']:7.2f} {r['bytes_written'] / 1e9:7.2f}  {h}")
+print("same bytes in every run" if len(hashes) == 1 else f"OUTPUTS DIFFER: {hashes}")
+EOF
+    rm -rf "$W"
+}
+
 start() {
     # The bundled NF4 fixture (lora_on_nf4 on base_nf4_dq) is a few MB, so the wall is mostly the
     # backend's start. CUDA_CACHE_DISABLE=1 keeps the driver's JIT cache out, as on a fresh
@@ -188,6 +226,7 @@ for step in "${@:-check}"; do
         e2e) e2e ;;
         start) start ;;
         cores) cores ;;
-        *) echo "gpu-proof: unknown step $step (check, bench, e2e, start, cores)"; exit 2 ;;
+        q4) q4 ;;
+        *) echo "gpu-proof: unknown step $step (check, bench, e2e, start, cores, q4)"; exit 2 ;;
     esac
 done

@@ -24,7 +24,7 @@ use rayon::prelude::*;
 use crate::checkpoint::mmap::MappedFile;
 use crate::checkpoint::{Adapter, Checkpoint};
 use crate::compute::general::{self, DeltaRows, GeneralTile};
-use crate::compute::{Backend, BaseRows, LoraRows, MergeTile};
+use crate::compute::{Backend, BaseRows, LoraRows, MergeTile, QuantSpec};
 use crate::error::{Error, Result};
 use crate::options::FloatDtype;
 use crate::plan::{BaseSrc, Extra, FactorSrc, FileRef, Op, Plan, QuantPart, QuantSrc, QuantStats, Src};
@@ -162,6 +162,9 @@ pub struct StageTimes {
     /// embedded cubin, 2-3 s more when the driver must JIT-compile the PTX and its cache lacks it
     /// (BENCHMARKS.md, session 7).
     pub backend_start_s: f64,
+    /// Seconds of `merged_4bit`'s statistics pass, before the stages run (set by `save`): every
+    /// double-quantized weight merged once more for its block absmax values; 0 otherwise.
+    pub quant_stats_s: f64,
     /// A GPU backend's breakdown of the compute stage (set by `save`); absent on the CPU.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gpu: Option<crate::compute::GpuTimes>,
@@ -291,6 +294,7 @@ pub fn execute(
                 compute_s: c.as_secs_f64(),
                 pack_s: pt.as_secs_f64(),
                 backend_start_s: 0.0,
+                quant_stats_s: 0.0,
                 gpu: None,
             },
         ))
@@ -645,31 +649,107 @@ impl<'a, 'p> Computer<'a, 'p> {
 
     /// Packed codes of a quant group's tile into `buf`, or with `buf = None` only the block
     /// absmax values (the stats pass); either way it appends the block absmax values to
-    /// `self.absmax`. Blocks are independent, so they are spread over the backend's host pool,
+    /// `self.absmax`. A backend that requantizes on its device does the whole tile
+    /// ([`Backend::quant_tile`]); otherwise the blocks are spread over the backend's host pool,
     /// each task quantizing its blocks into a scratch of its own and packing them into its part
     /// of `buf`.
-    fn quant_codes(&mut self, group: usize, row0: u64, rows: usize, buf: Option<&mut Vec<u8>>) -> Result<bool> {
+    fn quant_codes(&mut self, group: usize, row0: u64, rows: usize, mut buf: Option<&mut Vec<u8>>) -> Result<bool> {
         let g = &self.plan.quant_groups[group];
         let cols = g.shape[1] as usize;
-        let finite = self.values(
-            self.plan.tensors.len() + group,
-            &g.source,
-            cols,
-            row0,
-            rows,
-            g.pre_round,
-        )?;
         let n = g.numel() as usize;
         let k0 = row0 as usize * cols;
         let len = rows * cols;
         let bs = g.blocksize as usize;
         let qt = g.quant_type;
+        let mut am = vec![0f32; len.div_ceil(bs)];
+        let spec = QuantSpec {
+            quant_type: qt,
+            blocksize: bs,
+            numel: n as u64,
+        };
+        let key = self.plan.tensors.len() + group;
+        let dt = g.pre_round.unwrap_or(FloatDtype::F32);
+        let on_device = self.device_quant(key, &g.source, cols, row0, rows, dt, &spec, buf.as_deref_mut(), &mut am)?;
+        let finite = match on_device {
+            Some(finite) => finite,
+            None => {
+                let finite = self.values(key, &g.source, cols, row0, rows, g.pre_round)?;
+                self.host_quant(&spec, k0, len, buf, &mut am);
+                finite
+            }
+        };
+        match &mut self.absmax {
+            Some((gi, v)) if *gi == group && row0 != 0 => v.extend_from_slice(&am),
+            slot => *slot = Some((group, am)),
+        }
+        Ok(finite)
+    }
+
+    /// [`Backend::quant_tile`] for a quant group's rows, when its source is a plain merge (not
+    /// the general path of DoRA and friends). `None`: the backend does not, or cannot.
+    #[allow(clippy::too_many_arguments)]
+    fn device_quant(
+        &mut self,
+        key: usize,
+        op: &'p Op,
+        cols: usize,
+        row0: u64,
+        rows: usize,
+        out_dtype: FloatDtype,
+        spec: &QuantSpec,
+        buf: Option<&mut Vec<u8>>,
+        am: &mut [f32],
+    ) -> Result<Option<bool>> {
+        let Op::Compute {
+            base,
+            lora,
+            extra: None,
+        } = op
+        else {
+            return Ok(None);
+        };
+        self.load(key, op);
+        let lora_rows = match (lora, &self.factors) {
+            (Some(l), Factors::Fast { a, b }) => Some(LoraRows {
+                a,
+                b: &b[row0 as usize * l.r..(row0 as usize + rows) * l.r],
+                r: l.r,
+                scale: l.scale,
+                delta_dtype: l.dtype,
+            }),
+            (Some(_), _) => return Ok(None),
+            (None, _) => None,
+        };
+        let (base_rows, release) = self.base_rows(base, cols, row0, rows);
+        let tile = MergeTile {
+            row0,
+            rows,
+            cols,
+            base: base_rows,
+            lora: lora_rows,
+            out_dtype,
+        };
+        release.populate();
+        let codes = buf.map(|b| {
+            b.resize((rows * cols).div_ceil(2), 0);
+            &mut b[..]
+        });
+        let done = self.backend.quant_tile(&tile, spec, codes, am)?;
+        if done.is_some() {
+            release.run();
+        }
+        Ok(done)
+    }
+
+    /// The host's requantization of the `len` values in `self.f32s` (flat elements `k0..`): the
+    /// block absmax values into `am` and, with `buf`, the packed codes.
+    fn host_quant(&self, spec: &QuantSpec, k0: usize, len: usize, buf: Option<&mut Vec<u8>>, am: &mut [f32]) {
+        let (n, bs, qt) = (spec.numel as usize, spec.blocksize, spec.quant_type);
         // Blocks per parallel task: big enough to amortize the task, small enough to balance.
         // Even, so every task but the last covers whole bytes of packed codes.
         const TASK: usize = 256;
         let partial = |j: usize| k0 + j * bs + bs > n && !n.is_multiple_of(bs);
         let x = &self.f32s[..len];
-        let mut am = vec![0f32; len.div_ceil(bs)];
         on_pool(self.backend.host_pool(), || match buf {
             Some(buf) => {
                 buf.resize(len.div_ceil(2), 0);
@@ -696,11 +776,6 @@ impl<'a, 'p> Computer<'a, 'p> {
                     }
                 }),
         });
-        match &mut self.absmax {
-            Some((gi, v)) if *gi == group && row0 != 0 => v.extend_from_slice(&am),
-            slot => *slot = Some((group, am)),
-        }
-        Ok(finite)
     }
 
     /// All block absmax values of a group (recomputed unless the codes pass just made them).

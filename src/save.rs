@@ -211,10 +211,12 @@ pub fn save(opts: &SaveOptions) -> Result<SaveReport> {
         base: ck.as_ref(),
         adapter: &adapter,
     };
+    let t_stats = Instant::now();
     if !plan.quant_groups.is_empty() {
         // merged_4bit: block statistics first (the quant-state JSON sizes depend on them).
         crate::pipeline::quant_stats(&mut plan, inputs, backend.as_ref(), cfg)?;
     }
+    let quant_stats_s = t_stats.elapsed().as_secs_f64();
     // Resume: keep the shards an interrupted run of the same inputs and options finished.
     let kept = resume::reusable(staging.path(), &run, &plan)?;
     for (s, k) in plan.shards.iter_mut().zip(&kept) {
@@ -326,6 +328,7 @@ pub fn save(opts: &SaveOptions) -> Result<SaveReport> {
     report.files = files;
     report.stages = StageTimes {
         backend_start_s,
+        quant_stats_s,
         gpu: backend.gpu_times(),
         ..stages
     };

@@ -9,9 +9,10 @@ use std::process::Command;
 
 use loraweld::compute::cpu::CpuBackend;
 use loraweld::compute::cuda::CudaBackend;
-use loraweld::compute::{Backend, BaseRows, LoraRows, MergeTile};
-use loraweld::quant::bnb::{AbsmaxRef, QuantView, NF4};
-use loraweld::{DeviceChoice, FloatDtype, MemoryBudget, SaveOptions, ShardOrder};
+use loraweld::compute::{Backend, BaseRows, LoraRows, MergeTile, QuantSpec};
+use loraweld::quant::bnb::{AbsmaxRef, QuantType, QuantView, NF4};
+use loraweld::quant::encode;
+use loraweld::{DeviceChoice, FloatDtype, MemoryBudget, SaveMethod, SaveOptions, ShardOrder};
 
 /// The fixtures, found from the working directory first so that a test binary built elsewhere
 /// runs from a checkout on the GPU machine.
@@ -774,6 +775,237 @@ fn gpu_special_values_equal_cpu() {
     assert_eq!(failures, 0, "special values differ");
 }
 
+/// `merged_4bit`'s requantization as the host does it (src/pipeline.rs, `host_quant`): the
+/// tile merged by the CPU backend into `t.out_dtype`, widened to f32, quantized block by block
+/// (the weight's last block partial when `numel % bs != 0`) and packed. Returns (codes, absmax
+/// bits, finite).
+fn host_requant(cpu: &CpuBackend, t: &MergeTile<'_>, q: &QuantSpec) -> (Vec<u8>, Vec<u32>, bool) {
+    let mut bytes = vec![0u8; t.out_len()];
+    let finite = cpu.merge_tile(t, &mut bytes).unwrap();
+    let len = t.rows * t.cols;
+    let mut x = vec![0f32; len];
+    loraweld::quant::dtype::decode_into(&bytes, t.out_dtype, &mut x);
+    let bs = q.blocksize;
+    let k0 = t.row0 as usize * t.cols;
+    let n = q.numel as usize;
+    let mut codes = vec![0u8; len];
+    let mut am = Vec::new();
+    for (j, (b, c)) in x.chunks(bs).zip(codes.chunks_mut(bs)).enumerate() {
+        let partial = k0 + j * bs + bs > n && !n.is_multiple_of(bs);
+        am.push(encode::quantize_block(b, partial, q.quant_type, c).to_bits());
+    }
+    let mut packed = vec![0u8; len.div_ceil(2)];
+    encode::pack(&codes, encode::zero_code(q.quant_type), &mut packed);
+    (packed, am, finite)
+}
+
+/// Requantizes `t` on the GPU (codes and absmax, then the absmax alone) and compares with
+/// [`host_requant`]; `Err` says what differs.
+fn compare_requant(
+    gpu: &CudaBackend,
+    cpu: &CpuBackend,
+    t: &MergeTile<'_>,
+    q: &QuantSpec,
+    what: &str,
+) -> Result<(), String> {
+    let (want_codes, want_am, want_finite) = host_requant(cpu, t, q);
+    let len = t.rows * t.cols;
+    let mut codes = vec![0xA5u8; len.div_ceil(2)];
+    let mut am = vec![f32::from_bits(0x7FA5_A5A5); len.div_ceil(q.blocksize)];
+    let finite = gpu
+        .quant_tile(t, q, Some(&mut codes), &mut am)
+        .map_err(|e| format!("{what}: {e}"))?
+        .ok_or_else(|| format!("{what}: the GPU backend did not requantize"))?;
+    let mut am_only = vec![f32::from_bits(0x7FA5_A5A5); am.len()];
+    gpu.quant_tile(t, q, None, &mut am_only)
+        .map_err(|e| format!("{what}: {e}"))?
+        .ok_or_else(|| format!("{what}: the GPU backend did not compute the absmax"))?;
+    if finite != want_finite {
+        return Err(format!("{what}: finite {finite}, cpu {want_finite}"));
+    }
+    for (name, got) in [("absmax", &am), ("absmax-only pass", &am_only)] {
+        if let Some(b) = (0..want_am.len()).find(|&b| got[b].to_bits() != want_am[b]) {
+            return Err(format!(
+                "{what}: {name} of block {b}: gpu {:08x} cpu {:08x}",
+                got[b].to_bits(),
+                want_am[b]
+            ));
+        }
+    }
+    if let Some(i) = (0..codes.len()).find(|&i| codes[i] != want_codes[i]) {
+        return Err(format!(
+            "{what}: code byte {i} (block {}): gpu {:02x} cpu {:02x}",
+            2 * i / q.blocksize,
+            codes[i],
+            want_codes[i]
+        ));
+    }
+    Ok(())
+}
+
+/// `merged_4bit` on the GPU: merge plus requantization (`kernels/quant4.ptx`) against the host's,
+/// bit for bit: NF4 and FP4 targets, blocksizes 8 to 4096, pre-rounding through bf16/fp16 or
+/// none (f32), 4-bit and 16-bit bases, r from 0 to 128, odd shapes with a partial last block and
+/// an odd element count, tiles that start mid-weight, and chunks cut by a small device budget.
+#[test]
+fn gpu_requantization_equals_cpu_bytes() {
+    let Some(gpu) = gpu("gpu_requantization_equals_cpu_bytes") else {
+        return;
+    };
+    // 8 MiB of device memory: 1 MiB chunks, so the larger tiles cross several chunk edges.
+    let small = CudaBackend::new(MemoryBudget::Bytes(8 << 20), None).unwrap();
+    let cpu = CpuBackend::new(None).unwrap();
+    let mut g = Rng(77);
+    let qts = [QuantType::Nf4, QuantType::Fp4];
+    let shapes = [
+        (64usize, 256usize),
+        (33, 67),
+        (7, 9),
+        (128, 4096),
+        (1, 8),
+        (640, 1000),
+        (17, 4104),
+        (2048, 520),
+    ];
+    let mut n = 0;
+    let mut failures = Vec::new();
+    for (i, &(rows, cols)) in shapes.iter().enumerate() {
+        for (j, bs) in [64usize, 32, 128, 256, 8, 512, 4096, 1024].into_iter().enumerate() {
+            let qt = qts[(i + j) % 2];
+            let pre = DTS[(i + 2 * j) % 3];
+            let r = [16usize, 0, 1, 64, 7, 128, 33, 2][(i + j) % 8];
+            let base = match (i + j) % 4 {
+                0 => Base::Nf4 {
+                    nested: true,
+                    blocksize: 64,
+                    qdt: FloatDtype::Bf16,
+                },
+                1 => Base::Fp4 {
+                    nested: false,
+                    blocksize: 128,
+                    qdt: pre,
+                    neg_zero: false,
+                },
+                2 => Base::Float(DTS[j % 3]),
+                _ => Base::Nf4 {
+                    nested: false,
+                    blocksize: 64,
+                    qdt: pre,
+                },
+            };
+            // A tile that starts mid-weight, on a block boundary, and one that ends it.
+            let step = bs / gcd(cols, bs);
+            let row0 = if j % 2 == 1 { step } else { 0 };
+            let total_rows = row0 + rows;
+            let c = Case {
+                base,
+                total_rows,
+                row0,
+                rows,
+                cols,
+                r,
+                scale: [2.0, 0.5, std::f32::consts::SQRT_2][j % 3],
+                delta: FloatDtype::F32,
+                out: pre,
+                seed: g.next(),
+            };
+            let x = inputs(&c);
+            let t = tile(&c, &x);
+            let q = QuantSpec {
+                quant_type: qt,
+                blocksize: bs,
+                numel: (total_rows * cols) as u64,
+            };
+            let backend = if (i + j) % 3 == 0 { &small } else { &gpu };
+            n += 1;
+            if let Err(e) = compare_requant(backend, &cpu, &t, &q, &format!("{c:?} bs {bs} {qt:?}")) {
+                failures.push(e);
+            }
+        }
+    }
+    assert_none_differ("gpu_requantization_equals_cpu_bytes", n, &failures);
+}
+
+/// The requantization of special values: NaN (skipped by the max, no bound below it), +-Inf
+/// (a zero scale), subnormals (kept, and the 1e-38 floor), zeros, all-zero blocks, and a
+/// partial last block, through f32 and bf16 values.
+#[test]
+fn gpu_requantization_of_special_values_equals_cpu() {
+    let Some(gpu) = gpu("gpu_requantization_of_special_values_equals_cpu") else {
+        return;
+    };
+    let cpu = CpuBackend::new(None).unwrap();
+    let specials = [
+        f32::NAN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::MAX,
+        f32::from_bits(1),
+        -f32::from_bits(0x0040_0000),
+        1e-38,
+        1e-39,
+        f32::MIN_POSITIVE,
+        0.0,
+        -0.0,
+        0.5,
+        -0.75,
+        0.33,
+    ];
+    let mut failures = Vec::new();
+    let mut n = 0;
+    for (rows, cols) in [(12usize, 64usize), (5, 77)] {
+        // Blocks of specials at stride 7, then runs of zeros and of tiny values alone.
+        let mut base = Vec::new();
+        for i in 0..rows * cols {
+            let v = match (i / 64) % 4 {
+                0 => specials[(i * 7) % specials.len()],
+                1 => 0.0,
+                2 => specials[4 + i % 5],
+                _ => specials[9 + i % 5] * (1.0 + i as f32 / 1000.0),
+            };
+            base.push(v);
+        }
+        let bytes = le(&base);
+        for out in [FloatDtype::F32, FloatDtype::Bf16] {
+            for qt in [QuantType::Nf4, QuantType::Fp4] {
+                for bs in [64usize, 32] {
+                    let t = MergeTile {
+                        row0: 0,
+                        rows,
+                        cols,
+                        base: BaseRows::Float {
+                            bytes: &bytes,
+                            dtype: FloatDtype::F32,
+                        },
+                        lora: None,
+                        out_dtype: out,
+                    };
+                    let q = QuantSpec {
+                        quant_type: qt,
+                        blocksize: bs,
+                        numel: (rows * cols) as u64,
+                    };
+                    n += 1;
+                    if let Err(e) =
+                        compare_requant(&gpu, &cpu, &t, &q, &format!("{rows}x{cols} {out:?} {qt:?} bs {bs}"))
+                    {
+                        failures.push(e);
+                    }
+                }
+            }
+        }
+    }
+    assert_none_differ("gpu_requantization_of_special_values_equals_cpu", n, &failures);
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
 /// Compares every `.safetensors` file of `want` with the same name in `got`.
 fn files_equal(got: &Path, want: &Path) -> Result<usize, String> {
     let (a, b) = (got, want);
@@ -840,6 +1072,43 @@ fn gpu_fixture_merges_equal_cpu() {
 }
 
 /// What a CUDA build does on a machine with no usable GPU (CI runs this against the stub driver).
+/// `merged_4bit` of the fixtures on the GPU (merge and requantization on the device, double
+/// quant statistics included) gives the CPU's files, byte for byte.
+#[test]
+fn gpu_fixture_merged_4bit_equals_cpu() {
+    if gpu("gpu_fixture_merged_4bit_equals_cpu").is_none() {
+        return;
+    }
+    let fx = fixtures();
+    let tmp = tempfile::tempdir().unwrap();
+    for (adapter, base) in [("lora_on_nf4", None), ("lora_on_nf4", Some("base_fp4")), ("lora", None)] {
+        let mut outs = Vec::new();
+        for device in [DeviceChoice::Cpu, DeviceChoice::Cuda] {
+            let out = tmp
+                .path()
+                .join(format!("q4-{adapter}-{}-{device:?}", base.unwrap_or("default")));
+            let mut o = SaveOptions::new(fx.join(adapter), &out);
+            o.base = base.map(|b| fx.join(b));
+            o.device = device;
+            o.save_method = SaveMethod::Merged4bit;
+            o.max_shard_size = 2_000_000;
+            let rep = loraweld::save(&o).unwrap();
+            println!(
+                "  merged_4bit {adapter} base {base:?}: {} in {:.3}s",
+                rep.backend, rep.seconds
+            );
+            if device == DeviceChoice::Cuda {
+                let g = rep.stages.gpu.expect("a GPU run reports stages.gpu");
+                assert!(g.chunks > 0, "{g:?}");
+            }
+            outs.push(out);
+        }
+        let n = files_equal(&outs[1], &outs[0])
+            .unwrap_or_else(|e| panic!("merged_4bit {adapter} base {base:?}: gpu vs cpu: {e}"));
+        assert!(n > 0);
+    }
+}
+
 #[test]
 fn no_gpu_auto_falls_back_with_one_notice_and_cuda_fails_clearly() {
     if CudaBackend::new(MemoryBudget::Fraction(0.5), None).is_ok() {

@@ -73,6 +73,18 @@ impl MergeTile<'_> {
     }
 }
 
+/// How `merged_4bit` requantizes a weight (bitsandbytes 4-bit, `src/quant/encode.rs`).
+#[derive(Debug, Clone, Copy)]
+pub struct QuantSpec {
+    /// NF4 or FP4.
+    pub quant_type: crate::quant::bnb::QuantType,
+    /// Elements per block.
+    pub blocksize: usize,
+    /// Elements in the whole weight: its last block is partial when this is not a multiple of
+    /// `blocksize`.
+    pub numel: u64,
+}
+
 /// A compute backend. Implementations must be bit-identical to [`reference::merge_tile`].
 pub trait Backend: Send + Sync {
     /// A short name for reports (`cpu-avx2`, `cuda`).
@@ -80,6 +92,21 @@ pub trait Backend: Send + Sync {
     /// Computes `tile` into `out` (`tile.out_len()` bytes). Returns whether every output value
     /// is finite.
     fn merge_tile(&self, tile: &MergeTile<'_>, out: &mut [u8]) -> Result<bool>;
+    /// Merges `tile` and requantizes the result as `merged_4bit` does, if this backend can do
+    /// it itself: the values rounded to `tile.out_dtype` (the quant group's 16-bit dtype, or f32),
+    /// then [`crate::quant::encode::quantize_block`] on each block. Writes the block absmax
+    /// values into `absmax` and, when `codes` is given, the packed codes (two per byte). The tile
+    /// starts on a block boundary. `Ok(None)`: not done here (the default); the caller merges
+    /// with [`Backend::merge_tile`] and quantizes on the host. `Ok(Some(finite))` otherwise.
+    fn quant_tile(
+        &self,
+        _tile: &MergeTile<'_>,
+        _q: &QuantSpec,
+        _codes: Option<&mut [u8]>,
+        _absmax: &mut [f32],
+    ) -> Result<Option<bool>> {
+        Ok(None)
+    }
     /// A thread pool for the host's work around the merge (the 4-bit requantization of
     /// `merged_4bit`), sized by `--threads`; `None`: do it on the calling thread.
     fn host_pool(&self) -> Option<&rayon::ThreadPool> {

@@ -19,10 +19,11 @@ use cust::sys as cu;
 use rayon::prelude::*;
 
 use crate::compute::cpu::CpuBackend;
-use crate::compute::{Backend, BaseRows, GpuTimes, MergeTile, PinRelease};
+use crate::compute::{Backend, BaseRows, GpuTimes, MergeTile, PinRelease, QuantSpec};
 use crate::error::{Error, Result};
 use crate::options::{FloatDtype, MemoryBudget};
-use crate::quant::bnb::AbsmaxRef;
+use crate::plan::gcd;
+use crate::quant::bnb::{AbsmaxRef, QuantType};
 
 /// The kernels, embedded (candle's `include_str!` of its PTX).
 const PTX: &str = include_str!("../../../kernels/lora_merge.ptx");
@@ -50,10 +51,20 @@ fn pick_cubin(major: u32, minor: u32, archs: &[u32]) -> Option<usize> {
 /// unless its cache has it; BENCHMARKS.md, session 7). Returns the module and what was loaded (`sm_90 cubin`, `PTX`).
 /// `LORAWELD_CUDA_JIT=1` skips the cubins (a timing aid).
 fn load_merge_module() -> Result<(Module, String)> {
+    load_module("kernels/lora_merge.ptx", PTX, cubins::CUBINS)
+}
+
+/// The requantization kernel (`kernels/quant4.ptx`), loaded like the merge kernels.
+fn load_quant_module() -> Result<(Module, String)> {
+    load_module("kernels/quant4.ptx", QUANT_PTX, cubins::QUANT4_CUBINS)
+}
+
+/// Loads `ptx` (from `file`) or the cubin of it for this GPU; see [`load_merge_module`].
+fn load_module(file: &str, ptx: &str, built: &[(u32, &[u8])]) -> Result<(Module, String)> {
     let load_ptx = |what: String| {
-        Module::from_ptx(PTX, &[])
+        Module::from_ptx(ptx, &[])
             .map(|m| (m, what))
-            .map_err(cu_err("load kernels/lora_merge.ptx"))
+            .map_err(cu_err(format!("load {file}")))
     };
     if std::env::var_os("LORAWELD_CUDA_JIT").is_some_and(|v| v != "0") {
         return load_ptx("PTX, LORAWELD_CUDA_JIT".into());
@@ -62,10 +73,10 @@ fn load_merge_module() -> Result<(Module, String)> {
     let cc = |a| dev.get_attribute(a).map(|v| v.max(0) as u32);
     let major = cc(DeviceAttribute::ComputeCapabilityMajor).map_err(cu_err("cuDeviceGetAttribute"))?;
     let minor = cc(DeviceAttribute::ComputeCapabilityMinor).map_err(cu_err("cuDeviceGetAttribute"))?;
-    let archs: Vec<u32> = cubins::CUBINS.iter().map(|&(sm, _)| sm).collect();
+    let archs: Vec<u32> = built.iter().map(|&(sm, _)| sm).collect();
     match pick_cubin(major, minor, &archs) {
         Some(i) => {
-            let (sm, bytes) = cubins::CUBINS[i];
+            let (sm, bytes) = built[i];
             match Module::from_cubin(bytes, &[]) {
                 Ok(m) => Ok((m, format!("sm_{sm} cubin"))),
                 // An older driver may refuse a newer toolkit's cubin; its JIT still takes the PTX.
@@ -75,6 +86,9 @@ fn load_merge_module() -> Result<(Module, String)> {
         None => load_ptx("PTX".into()),
     }
 }
+
+/// The requantization of `merged_4bit` (bitsandbytes 4-bit blocks), run after a merge kernel.
+const QUANT_PTX: &str = include_str!("../../../kernels/quant4.ptx");
 
 /// The FMA-rate probe used by [`bench`].
 const FMA_PTX: &str = include_str!("../../../kernels/fma_rate.ptx");
@@ -336,6 +350,43 @@ impl KernelArgs {
     }
 }
 
+/// `quant4`'s 8 parameters, in their order (kernels/quant4.ptx documents them).
+struct QuantArgs {
+    input: u64,
+    codes: u64,
+    absmax: u64,
+    n: u32,
+    log2bs: u32,
+    partial: u32,
+    kind: u32,
+    qt: u32,
+}
+
+impl QuantArgs {
+    /// Pointers to each field, as `cuLaunchKernel` takes them; valid while `self` is.
+    fn ptrs(&self) -> [*mut c_void; 8] {
+        [
+            arg(&self.input),
+            arg(&self.codes),
+            arg(&self.absmax),
+            arg(&self.n),
+            arg(&self.log2bs),
+            arg(&self.partial),
+            arg(&self.kind),
+            arg(&self.qt),
+        ]
+    }
+}
+
+/// `quant4`'s grid for `nb` blocks of `2^log2bs` elements: a lane per 8 elements, at most 32
+/// lanes per block (larger blocks loop), 256-thread CTAs (kernels/quant4.ptx).
+fn quant_shape(nb: usize, log2bs: u32) -> (GridSize, BlockSize) {
+    let lanes_log = (log2bs - 3).min(5);
+    let per_warp = 32usize >> lanes_log;
+    let warps = nb.div_ceil(per_warp);
+    ((warps.div_ceil(8).max(1) as u32).into(), 256u32.into())
+}
+
 /// Copies with a few threads: one core's `memcpy` is well under the PCIe rate.
 fn par_copy(pool: &rayon::ThreadPool, dst: &mut [u8], src: &[u8]) {
     const PIECE: usize = 1 << 20;
@@ -411,6 +462,46 @@ struct Pending {
     in_len: usize,
     /// The download went straight into the caller's (page-locked) buffer.
     direct: bool,
+    /// A requantized chunk: where its codes and absmax values go.
+    quant: Option<QuantPending>,
+}
+
+/// Where a requantized chunk's download goes: codes first in the staging, then (at `am_off`)
+/// the absmax values.
+struct QuantPending {
+    /// Byte offset of the chunk's codes in the tile's packed codes.
+    codes_start: usize,
+    /// Bytes of codes (0: only the absmax values were asked for).
+    codes_len: usize,
+    /// The chunk's first block within the tile.
+    am_start: usize,
+    /// Blocks in the chunk.
+    am_len: usize,
+    /// Byte offset of the absmax values in the download.
+    am_off: usize,
+}
+
+/// A chunk's requantization by `kernels/quant4.ptx`, after its merge.
+#[derive(Debug, Clone, Copy)]
+struct QuantChunk {
+    /// 0 NF4, 1 FP4 (the kernel's `p_qt`).
+    qt: u32,
+    log2bs: u32,
+    /// The chunk ends with the weight's partial last block.
+    partial: bool,
+    /// Codes wanted, not only the absmax values.
+    codes: bool,
+}
+
+/// Where a tile's results go.
+enum Dest<'o> {
+    /// The merged values: `tile.out_len()` bytes.
+    Values(&'o mut [u8]),
+    /// The requantized tile: its packed codes (when asked for) and its block absmax values.
+    Quant {
+        codes: Option<&'o mut [u8]>,
+        absmax: &'o mut [f32],
+    },
 }
 
 /// One of the two staging slots: a stream with its own pinned and device buffers.
@@ -421,6 +512,8 @@ struct Slot {
     host_flag: LockedBuffer<u8>,
     dev_in: Option<DeviceBuffer<u8>>,
     dev_out: Option<DeviceBuffer<u8>>,
+    /// A requantized chunk's codes and absmax values.
+    dev_q: Option<DeviceBuffer<u8>>,
     pending: Option<Pending>,
     /// Recorded on the stream before the chunk's upload, after it, after the kernel and after
     /// the download: the GPU's own times for [`GpuTimes`].
@@ -436,6 +529,7 @@ impl Slot {
             host_flag: LockedBuffer::new(&0u8, 16).map_err(cu_err("cuMemAllocHost"))?,
             dev_in: None,
             dev_out: None,
+            dev_q: None,
             pending: None,
             ev: [event()?, event()?, event()?, event()?],
         })
@@ -465,6 +559,8 @@ struct Gpu {
     host_a: Option<LockedBuffer<u8>>,
     dev_a: Option<DeviceBuffer<u8>>,
     module: Module,
+    /// `kernels/quant4.ptx`.
+    quant: Module,
     /// [`resident_blocks`] of each of [`LEAN_KERNELS`], in that order.
     lean_resident: [u32; 4],
     /// Where the time went so far.
@@ -493,6 +589,8 @@ struct ChunkArgs<'t, 'a> {
     /// The caller's output, when it is page-locked ([`CudaBackend::pin_output`]): the chunk's
     /// result is downloaded straight into it.
     direct_out: Option<*mut u8>,
+    /// Requantize the merged chunk on the device and download codes and absmax instead.
+    quant: Option<QuantChunk>,
 }
 
 impl Gpu {
@@ -569,6 +667,22 @@ impl Gpu {
             .module
             .get_function(&c.spec.name)
             .map_err(cu_err(format!("cuModuleGetFunction {}", c.spec.name)))?;
+        let qfunc = match c.quant {
+            Some(_) => Some(
+                self.quant
+                    .get_function("quant4")
+                    .map_err(cu_err("cuModuleGetFunction quant4"))?,
+            ),
+            None => None,
+        };
+        // A requantized chunk downloads its codes (padded to whole 8-element pieces, which the
+        // kernel stores as u32 words) and then its absmax values.
+        let q_layout = c.quant.map(|q| {
+            let nb = n.div_ceil(1 << q.log2bs);
+            let codes_room = if q.codes { n.next_multiple_of(8) / 2 } else { 0 };
+            let am_off = codes_room.next_multiple_of(16);
+            (q, nb, am_off, am_off + nb * 4)
+        });
         let slot = &mut self.slots[s];
         let t_stage = Instant::now();
         {
@@ -586,8 +700,9 @@ impl Gpu {
             par_copy(pool, &mut h[off_base..off_base + base_src.len()], base_src);
         }
         self.times.stage_in_s += t_stage.elapsed().as_secs_f64();
-        if c.direct_out.is_none() {
-            host_buf(&mut slot.host_out, out_len)?;
+        let down_len = q_layout.map_or(out_len, |(_, _, _, q_len)| q_len);
+        if c.direct_out.is_none() || q_layout.is_some() {
+            host_buf(&mut slot.host_out, down_len)?;
         }
         let dev_in = dev_buf(&mut slot.dev_in, in_len)?.as_device_ptr().as_raw();
         let dev_out = dev_buf(&mut slot.dev_out, out_len)?.as_device_ptr().as_raw();
@@ -645,10 +760,41 @@ impl Gpu {
         // live allocation sized for this chunk.
         unsafe { slot.stream.launch(&func, grid, block, 0, &args) }
             .map_err(cu_err(format!("launch {}", c.spec.name)))?;
+        let mut down_src = dev_out;
+        let mut quant = None;
+        if let (Some((q, nb, am_off, q_len)), Some(qfunc)) = (q_layout, &qfunc) {
+            let dev_q = dev_buf(&mut slot.dev_q, q_len)?.as_device_ptr().as_raw();
+            let qa = QuantArgs {
+                input: dev_out,
+                codes: if q.codes { dev_q } else { 0 },
+                absmax: dev_q + am_off as u64,
+                n: n as u32,
+                log2bs: q.log2bs,
+                partial: q.partial as u32,
+                kind: dt_code(tile.out_dtype),
+                qt: q.qt,
+            };
+            let args = qa.ptrs();
+            let (grid, block) = quant_shape(nb, q.log2bs);
+            // SAFETY: FFI. The arguments point at the fields of `qa`, of the kernel's types and
+            // order; `dev_out` holds the chunk's `n` merged values (and its allocation, rounded to
+            // 64 KiB, covers the kernel's reads of up to 7 more), `dev_q` has room for the codes
+            // in whole u32 words and the absmax values.
+            unsafe { slot.stream.launch(qfunc, grid, block, 0, &args) }.map_err(cu_err("launch quant4"))?;
+            down_src = dev_q;
+            quant = Some(QuantPending {
+                codes_start: c.row * cols / 2,
+                codes_len: if q.codes { n.div_ceil(2) } else { 0 },
+                am_start: (c.row * cols) >> q.log2bs,
+                am_len: nb,
+                am_off,
+            });
+        }
         slot.ev[2].record(&slot.stream).map_err(cu_err("cuEventRecord"))?;
 
         let out_start = c.row * cols * osz;
-        let host_out = match c.direct_out {
+        let direct_out = if quant.is_some() { None } else { c.direct_out };
+        let host_out = match direct_out {
             // SAFETY: `direct_out` is the caller's output of `tile.out_len()` bytes, and this
             // chunk's `out_len` bytes from `out_start` lie inside it.
             Some(p) => unsafe { p.add(out_start) },
@@ -663,7 +809,7 @@ impl Gpu {
         // registered buffer), sized for the copies, and not read until `drain` has synchronized
         // the stream; `run_tile` drains every chunk before it returns the caller's buffer.
         let rc = unsafe {
-            let rc = cu::cuMemcpyDtoHAsync_v2(host_out as *mut c_void, dev_out, out_len, stream);
+            let rc = cu::cuMemcpyDtoHAsync_v2(host_out as *mut c_void, down_src, down_len, stream);
             if rc == cu::cudaError_enum::CUDA_SUCCESS {
                 cu::cuMemcpyDtoHAsync_v2(host_flag as *mut c_void, ka.flag, 4, stream)
             } else {
@@ -679,16 +825,17 @@ impl Gpu {
         slot.ev[3].record(&slot.stream).map_err(cu_err("cuEventRecord"))?;
         slot.pending = Some(Pending {
             out_start,
-            len: out_len,
+            len: down_len,
             in_len,
-            direct: c.direct_out.is_some(),
+            direct: direct_out.is_some(),
+            quant,
         });
         Ok(())
     }
 
-    /// Waits for slot `s`'s chunk, copies its output into `out`, adds its times to
+    /// Waits for slot `s`'s chunk, copies its output into `dest`, adds its times to
     /// [`Gpu::times`], and says whether it was all finite (the kernel's flag word stayed 0).
-    fn drain(&mut self, s: usize, out: &mut [u8], pool: &rayon::ThreadPool) -> Result<bool> {
+    fn drain(&mut self, s: usize, dest: &mut Dest<'_>, pool: &rayon::ThreadPool) -> Result<bool> {
         let slot = &mut self.slots[s];
         let Some(p) = slot.pending.take() else {
             return Ok(true);
@@ -716,7 +863,29 @@ impl Gpu {
                 .host_out
                 .as_ref()
                 .ok_or_else(|| Error::Internal("cuda: a pending chunk has no output staging".into()))?;
-            par_copy(pool, &mut out[p.out_start..p.out_start + p.len], &host[..p.len]);
+            let bad = || Error::Internal("cuda: a chunk's result does not fit its destination".into());
+            match (dest, &p.quant) {
+                (Dest::Values(out), None) => {
+                    let out = out.get_mut(p.out_start..p.out_start + p.len).ok_or_else(bad)?;
+                    par_copy(pool, out, &host[..p.len]);
+                }
+                (Dest::Quant { codes, absmax }, Some(q)) => {
+                    if let Some(codes) = codes {
+                        codes
+                            .get_mut(q.codes_start..q.codes_start + q.codes_len)
+                            .ok_or_else(bad)?
+                            .copy_from_slice(&host[..q.codes_len]);
+                    }
+                    let am = absmax.get_mut(q.am_start..q.am_start + q.am_len).ok_or_else(bad)?;
+                    for (a, b) in am
+                        .iter_mut()
+                        .zip(host[q.am_off..q.am_off + 4 * q.am_len].chunks_exact(4))
+                    {
+                        *a = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                    }
+                }
+                _ => return Err(bad()),
+            }
             t.copy_out_s += t_copy.elapsed().as_secs_f64();
         }
         Ok(slot.host_flag[..4] == [0, 0, 0, 0])
@@ -757,6 +926,7 @@ impl CudaBackend {
         let (ctx, device) = open_device()?;
         let none = |why: String| Error::NoCudaDevice { why };
         let (module, image) = load_merge_module().map_err(|e| none(e.to_string()))?;
+        let (quant, _) = load_quant_module().map_err(|e| none(e.to_string()))?;
         let mut lean_resident = [0u32; 4];
         for (slot, name) in lean_resident.iter_mut().zip(LEAN_KERNELS) {
             let func = module
@@ -788,6 +958,7 @@ impl CudaBackend {
                 host_a: None,
                 dev_a: None,
                 module,
+                quant,
                 lean_resident,
                 times: GpuTimes::default(),
                 clock: Clock {
@@ -838,7 +1009,16 @@ impl CudaBackend {
         (self.chunk_bytes / row_bytes.max(1)).clamp(1, max_elems.max(1))
     }
 
-    fn run_tile(&self, gpu: &mut Gpu, tile: &MergeTile<'_>, spec: &KernelSpec, out: &mut [u8]) -> Result<bool> {
+    /// Merges `tile` chunk by chunk into `dest`; with `quant`, each chunk is requantized on the
+    /// device too.
+    fn run_tile(
+        &self,
+        gpu: &mut Gpu,
+        tile: &MergeTile<'_>,
+        spec: &KernelSpec,
+        mut dest: Dest<'_>,
+        quant: Option<&QuantSpec>,
+    ) -> Result<bool> {
         let a_ptr = match &tile.lora {
             Some(l) => {
                 let a_len = l.a.len() * 4;
@@ -862,14 +1042,23 @@ impl CudaBackend {
             }
             None => 0,
         };
-        let rows_per = self.chunk_rows(tile);
-        let direct_out = self.is_pinned(out).then_some(out.as_mut_ptr());
+        let mut rows_per = self.chunk_rows(tile);
+        if let Some(q) = quant {
+            // Every chunk starts on a block boundary.
+            let step = q.blocksize / gcd(tile.cols as u64, q.blocksize as u64) as usize;
+            rows_per = (rows_per / step).max(1) * step;
+        }
+        let direct_out = match &mut dest {
+            Dest::Values(out) => self.is_pinned(out).then_some(out.as_mut_ptr()),
+            Dest::Quant { .. } => None,
+        };
         let mut finite = true;
         let (mut row, mut j) = (0usize, 0usize);
         while row < tile.rows {
             let n_rows = rows_per.min(tile.rows - row);
             let s = j % 2;
-            finite &= gpu.drain(s, out, &self.copier)?;
+            finite &= gpu.drain(s, &mut dest, &self.copier)?;
+            let end = (tile.row0 + (row + n_rows) as u64) * tile.cols as u64;
             let c = ChunkArgs {
                 tile,
                 spec,
@@ -877,13 +1066,22 @@ impl CudaBackend {
                 n_rows,
                 a_ptr,
                 direct_out,
+                quant: quant.map(|q| QuantChunk {
+                    qt: match q.quant_type {
+                        QuantType::Nf4 => 0,
+                        QuantType::Fp4 => 1,
+                    },
+                    log2bs: q.blocksize.trailing_zeros(),
+                    partial: end == q.numel && !q.numel.is_multiple_of(q.blocksize as u64),
+                    codes: matches!(dest, Dest::Quant { codes: Some(_), .. }),
+                }),
             };
             gpu.launch_chunk(s, &c, &self.copier)?;
             row += n_rows;
             j += 1;
         }
         for k in 0..2 {
-            finite &= gpu.drain((j + k) % 2, out, &self.copier)?;
+            finite &= gpu.drain((j + k) % 2, &mut dest, &self.copier)?;
         }
         Ok(finite)
     }
@@ -915,11 +1113,51 @@ impl Backend for CudaBackend {
             .lock()
             .map_err(|_| Error::Internal("the cuda state was poisoned by a panic".into()))?;
         CurrentContext::set_current(&gpu.ctx).map_err(cu_err("cuCtxSetCurrent"))?;
-        let res = self.run_tile(&mut gpu, tile, &spec, out);
+        let res = self.run_tile(&mut gpu, tile, &spec, Dest::Values(out), None);
         if res.is_err() {
             gpu.abandon();
         }
         res
+    }
+
+    fn quant_tile(
+        &self,
+        tile: &MergeTile<'_>,
+        q: &QuantSpec,
+        codes: Option<&mut [u8]>,
+        absmax: &mut [f32],
+    ) -> Result<Option<bool>> {
+        let bs = q.blocksize;
+        let len = tile.rows * tile.cols;
+        if codes.as_ref().is_some_and(|c| c.len() != len.div_ceil(2)) || absmax.len() != len.div_ceil(bs.max(1)) {
+            return Err(Error::Internal(format!(
+                "quant tile at row {}: output buffers do not match {len} elements",
+                tile.row0
+            )));
+        }
+        // quant4 takes power-of-two blocks of 8 to 4096 elements, starting the tile.
+        let k0 = tile.row0 * tile.cols as u64;
+        if !bs.is_power_of_two() || !(8..=4096).contains(&bs) || !k0.is_multiple_of(bs as u64) {
+            return Ok(None);
+        }
+        if len == 0 {
+            return Ok(Some(true));
+        }
+        let a_bytes = tile.lora.map(|l| l.a.len() as u64 * 4).unwrap_or(0);
+        let spec = match KernelSpec::of(tile) {
+            Some(s) if a_bytes <= self.device_budget / 4 => s,
+            _ => return Ok(None),
+        };
+        let mut gpu = self
+            .gpu
+            .lock()
+            .map_err(|_| Error::Internal("the cuda state was poisoned by a panic".into()))?;
+        CurrentContext::set_current(&gpu.ctx).map_err(cu_err("cuCtxSetCurrent"))?;
+        let res = self.run_tile(&mut gpu, tile, &spec, Dest::Quant { codes, absmax }, Some(q));
+        if res.is_err() {
+            gpu.abandon();
+        }
+        res.map(Some)
     }
 
     fn gpu_times(&self) -> Option<GpuTimes> {
@@ -1513,33 +1751,42 @@ mod tests {
     /// entry point the launcher asks for. A build with `LORAWELD_PTXAS` set (CI's) must have both.
     #[test]
     fn embedded_cubins_are_elf_for_their_arch_with_every_entry_point() {
-        if option_env!("LORAWELD_PTXAS").is_some_and(|p| p != "none") {
-            let archs: Vec<u32> = cubins::CUBINS.iter().map(|&(sm, _)| sm).collect();
-            assert_eq!(
-                archs,
-                [80, 90],
-                "LORAWELD_PTXAS was set, so build.rs must embed both cubins"
-            );
-        }
-        let names = LEAN_KERNELS.iter().chain(&[
-            "lora_merge_bf16",
-            "lora_merge_f16",
-            "lora_merge_f32",
-            "lora_merge_any_bf16",
-            "lora_merge_any_f16",
-            "lora_merge_any_f32",
-        ]);
-        for &(sm, bytes) in cubins::CUBINS {
-            assert_eq!(&bytes[..4], b"\x7fELF", "sm_{sm}");
-            let machine = u16::from_le_bytes([bytes[18], bytes[19]]);
-            assert_eq!(machine, 0xBE, "sm_{sm}: e_machine is EM_CUDA");
-            let flags = u32::from_le_bytes([bytes[48], bytes[49], bytes[50], bytes[51]]);
-            assert_eq!((flags >> 8) & 0xFF, sm, "sm_{sm}: the arch in e_flags");
-            for name in names.clone() {
-                let found = bytes
-                    .windows(name.len() + 1)
-                    .any(|w| &w[..name.len()] == name.as_bytes() && w[name.len()] == 0);
-                assert!(found, "sm_{sm} cubin has no {name}");
+        let merge: Vec<&str> = LEAN_KERNELS
+            .iter()
+            .copied()
+            .chain([
+                "lora_merge_bf16",
+                "lora_merge_f16",
+                "lora_merge_f32",
+                "lora_merge_any_bf16",
+                "lora_merge_any_f16",
+                "lora_merge_any_f32",
+            ])
+            .collect();
+        for (file, built, names) in [
+            ("lora_merge", cubins::CUBINS, merge),
+            ("quant4", cubins::QUANT4_CUBINS, vec!["quant4"]),
+        ] {
+            if option_env!("LORAWELD_PTXAS").is_some_and(|p| p != "none") {
+                let archs: Vec<u32> = built.iter().map(|&(sm, _)| sm).collect();
+                assert_eq!(
+                    archs,
+                    [80, 90],
+                    "LORAWELD_PTXAS was set, so build.rs must embed both cubins of {file}"
+                );
+            }
+            for &(sm, bytes) in built {
+                assert_eq!(&bytes[..4], b"\x7fELF", "{file} sm_{sm}");
+                let machine = u16::from_le_bytes([bytes[18], bytes[19]]);
+                assert_eq!(machine, 0xBE, "{file} sm_{sm}: e_machine is EM_CUDA");
+                let flags = u32::from_le_bytes([bytes[48], bytes[49], bytes[50], bytes[51]]);
+                assert_eq!((flags >> 8) & 0xFF, sm, "{file} sm_{sm}: the arch in e_flags");
+                for name in &names {
+                    let found = bytes
+                        .windows(name.len() + 1)
+                        .any(|w| &w[..name.len()] == name.as_bytes() && w[name.len()] == 0);
+                    assert!(found, "{file} sm_{sm} cubin has no {name}");
+                }
             }
         }
     }
