@@ -926,6 +926,63 @@ fn gpu_requantization_equals_cpu_bytes() {
     assert_none_differ("gpu_requantization_equals_cpu_bytes", n, &failures);
 }
 
+/// Requantized codes downloaded straight into a page-locked output (the pipeline's pool
+/// buffers are) equal the host's, and nothing around the tile changes.
+#[test]
+fn gpu_requantizes_into_a_pinned_output_equal_cpu_bytes() {
+    let Some(gpu) = gpu("gpu_requantizes_into_a_pinned_output_equal_cpu_bytes") else {
+        return;
+    };
+    let cpu = CpuBackend::new(None).unwrap();
+    let c = Case {
+        base: Base::Nf4 {
+            nested: true,
+            blocksize: 64,
+            qdt: FloatDtype::Bf16,
+        },
+        total_rows: 3001,
+        row0: 0,
+        rows: 3001,
+        cols: 4096,
+        r: 16,
+        scale: 2.0,
+        delta: FloatDtype::F32,
+        out: FloatDtype::Bf16,
+        seed: 78,
+    };
+    let x = inputs(&c);
+    let t = tile(&c, &x);
+    let q = QuantSpec {
+        quant_type: QuantType::Nf4,
+        blocksize: 64,
+        numel: (c.total_rows * c.cols) as u64,
+    };
+    let (want_codes, want_am, _) = host_requant(&cpu, &t, &q);
+    let len = want_codes.len();
+    let lead = 4096 + 16;
+    let mut buf = vec![0xA5u8; lead + len + 4096];
+    let release = gpu
+        .pin_output(&mut buf)
+        .expect("the cuda backend pins an output buffer");
+    let mut am = vec![0f32; want_am.len()];
+    gpu.quant_tile(&t, &q, Some(&mut buf[lead..lead + len]), &mut am)
+        .unwrap()
+        .expect("the GPU requantizes");
+    assert!(
+        buf[lead..lead + len] == want_codes[..],
+        "pinned codes differ from the CPU's"
+    );
+    assert!(
+        buf[..lead].iter().chain(&buf[lead + len..]).all(|&b| b == 0xA5),
+        "bytes outside the tile changed"
+    );
+    assert!(
+        am.iter().map(|a| a.to_bits()).eq(want_am.iter().copied()),
+        "absmax differs"
+    );
+    release();
+}
+
 /// The requantization of special values: NaN (skipped by the max, no bound below it), +-Inf
 /// (a zero scale), subnormals (kept, and the 1e-38 floor), zeros, all-zero blocks, and a
 /// partial last block, through f32 and bf16 values.

@@ -701,6 +701,8 @@ impl Gpu {
         }
         self.times.stage_in_s += t_stage.elapsed().as_secs_f64();
         let down_len = q_layout.map_or(out_len, |(_, _, _, q_len)| q_len);
+        // Staging: everything, unless the values go straight to the caller; a requantized
+        // chunk's absmax values always.
         if c.direct_out.is_none() || q_layout.is_some() {
             host_buf(&mut slot.host_out, down_len)?;
         }
@@ -793,41 +795,56 @@ impl Gpu {
         slot.ev[2].record(&slot.stream).map_err(cu_err("cuEventRecord"))?;
 
         let out_start = c.row * cols * osz;
-        let direct_out = if quant.is_some() { None } else { c.direct_out };
-        let host_out = match direct_out {
-            // SAFETY: `direct_out` is the caller's output of `tile.out_len()` bytes, and this
-            // chunk's `out_len` bytes from `out_start` lie inside it.
-            Some(p) => unsafe { p.add(out_start) },
-            None => slot
-                .host_out
-                .as_mut()
-                .ok_or_else(|| Error::Internal("cuda: no pinned output staging".into()))?
-                .as_mut_ptr(),
-        };
-        let host_flag = slot.host_flag.as_mut_ptr();
-        // SAFETY: FFI. Both destinations are pinned (the slot's staging, or the caller's
-        // registered buffer), sized for the copies, and not read until `drain` has synchronized
-        // the stream; `run_tile` drains every chunk before it returns the caller's buffer.
-        let rc = unsafe {
-            let rc = cu::cuMemcpyDtoHAsync_v2(host_out as *mut c_void, down_src, down_len, stream);
-            if rc == cu::cudaError_enum::CUDA_SUCCESS {
-                cu::cuMemcpyDtoHAsync_v2(host_flag as *mut c_void, ka.flag, 4, stream)
-            } else {
-                rc
+        let staging = slot.host_out.as_mut().map(|h| h.as_mut_ptr());
+        let staging = || staging.ok_or_else(|| Error::Internal("cuda: no pinned output staging".into()));
+        // The downloads: (host destination, device source, bytes). With a page-locked caller's
+        // buffer, values (or a requantized chunk's codes) go straight into it; the rest (and
+        // everything otherwise) lands in the slot's staging for `drain` to copy out.
+        let mut copies: Vec<(*mut u8, u64, usize)> = Vec::with_capacity(3);
+        let direct = match (&quant, c.direct_out) {
+            (None, Some(p)) => {
+                // SAFETY: `direct_out` is the caller's output of `tile.out_len()` bytes, and this
+                // chunk's `out_len` bytes from `out_start` lie inside it.
+                copies.push((unsafe { p.add(out_start) }, dev_out, out_len));
+                true
+            }
+            (Some(q), Some(p)) if q.codes_len > 0 => {
+                // SAFETY: `direct_out` is the caller's codes buffer of the tile's packed length,
+                // and this chunk's `codes_len` bytes from `codes_start` lie inside it; the
+                // staging holds `down_len >= am_off + 4 * am_len` bytes.
+                copies.push((unsafe { p.add(q.codes_start) }, down_src, q.codes_len));
+                copies.push((
+                    unsafe { staging()?.add(q.am_off) },
+                    down_src + q.am_off as u64,
+                    4 * q.am_len,
+                ));
+                true
+            }
+            _ => {
+                copies.push((staging()?, down_src, down_len));
+                false
             }
         };
-        if rc != cu::cudaError_enum::CUDA_SUCCESS {
-            return Err(Error::Cuda {
-                op: "copy from device".into(),
-                what: result_name(rc),
-            });
+        copies.push((slot.host_flag.as_mut_ptr(), ka.flag, 4));
+        for (dst, src, len) in copies {
+            // SAFETY: FFI. Every destination is pinned (the slot's staging, its flag word, or the
+            // caller's registered buffer), sized for its copy as said above, and not read until
+            // `drain` has synchronized the stream; `run_tile` drains every chunk before it
+            // returns the caller's buffer.
+            let rc = unsafe { cu::cuMemcpyDtoHAsync_v2(dst as *mut c_void, src, len, stream) };
+            if rc != cu::cudaError_enum::CUDA_SUCCESS {
+                return Err(Error::Cuda {
+                    op: "copy from device".into(),
+                    what: result_name(rc),
+                });
+            }
         }
         slot.ev[3].record(&slot.stream).map_err(cu_err("cuEventRecord"))?;
         slot.pending = Some(Pending {
             out_start,
             len: down_len,
             in_len,
-            direct: direct_out.is_some(),
+            direct,
             quant,
         });
         Ok(())
@@ -857,7 +874,7 @@ impl Gpu {
         t.chunks += 1;
         t.h2d_bytes += p.in_len as u64;
         t.d2h_bytes += p.len as u64 + 4;
-        if !p.direct {
+        if !p.direct || p.quant.is_some() {
             let t_copy = Instant::now();
             let host = slot
                 .host_out
@@ -870,7 +887,7 @@ impl Gpu {
                     par_copy(pool, out, &host[..p.len]);
                 }
                 (Dest::Quant { codes, absmax }, Some(q)) => {
-                    if let Some(codes) = codes {
+                    if let (Some(codes), false) = (codes, p.direct) {
                         codes
                             .get_mut(q.codes_start..q.codes_start + q.codes_len)
                             .ok_or_else(bad)?
@@ -1050,7 +1067,8 @@ impl CudaBackend {
         }
         let direct_out = match &mut dest {
             Dest::Values(out) => self.is_pinned(out).then_some(out.as_mut_ptr()),
-            Dest::Quant { .. } => None,
+            Dest::Quant { codes: Some(c), .. } => self.is_pinned(c).then_some(c.as_mut_ptr()),
+            Dest::Quant { codes: None, .. } => None,
         };
         let mut finite = true;
         let (mut row, mut j) = (0usize, 0usize);
