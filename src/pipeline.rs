@@ -1023,65 +1023,44 @@ fn compute_stage<'a>(
             }
             Work::Tile { tensor, row0, rows } => {
                 let t0 = Instant::now();
-                let mut waited = Duration::ZERO;
                 let t = &plan.tensors[tensor];
-                let (finite, packed) = match &t.op {
+                // Where the tile's bytes start in the tensor, and how many: `merged_4bit`'s
+                // packed codes (two per byte; a tile starts on a block, so on a whole byte), or
+                // values of the output dtype.
+                let (out_dtype, skip, len) = match &t.op {
                     Op::Quant { group, .. } => {
-                        // Packed codes, placed like a 16-bit tile below (two per byte; a tile
-                        // starts on a block, so on a whole byte).
-                        let cols = plan.quant_groups[*group].shape[1] as usize;
-                        let len = (rows * cols).div_ceil(2);
-                        let pos = plan.shards[t.shard].header.len() as u64 + t.offset + (row0 * cols as u64) / 2;
-                        let lead = lead_for(pos);
-                        let mut buf = if lead + len <= pool_cap {
-                            let t = Instant::now();
-                            let Ok(b) = pool.recv() else {
-                                return Ok(busy);
-                            };
-                            waited = t.elapsed();
-                            b
-                        } else {
-                            AlignedBuf::new(lead + len)
-                        };
-                        let finite =
-                            c.quant_codes(*group, row0, rows, Some(&mut buf.as_mut_slice()[lead..lead + len]))?;
-                        (finite, Packed::Aligned { buf, lead, len })
+                        let cols = plan.quant_groups[*group].shape[1];
+                        (None, row0 * cols / 2, (rows * cols as usize).div_ceil(2))
                     }
-                    op => {
-                        let out_dtype = float_of(t.dtype)
+                    _ => {
+                        let dt = float_of(t.dtype)
                             .ok_or_else(|| Error::Internal(format!("`{}` is not a float output", t.name)))?;
-                        // The tile goes where its bytes sit in their 4 KiB page of the shard, so
-                        // the writer can hand the buffer to the disk without copying it.
-                        let cols = t.cols as usize;
-                        let len = rows * cols * out_dtype.size();
-                        let pos = plan.shards[t.shard].header.len() as u64
-                            + t.offset
-                            + row0 * (cols * out_dtype.size()) as u64;
-                        let lead = lead_for(pos);
-                        // Waiting here for a buffer is the back-pressure from the disk. A tile
-                        // larger than the plan's largest (never, by construction) gets its own.
-                        let mut buf = if lead + len <= pool_cap {
-                            let t = Instant::now();
-                            let Ok(b) = pool.recv() else {
-                                return Ok(busy);
-                            };
-                            waited = t.elapsed();
-                            b
-                        } else {
-                            AlignedBuf::new(lead + len)
-                        };
-                        let finite = c.encoded(
-                            tensor,
-                            op,
-                            cols,
-                            row0,
-                            rows,
-                            out_dtype,
-                            &mut buf.as_mut_slice()[lead..lead + len],
-                        )?;
-                        (finite, Packed::Aligned { buf, lead, len })
+                        let row_bytes = t.cols as usize * dt.size();
+                        (Some(dt), row0 * row_bytes as u64, rows * row_bytes)
                     }
                 };
+                // The tile goes where its bytes sit in their 4 KiB page of the shard, so the
+                // writer can hand the buffer to the disk without copying it.
+                let lead = lead_for(plan.shards[t.shard].header.len() as u64 + t.offset + skip);
+                // Waiting here for a buffer is the back-pressure from the disk. A tile larger
+                // than the plan's largest (never, by construction) gets its own.
+                let t_wait = Instant::now();
+                let mut buf = if lead + len <= pool_cap {
+                    let Ok(b) = pool.recv() else {
+                        return Ok(busy);
+                    };
+                    b
+                } else {
+                    AlignedBuf::new(lead + len)
+                };
+                let waited = t_wait.elapsed();
+                let out = &mut buf.as_mut_slice()[lead..lead + len];
+                let finite = match (&t.op, out_dtype) {
+                    (Op::Quant { group, .. }, _) => c.quant_codes(*group, row0, rows, Some(out))?,
+                    (op, Some(dt)) => c.encoded(tensor, op, t.cols as usize, row0, rows, dt, out)?,
+                    (_, None) => return Err(Error::Internal(format!("`{}`: no output dtype", t.name))),
+                };
+                let packed = Packed::Aligned { buf, lead, len };
                 if !finite && !cfg.allow_nonfinite {
                     return Err(Error::NonFinite { tensor: t.name.clone() });
                 }
