@@ -667,7 +667,7 @@ impl<'a, 'p> Computer<'a, 'p> {
     /// ([`Backend::quant_tile`]); otherwise the blocks are spread over the backend's host pool,
     /// each task quantizing its blocks into a scratch of its own and packing them into its part
     /// of `buf`.
-    fn quant_codes(&mut self, group: usize, row0: u64, rows: usize, buf: Option<&mut [u8]>) -> Result<bool> {
+    fn quant_codes(&mut self, group: usize, row0: u64, rows: usize, mut buf: Option<&mut [u8]>) -> Result<bool> {
         let g = &self.plan.quant_groups[group];
         let cols = g.shape[1] as usize;
         let n = g.numel() as usize;
@@ -689,7 +689,6 @@ impl<'a, 'p> Computer<'a, 'p> {
         };
         let key = self.plan.tensors.len() + group;
         let dt = g.pre_round.unwrap_or(FloatDtype::F32);
-        let mut buf = buf;
         let on_device = self.device_quant(key, &g.source, cols, row0, rows, dt, &spec, buf.as_deref_mut(), &mut am)?;
         let finite = match on_device {
             Some(finite) => finite,

@@ -109,6 +109,17 @@ pub fn save(opts: &SaveOptions) -> Result<SaveReport> {
         (SaveMethod::Merged16bit | SaveMethod::Merged4bit, Some(b)) => Some(Checkpoint::open(b)?),
         _ => None,
     };
+    // The CLI checks this too; a library caller gets the same refusal (4-bit codes pack two
+    // per byte and tiles start on blocks, so the blocksize must be even; bitsandbytes takes
+    // powers of two from 32 to 4096).
+    if opts.save_method == SaveMethod::Merged4bit
+        && (!opts.blocksize.is_power_of_two() || !(32..=4096).contains(&opts.blocksize))
+    {
+        return Err(Error::Usage(format!(
+            "blocksize {}: expected a power of two from 32 to 4096",
+            opts.blocksize
+        )));
+    }
     let mut plan = match &ck {
         Some(ck) => plan_merged(
             ck,

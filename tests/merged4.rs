@@ -186,3 +186,22 @@ fn from_bf16_base_quantizes_linears_and_keeps_the_head() {
     let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
     assert_eq!(cfg["quantization_config"]["bnb_4bit_use_double_quant"], true);
 }
+
+/// The library refuses a blocksize bitsandbytes does not take before writing anything, as the
+/// CLI's `--blocksize` does.
+#[test]
+fn library_refuses_a_blocksize_that_is_not_a_power_of_two() {
+    let w = Workdir::new();
+    let out = w.join("m4");
+    for bs in [48u64, 16, 8192] {
+        let mut o = loraweld::SaveOptions::new(fixtures().join("lora"), &out);
+        o.save_method = loraweld::SaveMethod::Merged4bit;
+        o.blocksize = bs;
+        let e = loraweld::save(&o).expect_err("a bad blocksize is refused");
+        assert!(
+            matches!(e, loraweld::error::Error::Usage(ref m) if m.contains(&format!("blocksize {bs}"))),
+            "{e}"
+        );
+        assert!(!out.exists(), "nothing is written");
+    }
+}

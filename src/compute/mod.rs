@@ -144,7 +144,7 @@ pub struct GpuTimes {
     /// GPU: host-to-device copies of the staged inputs (and each tile's synchronous upload of
     /// `lora_A`, timed on the host).
     pub h2d_s: f64,
-    /// GPU: the merge kernels.
+    /// GPU: the merge kernels (and, for `merged_4bit`, the requantization after each).
     pub kernel_s: f64,
     /// GPU: device-to-host copies of the results.
     pub d2h_s: f64,

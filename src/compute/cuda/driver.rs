@@ -458,6 +458,8 @@ impl Layout {
 /// A chunk in flight: where its bytes go in the caller's output, and how many it sent.
 struct Pending {
     out_start: usize,
+    /// Bytes downloaded (the flag word aside): the values, or a requantized chunk's codes and
+    /// absmax values.
     len: usize,
     in_len: usize,
     /// The download went straight into the caller's (page-locked) buffer.
@@ -825,6 +827,7 @@ impl Gpu {
                 false
             }
         };
+        let downloaded = copies.iter().map(|c| c.2).sum();
         copies.push((slot.host_flag.as_mut_ptr(), ka.flag, 4));
         for (dst, src, len) in copies {
             // SAFETY: FFI. Every destination is pinned (the slot's staging, its flag word, or the
@@ -842,7 +845,7 @@ impl Gpu {
         slot.ev[3].record(&slot.stream).map_err(cu_err("cuEventRecord"))?;
         slot.pending = Some(Pending {
             out_start,
-            len: down_len,
+            len: downloaded,
             in_len,
             direct,
             quant,
