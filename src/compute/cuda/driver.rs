@@ -1156,9 +1156,14 @@ impl Backend for CudaBackend {
                 tile.row0
             )));
         }
-        // quant4 takes power-of-two blocks of 8 to 4096 elements, starting the tile.
+        // quant4 takes power-of-two blocks of 8 to 4096 elements, starting the tile, and chunks
+        // of fewer than 2^31 elements (a chunk is at least the rows that make whole blocks).
         let k0 = tile.row0 * tile.cols as u64;
         if !bs.is_power_of_two() || !(8..=4096).contains(&bs) || !k0.is_multiple_of(bs as u64) {
+            return Ok(None);
+        }
+        let step = bs as u64 / gcd(tile.cols as u64, bs as u64);
+        if step * tile.cols as u64 >= 1 << 30 {
             return Ok(None);
         }
         if len == 0 {
