@@ -27,7 +27,7 @@ use crate::compute::general::{self, DeltaRows, GeneralTile};
 use crate::compute::{Backend, BaseRows, LoraRows, MergeTile, QuantSpec};
 use crate::error::{Error, Result};
 use crate::options::FloatDtype;
-use crate::plan::{BaseSrc, Extra, FactorSrc, FileRef, Op, Plan, QuantPart, QuantSrc, QuantStats, Src};
+use crate::plan::{BaseSrc, Extra, FactorSrc, FileRef, LoraSrc, Op, Plan, QuantPart, QuantSrc, QuantStats, Src};
 use crate::quant::bnb::{AbsmaxRef, QuantView};
 use crate::quant::dtype::{decode_into, encode_into, float_of, round_through};
 use crate::quant::encode;
@@ -583,24 +583,7 @@ impl<'a, 'p> Computer<'a, 'p> {
                 self.f32s.iter().all(|v| round_through(*v, out_dtype).is_finite())
             }
             (factors, _) => {
-                let lora_rows = match (lora, factors) {
-                    (Some(l), Factors::Fast { a, b }) => Some(LoraRows {
-                        a,
-                        b: &b[row0 as usize * l.r..(row0 as usize + rows) * l.r],
-                        r: l.r,
-                        scale: l.scale,
-                        delta_dtype: l.dtype,
-                    }),
-                    _ => None,
-                };
-                let tile = MergeTile {
-                    row0,
-                    rows,
-                    cols,
-                    base: base_rows,
-                    lora: lora_rows,
-                    out_dtype,
-                };
+                let tile = fast_tile(factors, lora.as_ref(), base_rows, cols, row0, rows, out_dtype);
                 self.backend.merge_tile(&tile, buf)?
             }
         };
@@ -608,56 +591,37 @@ impl<'a, 'p> Computer<'a, 'p> {
         Ok(finite)
     }
 
-    /// Rows of `op` before any output rounding (f32), into `self.f32s`.
-    fn values(
+    /// Rows of a general-path `op` (DoRA and friends) before any output rounding, rounded
+    /// through `pre_round` when given, into `self.f32s`. Returns "all finite".
+    #[allow(clippy::too_many_arguments)]
+    fn general_values(
         &mut self,
         key: usize,
         op: &'p Op,
+        x: &Extra,
         cols: usize,
         row0: u64,
         rows: usize,
         pre_round: Option<FloatDtype>,
     ) -> Result<bool> {
-        let mut bytes = std::mem::take(&mut self.bytes);
-        let pool = self.backend.host_pool();
-        let finite = match op {
-            Op::Compute {
-                extra: Some(x), base, ..
-            } => {
-                self.load(key, op);
-                let (base_rows, release) = self.base_rows(base, cols, row0, rows);
-                let Factors::General(f) = &self.factors else {
-                    return Err(Error::Internal("general factors missing".into()));
-                };
-                general_rows(f, x, base_rows, cols, row0, rows, &mut self.f32s);
-                release.run();
-                let finite = self.f32s.iter().all(|v| v.is_finite());
-                if let Some(dt) = pre_round {
-                    let f32s = &mut self.f32s;
-                    on_pool(pool, move || {
-                        f32s.par_chunks_mut(1 << 16)
-                            .for_each(|c| c.iter_mut().for_each(|v| *v = round_through(*v, dt)))
-                    });
-                }
-                finite
-            }
-            _ => {
-                // The backend rounds its f32 result once to the output dtype, so asking it for
-                // `pre_round` gives the f32 result rounded through it, with half the bytes.
-                let dt = pre_round.unwrap_or(FloatDtype::F32);
-                bytes.resize(rows * cols * dt.size(), 0);
-                let finite = self.encoded(key, op, cols, row0, rows, dt, &mut bytes)?;
-                self.f32s.resize(rows * cols, 0.0);
-                let (f32s, bytes) = (&mut self.f32s, &bytes);
-                on_pool(pool, move || {
-                    f32s.par_chunks_mut(1 << 16)
-                        .zip(bytes.par_chunks(dt.size() << 16))
-                        .for_each(|(o, b)| decode_into(b, dt, o))
-                });
-                finite
-            }
+        let Op::Compute { base, .. } = op else {
+            return Err(Error::Internal("compute of a non-compute op".into()));
         };
-        self.bytes = bytes;
+        self.load(key, op);
+        let (base_rows, release) = self.base_rows(base, cols, row0, rows);
+        let Factors::General(f) = &self.factors else {
+            return Err(Error::Internal("general factors missing".into()));
+        };
+        general_rows(f, x, base_rows, cols, row0, rows, &mut self.f32s);
+        release.run();
+        let finite = self.f32s.iter().all(|v| v.is_finite());
+        if let Some(dt) = pre_round {
+            let f32s = &mut self.f32s;
+            on_pool(self.backend.host_pool(), move || {
+                f32s.par_chunks_mut(1 << 16)
+                    .for_each(|c| c.iter_mut().for_each(|v| *v = round_through(*v, dt)))
+            });
+        }
         Ok(finite)
     }
 
@@ -688,14 +652,52 @@ impl<'a, 'p> Computer<'a, 'p> {
             numel: n as u64,
         };
         let key = self.plan.tensors.len() + group;
-        let dt = g.pre_round.unwrap_or(FloatDtype::F32);
-        let on_device = self.device_quant(key, &g.source, cols, row0, rows, dt, &spec, buf.as_deref_mut(), &mut am)?;
-        let finite = match on_device {
-            Some(finite) => finite,
-            None => {
-                let finite = self.values(key, &g.source, cols, row0, rows, g.pre_round)?;
+        let (op, pre_round) = (&g.source, g.pre_round);
+        let finite = match op {
+            Op::Compute {
+                base,
+                lora,
+                extra: None,
+            } => {
+                // The backend rounds its f32 result once to the output dtype, so asking it for
+                // `pre_round` gives the f32 result rounded through it, with half the bytes.
+                let dt = pre_round.unwrap_or(FloatDtype::F32);
+                self.load(key, op);
+                let (base_rows, release) = self.base_rows(base, cols, row0, rows);
+                release.populate();
+                let tile = fast_tile(&self.factors, lora.as_ref(), base_rows, cols, row0, rows, dt);
+                let backend = self.backend;
+                let finite = match backend.quant_tile(&tile, &spec, buf.as_deref_mut(), &mut am)? {
+                    Some(finite) => finite,
+                    None => {
+                        let mut bytes = std::mem::take(&mut self.bytes);
+                        bytes.resize(len * dt.size(), 0);
+                        let finite = backend.merge_tile(&tile, &mut bytes)?;
+                        self.f32s.resize(len, 0.0);
+                        let (f32s, b) = (&mut self.f32s, &bytes);
+                        on_pool(backend.host_pool(), move || {
+                            f32s.par_chunks_mut(1 << 16)
+                                .zip(b.par_chunks(dt.size() << 16))
+                                .for_each(|(o, b)| decode_into(b, dt, o))
+                        });
+                        self.bytes = bytes;
+                        self.host_quant(&spec, k0, len, buf, &mut am);
+                        finite
+                    }
+                };
+                release.run();
+                finite
+            }
+            Op::Compute { extra: Some(x), .. } => {
+                let finite = self.general_values(key, op, x, cols, row0, rows, pre_round)?;
                 self.host_quant(&spec, k0, len, buf, &mut am);
                 finite
+            }
+            _ => {
+                return Err(Error::Internal(format!(
+                    "`{}`: quant source is not a compute op",
+                    g.name
+                )))
             }
         };
         match &mut self.absmax {
@@ -703,58 +705,6 @@ impl<'a, 'p> Computer<'a, 'p> {
             slot => *slot = Some((group, am)),
         }
         Ok(finite)
-    }
-
-    /// [`Backend::quant_tile`] for a quant group's rows, when its source is a plain merge (not
-    /// the general path of DoRA and friends). `None`: the backend does not, or cannot.
-    #[allow(clippy::too_many_arguments)]
-    fn device_quant(
-        &mut self,
-        key: usize,
-        op: &'p Op,
-        cols: usize,
-        row0: u64,
-        rows: usize,
-        out_dtype: FloatDtype,
-        spec: &QuantSpec,
-        codes: Option<&mut [u8]>,
-        am: &mut [f32],
-    ) -> Result<Option<bool>> {
-        let Op::Compute {
-            base,
-            lora,
-            extra: None,
-        } = op
-        else {
-            return Ok(None);
-        };
-        self.load(key, op);
-        let lora_rows = match (lora, &self.factors) {
-            (Some(l), Factors::Fast { a, b }) => Some(LoraRows {
-                a,
-                b: &b[row0 as usize * l.r..(row0 as usize + rows) * l.r],
-                r: l.r,
-                scale: l.scale,
-                delta_dtype: l.dtype,
-            }),
-            (Some(_), _) => return Ok(None),
-            (None, _) => None,
-        };
-        let (base_rows, release) = self.base_rows(base, cols, row0, rows);
-        let tile = MergeTile {
-            row0,
-            rows,
-            cols,
-            base: base_rows,
-            lora: lora_rows,
-            out_dtype,
-        };
-        release.populate();
-        let done = self.backend.quant_tile(&tile, spec, codes, am)?;
-        if done.is_some() {
-            release.run();
-        }
-        Ok(done)
     }
 
     /// The host's requantization of the `len` values in `self.f32s` (flat elements `k0..`): the
@@ -848,6 +798,37 @@ impl<'a, 'p> Computer<'a, 'p> {
                 }
             }
         })
+    }
+}
+
+/// The fast path's tile (a plain LoRA or none) of rows `row0..row0+rows`, from the loaded
+/// factors: `lora_B`'s rows of the tile, `lora_A` whole.
+fn fast_tile<'f>(
+    factors: &'f Factors,
+    lora: Option<&LoraSrc>,
+    base: BaseRows<'f>,
+    cols: usize,
+    row0: u64,
+    rows: usize,
+    out_dtype: FloatDtype,
+) -> MergeTile<'f> {
+    let lora = match (lora, factors) {
+        (Some(l), Factors::Fast { a, b }) => Some(LoraRows {
+            a: a.as_slice(),
+            b: &b[row0 as usize * l.r..(row0 as usize + rows) * l.r],
+            r: l.r,
+            scale: l.scale,
+            delta_dtype: l.dtype,
+        }),
+        _ => None,
+    };
+    MergeTile {
+        row0,
+        rows,
+        cols,
+        base,
+        lora,
+        out_dtype,
     }
 }
 
