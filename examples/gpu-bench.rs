@@ -133,6 +133,21 @@ fn run() -> loraweld::Result<()> {
     let (empty_ms, _) = b.traffic_floor(0, 0)?;
     println!("csv,empty_launch,{empty_ms:.4}");
     floors.push(format!("an empty launch: {:.2} us cold", empty_ms * 1e3));
+    // One round of dependent traffic on each shape's merge grid, timed cold: every thread (or
+    // one lane per warp) reads a 16-byte piece and writes it back. Any merge launches, waits for
+    // its first inputs before its first FMA and drains its last stores after its last; this is
+    // that fixed cost with nothing computed in between (the floor of the small shape's budget).
+    for &(rows, cols) in &shapes {
+        let threads = b.lean_blocks(rows, cols)? as usize * 128;
+        for (who, pieces) in [("thread", threads), ("warp", threads / 32)] {
+            let (ms, grid) = b.traffic_floor(pieces * 16, pieces * 16)?;
+            println!("csv,one_round,{rows},{cols},{who},{pieces},{ms:.4},{grid}");
+            floors.push(format!(
+                "{rows:>6}x{cols:<6} one read then one write per {who} of the merge grid ({pieces} pieces): {:.2} us cold",
+                ms * 1e3
+            ));
+        }
+    }
     for &r in &ranks {
         for &(rows, cols) in &shapes {
             let t = b.nf4_merge(rows, cols, r, 20)?;
