@@ -670,17 +670,23 @@ impl<'a, 'p> Computer<'a, 'p> {
                 let finite = match backend.quant_tile(&tile, &spec, buf.as_deref_mut(), &mut am)? {
                     Some(finite) => finite,
                     None => {
-                        let mut bytes = std::mem::take(&mut self.bytes);
-                        bytes.resize(len * dt.size(), 0);
-                        let finite = backend.merge_tile(&tile, &mut bytes)?;
                         self.f32s.resize(len, 0.0);
-                        let (f32s, b) = (&mut self.f32s, &bytes);
-                        on_pool(backend.host_pool(), move || {
-                            f32s.par_chunks_mut(1 << 16)
-                                .zip(b.par_chunks(dt.size() << 16))
-                                .for_each(|(o, b)| decode_into(b, dt, o))
-                        });
-                        self.bytes = bytes;
+                        let finite = if dt == FloatDtype::F32 && cfg!(target_endian = "little") {
+                            // f32 results are already the values: merged straight into them.
+                            backend.merge_tile(&tile, crate::sys::f32_bytes_mut(&mut self.f32s))?
+                        } else {
+                            let mut bytes = std::mem::take(&mut self.bytes);
+                            bytes.resize(len * dt.size(), 0);
+                            let finite = backend.merge_tile(&tile, &mut bytes)?;
+                            let (f32s, b) = (&mut self.f32s, &bytes);
+                            on_pool(backend.host_pool(), move || {
+                                f32s.par_chunks_mut(1 << 16)
+                                    .zip(b.par_chunks(dt.size() << 16))
+                                    .for_each(|(o, b)| decode_into(b, dt, o))
+                            });
+                            self.bytes = bytes;
+                            finite
+                        };
                         self.host_quant(&spec, k0, len, buf, &mut am);
                         finite
                     }

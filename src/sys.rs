@@ -1,4 +1,5 @@
-//! Small OS calls that need `unsafe` or `/proc`: free disk space, page-cache hints, peak RSS.
+//! Small OS calls, and one byte view, that need `unsafe` or `/proc`: free disk space, page-cache
+//! hints, peak RSS, f32 memory as bytes.
 #![expect(unsafe_code)]
 
 use std::ffi::CString;
@@ -194,6 +195,14 @@ pub fn peak_rss() -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// `v`'s memory as bytes. On a little-endian host these are the little-endian f32 bytes a
+/// backend writes for an f32 output, so a merge can land in `v` without a decode pass.
+pub fn f32_bytes_mut(v: &mut [f32]) -> &mut [u8] {
+    // SAFETY: u8 has alignment 1, the length is exactly v's, and every bit pattern is a valid f32,
+    // so whatever is written through the view leaves `v` valid.
+    unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -201,5 +210,15 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         assert!(super::free_space(&d.path().join("not/yet/there")).unwrap() > 0);
         assert!(super::peak_rss().unwrap() > 0);
+    }
+
+    #[test]
+    fn f32_bytes_view_the_values() {
+        let mut v = vec![0f32; 3];
+        let b = super::f32_bytes_mut(&mut v);
+        assert_eq!(b.len(), 12);
+        b[4..8].copy_from_slice(&1.5f32.to_ne_bytes());
+        b[8..12].copy_from_slice(&(-2.25f32).to_ne_bytes());
+        assert_eq!(v, [0.0, 1.5, -2.25]);
     }
 }

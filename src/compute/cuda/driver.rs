@@ -1029,6 +1029,34 @@ impl CudaBackend {
         (self.chunk_bytes / row_bytes.max(1)).clamp(1, max_elems.max(1))
     }
 
+    /// The kernel that takes `tile` on this GPU, or `None` for the host: a tile no kernel
+    /// covers, or one whose `lora_A` (uploaded whole) needs over a quarter of the device budget.
+    fn kernel_for(&self, tile: &MergeTile<'_>) -> Option<KernelSpec> {
+        let a_bytes = tile.lora.map(|l| l.a.len() as u64 * 4).unwrap_or(0);
+        KernelSpec::of(tile).filter(|_| a_bytes <= self.device_budget / 4)
+    }
+
+    /// [`Self::run_tile`] under the GPU state's lock, in its context; a failed run abandons the
+    /// chunks still in flight, so the next tile starts clean.
+    fn run_locked(
+        &self,
+        tile: &MergeTile<'_>,
+        spec: &KernelSpec,
+        dest: Dest<'_>,
+        quant: Option<&QuantSpec>,
+    ) -> Result<bool> {
+        let mut gpu = self
+            .gpu
+            .lock()
+            .map_err(|_| Error::Internal("the cuda state was poisoned by a panic".into()))?;
+        CurrentContext::set_current(&gpu.ctx).map_err(cu_err("cuCtxSetCurrent"))?;
+        let res = self.run_tile(&mut gpu, tile, spec, dest, quant);
+        if res.is_err() {
+            gpu.abandon();
+        }
+        res
+    }
+
     /// Merges `tile` chunk by chunk into `dest`; with `quant`, each chunk is requantized on the
     /// device too.
     fn run_tile(
@@ -1124,21 +1152,10 @@ impl Backend for CudaBackend {
         if tile.rows == 0 || tile.cols == 0 {
             return Ok(true);
         }
-        let a_bytes = tile.lora.map(|l| l.a.len() as u64 * 4).unwrap_or(0);
-        let spec = match KernelSpec::of(tile) {
-            Some(s) if a_bytes <= self.device_budget / 4 => s,
-            _ => return self.cpu.merge_tile(tile, out),
-        };
-        let mut gpu = self
-            .gpu
-            .lock()
-            .map_err(|_| Error::Internal("the cuda state was poisoned by a panic".into()))?;
-        CurrentContext::set_current(&gpu.ctx).map_err(cu_err("cuCtxSetCurrent"))?;
-        let res = self.run_tile(&mut gpu, tile, &spec, Dest::Values(out), None);
-        if res.is_err() {
-            gpu.abandon();
+        match self.kernel_for(tile) {
+            Some(spec) => self.run_locked(tile, &spec, Dest::Values(out), None),
+            None => self.cpu.merge_tile(tile, out),
         }
-        res
     }
 
     fn quant_tile(
@@ -1169,21 +1186,11 @@ impl Backend for CudaBackend {
         if len == 0 {
             return Ok(Some(true));
         }
-        let a_bytes = tile.lora.map(|l| l.a.len() as u64 * 4).unwrap_or(0);
-        let spec = match KernelSpec::of(tile) {
-            Some(s) if a_bytes <= self.device_budget / 4 => s,
-            _ => return Ok(None),
+        let Some(spec) = self.kernel_for(tile) else {
+            return Ok(None);
         };
-        let mut gpu = self
-            .gpu
-            .lock()
-            .map_err(|_| Error::Internal("the cuda state was poisoned by a panic".into()))?;
-        CurrentContext::set_current(&gpu.ctx).map_err(cu_err("cuCtxSetCurrent"))?;
-        let res = self.run_tile(&mut gpu, tile, &spec, Dest::Quant { codes, absmax }, Some(q));
-        if res.is_err() {
-            gpu.abandon();
-        }
-        res.map(Some)
+        self.run_locked(tile, &spec, Dest::Quant { codes, absmax }, Some(q))
+            .map(Some)
     }
 
     fn gpu_times(&self) -> Option<GpuTimes> {
