@@ -95,10 +95,7 @@ pub fn block_absmax(x: &[f32], partial: bool) -> f32 {
 /// Quantizes one block (`x.len() <= blocksize`; `partial` for the trailing short block) into
 /// codes (one per element, not packed). Returns the stored absmax.
 pub fn quantize_block(x: &[f32], partial: bool, qt: QuantType, codes: &mut [u8]) -> f32 {
-    let mut amax = 0f32;
-    for v in x {
-        amax = amax.max(v.abs());
-    }
+    let amax = block_absmax(x, false);
     let (bounds, order): ([u32; 15], Option<&[u8; 16]>) = match qt {
         QuantType::Nf4 => (NF4_BOUNDS, None),
         QuantType::Fp4 => (FP4_BOUNDS, Some(&FP4_ORDER)),
