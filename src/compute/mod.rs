@@ -1,7 +1,7 @@
 //! The compute stage: turns one row tile of a base weight (16-bit, f32 or bnb 4-bit) plus an
 //! optional LoRA pair into output bytes.
 //!
-//! The arithmetic is PEFT's `merge_and_unload()` on CPU, bit for bit (FORMATS.md §2.4):
+//! The arithmetic is PEFT's `merge_and_unload()` on CPU, bit for bit (docs/formats.md §2.4):
 //! ```text
 //! acc[o,i] = fma chain over k = 0..r-1 of B[o,k] * A[k,i], starting at 0     (f32)
 //! delta    = fl32(acc * fl32(s))           then, for 16-bit adapters, rounded to their dtype

@@ -9,7 +9,7 @@
 //!
 //! Uploads speak the protocol `huggingface_hub` speaks without Xet: preupload, the Git LFS batch
 //! API (basic PUT, or multipart with ETag completion, then verify), and one NDJSON commit. Protocol
-//! notes: `PEERS_AND_HUB.md` §2.
+//! notes: `docs/hub-protocol.md` §2.
 
 pub mod card;
 pub mod download;

@@ -1,5 +1,5 @@
 //! Plans a merge: matches every adapter tensor to the base tensor it changes, and turns each
-//! into an [`Op`] that reproduces PEFT `merge_and_unload()` (FORMATS.md §2):
+//! into an [`Op`] that reproduces PEFT `merge_and_unload()` (docs/formats.md §2):
 //!
 //! | adapter tensors | base tensor | update, in output-row space |
 //! |---|---|---|

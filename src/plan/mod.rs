@@ -828,7 +828,7 @@ mod tests {
         );
     }
 
-    /// FORMATS.md §3.2: `[a(1), BIG(10), b(1)]` with max 5 gives shards `[BIG], [a, b]`.
+    /// docs/formats.md §3.2: `[a(1), BIG(10), b(1)]` with max 5 gives shards `[BIG], [a, b]`.
     #[test]
     fn big_tensor_gets_its_own_shard_first() {
         let p = layout(

@@ -1,4 +1,4 @@
-//! bitsandbytes 4-bit weights as `save_pretrained` writes them (FORMATS.md §1): the quant-state
+//! bitsandbytes 4-bit weights as `save_pretrained` writes them (docs/formats.md §1): the quant-state
 //! JSON, the code tables, and the exact dequantization of §1.5.
 //!
 //! ```text
@@ -266,7 +266,7 @@ impl QuantView<'_> {
 }
 
 #[cfg(test)]
-#[allow(clippy::excessive_precision)] // exact binary fractions from FORMATS.md
+#[allow(clippy::excessive_precision)] // exact binary fractions from docs/formats.md §1.8
 mod tests {
     use super::*;
 
@@ -323,7 +323,7 @@ mod tests {
         }
     }
 
-    /// FORMATS.md §1.8: the worked NF4 double-quant example.
+    /// docs/formats.md §1.8: the worked NF4 double-quant example.
     #[test]
     fn worked_example_block_zero() {
         let le = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();

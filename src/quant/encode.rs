@@ -1,4 +1,4 @@
-//! bitsandbytes 4-bit quantization as its CPU ("default") backend does it (FORMATS.md §1.6–1.7),
+//! bitsandbytes 4-bit quantization as its CPU ("default") backend does it (docs/formats.md §1.6–1.7),
 //! which is what PEFT runs when it merges into a `Linear4bit` on CPU:
 //!
 //! ```text
@@ -141,7 +141,7 @@ pub fn pack(codes: &[u8], pad: u8, out: &mut [u8]) {
 /// `Vectorized<float>`, 8 lanes): whole vectors are summed by `row_sum` (4 interleaved
 /// accumulators, each a cascade of 4 levels), the scalar tail is summed separately, the lanes
 /// are added to it left to right; the mean is that sum divided by `n` in f32. A correctly
-/// rounded mean agrees only about half the time (FORMATS.md §1.7); this emulation matched
+/// rounded mean agrees only about half the time (docs/formats.md §1.7); this emulation matched
 /// `torch.mean` on 300 of 300 random vectors.
 pub fn torch_mean(x: &[f32]) -> f32 {
     const LANES: usize = 8;

@@ -65,7 +65,7 @@ fn strip_quant(v: &mut Value) {
 }
 
 /// `config.json` of a `merged_4bit` save: a 4-bit base keeps its `quantization_config`; a 16-bit
-/// base gets the one `BitsAndBytesConfig.to_dict()` writes for these settings (FORMATS.md §1.9).
+/// base gets the one `BitsAndBytesConfig.to_dict()` writes for these settings (docs/formats.md §1.9).
 pub fn quantized_config(base: &Value, dtype: Option<FloatDtype>, opts: &crate::options::SaveOptions) -> Value {
     let mut v = base.clone();
     if let Value::Object(m) = &mut v {
