@@ -74,12 +74,16 @@ pub enum Error {
         what: String,
     },
     /// The adapter does not fit the base: unmatched tensors or shape mismatches, all listed.
-    #[error("{}: adapter does not fit base {}: {}", adapter.display(), base.display(), problems.join("; "))]
+    /// Its message is one summary line; `problems` has the list (the CLI prints the first few,
+    /// one per line, and `--json` all of them).
+    #[error("{}: adapter does not fit base {}: {} problem(s) in {modules} adapter module(s)", adapter.display(), base.display(), problems.len())]
     Coverage {
         /// The adapter directory.
         adapter: PathBuf,
         /// The base directory.
         base: PathBuf,
+        /// Adapter modules (LoRA pairs and full replacements) checked.
+        modules: usize,
         /// One line per offending tensor.
         problems: Vec<String>,
     },
@@ -175,6 +179,14 @@ pub enum Error {
         out: PathBuf,
         /// The input it collides with.
         input: PathBuf,
+    },
+    /// `OUT` holds something a save must not replace (or is a place it never replaces).
+    #[error("{}: {why}", out.display())]
+    OutNotOurs {
+        /// The output path.
+        out: PathBuf,
+        /// What is there, and what to do.
+        why: String,
     },
     /// Not enough free disk space for the planned output.
     #[error("{}: not enough free disk space: need {need} bytes, {free} bytes free", path.display())]

@@ -24,6 +24,7 @@ pub mod inspect;
 pub mod options;
 pub mod pipeline;
 pub mod plan;
+mod progress;
 pub mod quant;
 mod save;
 pub mod sys;

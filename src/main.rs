@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode as ProcessExit;
 
-use clap::{Parser, Subcommand};
+use clap::builder::{PossibleValue, PossibleValuesParser};
+use clap::{Parser, Subcommand, ValueHint};
 use loraweld::hub::{HubConfig, PushOptions, PushReport};
 use loraweld::options::parse_size;
 use loraweld::{
@@ -31,10 +32,10 @@ Examples:
   loraweld push merged me/my-model --private --tags unsloth,llama
 
 Exit codes:
-  0  success
-  1  runtime failure (I/O error while writing, internal error)
-  2  bad input or usage (malformed file, adapter that does not fit its base, bad flag)
-  3  resources (not enough disk space or memory)";
+  0  success (also when OUT was already up to date)
+  1  runtime failure: I/O error, Hub unreachable, interrupted (run again to resume), verify failed
+  2  bad input or usage: malformed file, adapter that does not fit its base, bad value, OUT not ours
+  3  resources: not enough disk space (checked before heavy work, or the disk filled while writing)";
 
 /// Save fine-tuned models: write a LoRA adapter, or merge it into its base as sharded safetensors.
 #[derive(Parser, Debug)]
@@ -60,6 +61,19 @@ enum Command {
     Inspect(InspectArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(CompletionArgs),
+}
+
+impl Command {
+    /// Whether the answer goes to stdout as JSON (errors too).
+    fn json(&self) -> bool {
+        match self {
+            Command::Save(a) => a.json,
+            Command::Push(a) => a.json,
+            Command::Verify(a) => a.json,
+            Command::Inspect(a) => a.json,
+            Command::Completions(_) => false,
+        }
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -158,78 +172,99 @@ struct PushArgs {
     json: bool,
 }
 
+/// A clap parser over a fixed list of names (shell completions offer them); `hidden` are other
+/// spellings that parse but are not offered.
+fn choices(names: &'static [&'static str], hidden: &'static [&'static str]) -> PossibleValuesParser {
+    PossibleValuesParser::new(
+        names
+            .iter()
+            .map(|n| PossibleValue::new(*n))
+            .chain(hidden.iter().map(|h| PossibleValue::new(*h).hide(true))),
+    )
+}
+
+fn save_methods() -> PossibleValuesParser {
+    PossibleValuesParser::new([
+        PossibleValue::new("lora").help("the adapter as is (or cast with --dtype), tokenizer files, a model card"),
+        PossibleValue::new("merged_16bit")
+            .help("the adapter merged into its base (16-bit or bnb 4-bit), as 16-bit safetensors"),
+        PossibleValue::new("merged_4bit").alias("merged_4bit_forced").help(
+            "merged, then written as bitsandbytes 4-bit: from a 4-bit base requantized with its settings, \
+             from a 16-bit base with --quant-type/--blocksize (merged_4bit_forced, Unsloth's name, is the same)",
+        ),
+    ])
+}
+
 #[derive(clap::Args, Debug)]
 struct SaveArgs {
     /// PEFT adapter: a directory, or a Hub repo id `owner/name[@revision]`.
+    #[arg(value_hint = ValueHint::DirPath)]
     adapter: PathBuf,
     /// Output directory; created atomically (staged, then renamed).
+    #[arg(value_hint = ValueHint::DirPath)]
     out: PathBuf,
     /// Base model: a directory or a Hub repo id [default: the adapter's base_model_name_or_path].
-    #[arg(long, value_name = "PATH|REPO")]
+    #[arg(long, value_name = "PATH|REPO", value_hint = ValueHint::DirPath)]
     base: Option<PathBuf>,
-    /// What to write: `lora` (the adapter) or `merged_16bit` (merged weights).
-    #[arg(
-        long,
-        default_value = "merged_16bit",
-        value_name = "METHOD",
-        long_help = "What to write, by Unsloth's names:\n  lora          the adapter as is (or cast with --dtype), tokenizer files, a model card\n  merged_16bit  the adapter merged into its base (16-bit or bnb 4-bit), as 16-bit\n                safetensors\n  merged_4bit   merged and written as bitsandbytes 4-bit safetensors: from a 4-bit base\n                the updated weights are requantized with the base's settings, from a\n                16-bit base with --quant-type"
-    )]
+    /// What to write: lora (the adapter), merged_16bit or merged_4bit (merged into the base).
+    #[arg(long, default_value = "merged_16bit", value_name = "METHOD", value_parser = save_methods())]
     save_method: String,
-    /// Output dtype: bf16, fp16 or f32 [default: the base's own].
-    #[arg(long, value_name = "DTYPE")]
+    /// Output dtype [default: the base's own].
+    #[arg(long, value_name = "DTYPE", value_parser = choices(FloatDtype::NAMES, FloatDtype::ALIASES))]
     dtype: Option<String>,
     /// Largest shard, decimal units (5GB = 5,000,000,000 bytes), as transformers.
     #[arg(
         long,
         default_value = "5GB",
         value_name = "SIZE",
-        long_help = "Largest output shard. Decimal units as transformers and huggingface_hub parse them: KB, MB, GB, TB = 10^3 … 10^12 bytes (GiB is refused there, so here too). A tensor larger than the limit gets a shard of its own."
+        long_help = "Largest output shard. Decimal units as transformers and huggingface_hub parse them: KB, MB, GB, TB = 10^3 … 10^12 bytes (GiB is refused there, so here too); at least 1MB. A tensor larger than the limit gets a shard of its own."
     )]
     max_shard_size: String,
-    /// Memory budget: a fraction of available RAM (0 < x <= 0.95) or a size (1.5GiB).
+    /// Memory budget: a fraction of available RAM (0 < x <= 0.95) or a size (1.5GiB; at least 64MiB).
     #[arg(long, default_value = "0.9", value_name = "FRACTION|SIZE")]
     maximum_memory_usage: String,
-    /// Compute threads [default: one per core].
+    /// Compute threads, at least 1 [default: one per core].
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
-    /// Print the plan and exit without writing anything.
+    /// Print the plan (and what would happen to an existing OUT) and exit without writing anything.
     #[arg(long)]
     dry_run: bool,
-    /// Print a JSON report on stdout.
+    /// Print a JSON report on stdout (on failure: the error, with every problem listed).
     #[arg(long)]
     json: bool,
     /// Weight-file variant: model.<NAME>-00001-of-00002.safetensors, model.safetensors.index.<NAME>.json.
     #[arg(long, value_name = "NAME")]
     variant: Option<String>,
-    /// padding_side in tokenizer_config.json: left (inference-ready, default), right, or keep.
-    #[arg(long, default_value = "left", value_name = "SIDE")]
+    /// padding_side in tokenizer_config.json: left (inference-ready), right, or keep.
+    #[arg(long, default_value = "left", value_name = "SIDE", value_parser = choices(PaddingSide::NAMES, &[]))]
     padding_side: String,
     /// Order that assigns tensors to shards: natural (transformers v5) or module (registration order).
     #[arg(
         long,
         default_value = "natural",
         value_name = "ORDER",
+        value_parser = choices(ShardOrder::NAMES, &[]),
         long_help = "Order that decides which tensors share a shard (each file is sorted by dtype and name anyway):\n  natural  transformers v5 save_pretrained after from_pretrained (what PEFT\n           merge_and_unload + save_pretrained writes)\n  module   module registration order for Llama-family names (transformers v4;\n           v5 models built from_config)"
     )]
     shard_order: String,
-    /// Compute device: auto, cpu or cuda.
-    #[arg(long, default_value = "auto", value_name = "DEVICE")]
+    /// Compute device: auto (the GPU if this build and machine have one), cpu or cuda.
+    #[arg(long, default_value = "auto", value_name = "DEVICE", value_parser = choices(DeviceChoice::NAMES, &[]))]
     device: String,
     /// Where output is staged before the final rename [default: beside OUT].
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", value_hint = ValueHint::DirPath)]
     temporary_location: Option<PathBuf>,
     /// Let NaN/Inf produced by a merge through instead of failing.
     #[arg(long)]
     allow_nonfinite: bool,
-    /// Replace OUT if it exists.
+    /// Replace OUT if loraweld wrote it (its manifest names every file there) or it is empty.
     #[arg(long)]
     force: bool,
-    /// merged_4bit from a 16-bit base: nf4 (default) or fp4.
-    #[arg(long, default_value = "nf4", value_name = "TYPE")]
-    quant_type: String,
-    /// merged_4bit from a 16-bit base: elements per absmax block.
-    #[arg(long, default_value_t = 64, value_name = "N")]
-    blocksize: u64,
+    /// merged_4bit from a 16-bit base: nf4 or fp4 [default: nf4].
+    #[arg(long, value_name = "TYPE", value_parser = choices(&["nf4", "fp4"], &[]))]
+    quant_type: Option<String>,
+    /// merged_4bit from a 16-bit base: elements per absmax block, a power of two 32-4096 [default: 64].
+    #[arg(long, value_name = "N")]
+    blocksize: Option<u64>,
     /// merged_4bit from a 16-bit base: no double quantization of the absmax values.
     #[arg(long)]
     no_double_quant: bool,
@@ -276,18 +311,27 @@ impl SaveArgs {
         o.untie_embeddings = self.untie_embeddings;
         // Progress bars only for a person watching: stderr is a terminal and no JSON is wanted.
         o.progress = std::io::IsTerminal::is_terminal(&std::io::stderr()) && !self.json;
-        o.quant_type = match self.quant_type.as_str() {
-            "nf4" => loraweld::quant::bnb::QuantType::Nf4,
-            "fp4" => loraweld::quant::bnb::QuantType::Fp4,
-            q => return Err(Error::Usage(format!("--quant-type: expected nf4 or fp4, got `{q}`"))),
-        };
-        if !self.blocksize.is_power_of_two() || !(32..=4096).contains(&self.blocksize) {
-            return Err(Error::Usage(format!(
-                "--blocksize {}: expected a power of two from 32 to 4096",
-                self.blocksize
-            )));
+        // The 4-bit settings mean something only when the output is quantized: refuse them
+        // elsewhere rather than ignore them.
+        if o.save_method != SaveMethod::Merged4bit {
+            let given = [
+                (self.quant_type.is_some(), "--quant-type"),
+                (self.blocksize.is_some(), "--blocksize"),
+                (self.no_double_quant, "--no-double-quant"),
+            ];
+            if let Some((_, flag)) = given.iter().find(|(set, _)| *set) {
+                return Err(Error::Usage(format!(
+                    "{flag}: only with --save-method merged_4bit (--save-method {} does not quantize)",
+                    o.save_method.as_str()
+                )));
+            }
         }
-        o.blocksize = self.blocksize;
+        if let Some(q) = &self.quant_type {
+            o.quant_type = loraweld::options::parse_quant_type(q)?;
+        }
+        if let Some(b) = self.blocksize {
+            o.blocksize = b;
+        }
         o.double_quant = !self.no_double_quant;
         o.hub = HubConfig::from_env(self.hub.token.as_deref());
         match &self.push_to_hub {
@@ -298,6 +342,7 @@ impl SaveArgs {
                 }
             }
         }
+        o.validate()?;
         Ok(o)
     }
 }
@@ -313,27 +358,18 @@ fn run(cli: Cli) -> Result<(), Error> {
             if args.json {
                 let s = serde_json::to_string_pretty(&report).map_err(|e| Error::Internal(e.to_string()))?;
                 println!("{s}");
+            } else if opts.dry_run {
+                print!("{}", report.plan_text);
+                println!("backend: {}", report.backend);
             } else if report.up_to_date {
                 eprintln!(
                     "loraweld: {} is up to date (same inputs and options; --force rewrites it)",
                     report.out.display()
                 );
-            } else if opts.dry_run {
-                print!("{}", report.plan_text);
-                println!("backend: {}", report.backend);
             } else {
-                eprintln!(
-                    "loraweld: saved {} ({}: {} merged, {} copied, {} dequantized; {} bytes in {} file(s); {:.2}s; backend {})",
-                    report.out.display(),
-                    report.save_method,
-                    report.counts.merged,
-                    report.counts.copied,
-                    report.counts.dequantized,
-                    report.bytes_written,
-                    report.shards.len(),
-                    report.seconds,
-                    report.backend
-                );
+                for line in summary(&report) {
+                    eprintln!("{line}");
+                }
                 if let Some(p) = &report.push {
                     print_push(&report.out, p);
                 }
@@ -413,6 +449,34 @@ fn run(cli: Cli) -> Result<(), Error> {
     }
 }
 
+/// The end of a save, for people: where it went, then one line under 100 columns of what it
+/// did (sizes human-readable; `--json` has the exact bytes).
+fn summary(r: &loraweld::SaveReport) -> Vec<String> {
+    let mut first = format!("loraweld: saved {}", r.out.display());
+    if r.resumed_shards > 0 {
+        first.push_str(&format!(
+            " (resumed: {} of {} shards kept from the interrupted run)",
+            r.resumed_shards,
+            r.shards.len()
+        ));
+    }
+    let files = match r.shards.len() {
+        1 => "1 file".to_string(),
+        n => format!("{n} files"),
+    };
+    // The backend's kind only (`cuda`, not the card's name): --json has it whole.
+    let backend = r.backend.split(" (").next().unwrap_or(&r.backend);
+    let second = format!(
+        "  {}: {} of {} tensors merged; {} in {files}; {:.1} s on {backend}",
+        r.save_method,
+        r.counts.merged,
+        r.tensors,
+        loraweld::options::human_bytes(r.bytes_written),
+        r.seconds,
+    );
+    vec![first, second]
+}
+
 fn print_push(dir: &std::path::Path, p: &PushReport) {
     eprintln!(
         "loraweld: pushed {} to {} as {}: {} ({} file(s) committed, {} unchanged; {} LFS object(s) sent, {} bytes; {} already there)",
@@ -428,32 +492,172 @@ fn print_push(dir: &std::path::Path, p: &PushReport) {
     );
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The summary's second line stays under 100 columns even for a big model.
+    #[test]
+    fn summary_fits_100_columns() {
+        let counts = loraweld::plan::PlanCounts {
+            merged: 4480,
+            copied: 2910,
+            dequantized: 1234,
+            converted: 123,
+            consumed_quant_helpers: 99999,
+            quantized: 1000,
+        };
+        let shard = loraweld::pipeline::ShardResult {
+            file: "model-00001-of-00030.safetensors".into(),
+            bytes: 4_999_999_999,
+            blake3: String::new(),
+            sha256: None,
+            cloned_bytes: 0,
+        };
+        let r = loraweld::SaveReport {
+            out: "merged".into(),
+            save_method: "merged_16bit",
+            adapter: "a".into(),
+            base: None,
+            backend: "cuda (NVIDIA H100 80GB HBM3, sm_90 cubin)".into(),
+            dry_run: false,
+            counts,
+            tensors: 9747,
+            total_size: 141_000_000_000,
+            bytes_written: 141_000_000_000,
+            shards: vec![shard; 30],
+            files: Vec::new(),
+            free_disk: None,
+            stages: Default::default(),
+            seconds: 12345.678,
+            peak_rss: None,
+            warnings: Vec::new(),
+            up_to_date: false,
+            resumed_shards: 29,
+            earlier_seconds: None,
+            push: None,
+            plan_text: String::new(),
+        };
+        let lines = summary(&r);
+        assert_eq!(
+            lines[0],
+            "loraweld: saved merged (resumed: 29 of 30 shards kept from the interrupted run)"
+        );
+        assert!(
+            lines[1].chars().count() <= 100,
+            "{} columns: {}",
+            lines[1].chars().count(),
+            lines[1]
+        );
+        assert!(lines[1].contains("141 GB in 30 files"), "{}", lines[1]);
+    }
+}
+
+/// Offenders listed under a multi-item error; `--json` carries them all.
+const LIST_CAP: usize = 5;
+
 fn main() -> ProcessExit {
     // SIGINT stops a save at the next work item and keeps its staging directory for a re-run.
     loraweld::sys::install_sigint_handler();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
-        Err(e) => {
-            let code = if e.use_stderr() { ExitCode::BadInput as u8 } else { 0 };
+        Err(e) if !e.use_stderr() => {
+            // --help, --version: what clap prints is the answer.
             let _ = e.print();
-            return ProcessExit::from(code);
+            return ProcessExit::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("loraweld: error: {}", clap_error_line(&e));
+            return ProcessExit::from(ExitCode::BadInput as u8);
         }
     };
+    let json = cli.command.json();
     match run(cli) {
         Ok(()) => ProcessExit::SUCCESS,
         Err(e) => {
-            let mut msg = e.to_string();
-            let mut src = std::error::Error::source(&e);
-            while let Some(s) = src {
-                let t = s.to_string();
-                if !msg.contains(&t) {
-                    msg.push_str(": ");
-                    msg.push_str(&t);
-                }
-                src = s.source();
+            let msg = error_line(&e);
+            let list = match &e {
+                Error::Coverage { problems, .. } => problems.clone(),
+                _ => Vec::new(),
+            };
+            if json {
+                let v = serde_json::json!({"error": {
+                    "message": msg,
+                    "exit_code": e.exit_code() as u8,
+                    "problems": list,
+                }});
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             }
-            eprintln!("loraweld: error: {msg}");
+            if list.is_empty() {
+                eprintln!("loraweld: error: {msg}");
+            } else {
+                eprintln!("loraweld: error: {msg}; first {}:", list.len().min(LIST_CAP));
+                for p in list.iter().take(LIST_CAP) {
+                    eprintln!("  {p}");
+                }
+                if list.len() > LIST_CAP {
+                    eprintln!("  … and {} more (--json lists them all)", list.len() - LIST_CAP);
+                }
+            }
             ProcessExit::from(e.exit_code() as u8)
         }
     }
+}
+
+/// The error and its causes in one line, each cause once.
+fn error_line(e: &Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        let t = s.to_string();
+        if !msg.contains(&t) {
+            msg.push_str(": ");
+            msg.push_str(&t);
+        }
+        src = s.source();
+    }
+    msg
+}
+
+/// clap's usage errors in our shape: one line, the flag and value first, a "did you mean" when
+/// a name is close (clap's own tip, or ours for values such as `gpu`).
+fn clap_error_line(e: &clap::Error) -> String {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    let text = |k| match e.get(k) {
+        Some(ContextValue::String(s)) => Some(s.clone()),
+        _ => None,
+    };
+    if e.kind() == ErrorKind::InvalidValue {
+        let valid = match e.get(ContextKind::ValidValue) {
+            Some(ContextValue::Strings(v)) => v.clone(),
+            _ => Vec::new(),
+        };
+        if let (Some(arg), Some(value), false) = (
+            text(ContextKind::InvalidArg),
+            text(ContextKind::InvalidValue),
+            valid.is_empty(),
+        ) {
+            let flag = arg.split_whitespace().next().unwrap_or(&arg).to_string();
+            let names: Vec<&str> = valid.iter().map(String::as_str).collect();
+            let list = match names.split_last() {
+                Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+                _ => names.join(""),
+            };
+            let hint = loraweld::options::did_you_mean(&value, &names)
+                .map(|n| format!("; did you mean {n}?"))
+                .unwrap_or_default();
+            let shown = if value.is_empty() { "(empty)".to_string() } else { value };
+            return format!("{flag} {shown}: expected {list}{hint}");
+        }
+    }
+    // Everything else: clap's first line, its tips folded in, and where to look.
+    let rendered = e.render().to_string();
+    let mut lines = rendered.lines().map(str::trim).filter(|l| !l.is_empty());
+    let first = lines.next().unwrap_or("bad arguments");
+    let mut out = first.strip_prefix("error: ").unwrap_or(first).to_string();
+    for tip in lines.filter_map(|l| l.strip_prefix("tip: ")) {
+        out.push_str(&format!(" ({tip})"));
+    }
+    out.push_str(" (see --help)");
+    out
 }

@@ -20,15 +20,18 @@ pub enum SaveMethod {
 }
 
 impl SaveMethod {
-    /// Parses `lora` | `merged_16bit`.
+    /// The names `--save-method` takes, as shown (`merged_4bit_forced` is accepted too).
+    pub const NAMES: &'static [&'static str] = &["lora", "merged_16bit", "merged_4bit"];
+
+    /// Parses `lora` | `merged_16bit` | `merged_4bit`. `merged_4bit_forced` is Unsloth's name for
+    /// `merged_4bit` (Unsloth refuses plain `merged_4bit` and asks for the forced spelling), so
+    /// both mean the same here.
     pub fn parse(s: &str) -> Result<Self> {
         match s {
             "lora" => Ok(SaveMethod::Lora),
             "merged_16bit" => Ok(SaveMethod::Merged16bit),
             "merged_4bit" | "merged_4bit_forced" => Ok(SaveMethod::Merged4bit),
-            _ => Err(Error::Usage(format!(
-                "--save-method: expected lora, merged_16bit or merged_4bit, got `{s}`"
-            ))),
+            _ => Err(bad_value("--save-method", s, Self::NAMES)),
         }
     }
 
@@ -54,13 +57,18 @@ pub enum FloatDtype {
 }
 
 impl FloatDtype {
+    /// The names `--dtype` shows.
+    pub const NAMES: &'static [&'static str] = &["bf16", "fp16", "f32"];
+    /// Other spellings it takes (torch's names and short forms).
+    pub const ALIASES: &'static [&'static str] = &["bfloat16", "f16", "float16", "half", "fp32", "float32", "float"];
+
     /// Parses `bf16|bfloat16`, `fp16|f16|float16`, `f32|fp32|float32`.
     pub fn parse(s: &str) -> Result<Self> {
         match s {
             "bf16" | "bfloat16" => Ok(FloatDtype::Bf16),
             "fp16" | "f16" | "float16" | "half" => Ok(FloatDtype::F16),
             "f32" | "fp32" | "float32" | "float" => Ok(FloatDtype::F32),
-            _ => Err(Error::Usage(format!("--dtype: expected bf16, fp16 or f32, got `{s}`"))),
+            _ => Err(bad_value("--dtype", s, Self::NAMES)),
         }
     }
 
@@ -94,14 +102,15 @@ pub enum ShardOrder {
 }
 
 impl ShardOrder {
+    /// The names `--shard-order` takes.
+    pub const NAMES: &'static [&'static str] = &["natural", "module"];
+
     /// Parses `natural` | `module`.
     pub fn parse(s: &str) -> Result<Self> {
         match s {
             "natural" => Ok(ShardOrder::Natural),
             "module" => Ok(ShardOrder::Module),
-            _ => Err(Error::Usage(format!(
-                "--shard-order: expected natural or module, got `{s}`"
-            ))),
+            _ => Err(bad_value("--shard-order", s, Self::NAMES)),
         }
     }
 }
@@ -118,15 +127,16 @@ pub enum PaddingSide {
 }
 
 impl PaddingSide {
+    /// The names `--padding-side` takes.
+    pub const NAMES: &'static [&'static str] = &["left", "right", "keep"];
+
     /// Parses `left|right|keep`.
     pub fn parse(s: &str) -> Result<Self> {
         match s {
             "left" => Ok(PaddingSide::Left),
             "right" => Ok(PaddingSide::Right),
             "keep" => Ok(PaddingSide::Keep),
-            _ => Err(Error::Usage(format!(
-                "--padding-side: expected left, right or keep, got `{s}`"
-            ))),
+            _ => Err(bad_value("--padding-side", s, Self::NAMES)),
         }
     }
 }
@@ -143,13 +153,17 @@ pub enum DeviceChoice {
 }
 
 impl DeviceChoice {
-    /// Parses `auto|cpu|cuda`.
+    /// The names `--device` takes.
+    pub const NAMES: &'static [&'static str] = &["auto", "cpu", "cuda"];
+
+    /// Parses `auto|cpu|cuda`. `gpu` is refused with a pointer to `cuda`: the name says which
+    /// kind of GPU, so a future backend for another kind stays unambiguous.
     pub fn parse(s: &str) -> Result<Self> {
         match s {
             "auto" => Ok(DeviceChoice::Auto),
             "cpu" => Ok(DeviceChoice::Cpu),
-            "cuda" | "gpu" => Ok(DeviceChoice::Cuda),
-            _ => Err(Error::Usage(format!("--device: expected auto, cpu or cuda, got `{s}`"))),
+            "cuda" => Ok(DeviceChoice::Cuda),
+            _ => Err(bad_value("--device", s, Self::NAMES)),
         }
     }
 }
@@ -242,6 +256,102 @@ pub fn parse_size(s: &str, binary_ok: bool) -> Result<u64> {
     Ok((value * mult) as u64)
 }
 
+/// The smallest `--max-shard-size`: a bare `5` is 5 bytes, almost certainly a missing unit.
+pub const MIN_SHARD_SIZE: u64 = 1_000_000;
+
+/// The smallest memory budget the pipeline can keep to: tiles never go below 1 MiB of f32, six
+/// of them in the output pool plus one being read, three 8 MiB writer windows, and ~30 MiB of
+/// fixed overhead (binary, stacks, headers, one tensor's LoRA factors).
+pub const MIN_MEMORY_BUDGET: u64 = 64 << 20;
+
+/// Parses `--quant-type`: `nf4` or `fp4`.
+pub fn parse_quant_type(s: &str) -> Result<crate::quant::bnb::QuantType> {
+    match s {
+        "nf4" => Ok(crate::quant::bnb::QuantType::Nf4),
+        "fp4" => Ok(crate::quant::bnb::QuantType::Fp4),
+        _ => Err(bad_value("--quant-type", s, &["nf4", "fp4"])),
+    }
+}
+
+/// `FLAG VALUE: expected a, b or c`, with a "did you mean" when one name is close.
+pub(crate) fn bad_value(flag: &str, got: &str, names: &[&str]) -> Error {
+    let list = match names {
+        [] => String::new(),
+        [one] => one.to_string(),
+        [rest @ .., last] => format!("{} or {last}", rest.join(", ")),
+    };
+    let hint = did_you_mean(got, names)
+        .map(|n| format!("; did you mean {n}?"))
+        .unwrap_or_default();
+    Error::Usage(format!("{flag} {got}: expected {list}{hint}"))
+}
+
+/// The name in `names` that `got` was most likely meant to be: a known synonym (`gpu` for
+/// `cuda`), a prefix or part of one, or one at most a third of its letters away.
+pub fn did_you_mean<'a>(got: &str, names: &[&'a str]) -> Option<&'a str> {
+    const SYNONYMS: &[(&str, &str)] = &[
+        ("gpu", "cuda"),
+        ("nvidia", "cuda"),
+        ("adapter", "lora"),
+        ("peft", "lora"),
+        ("merged", "merged_16bit"),
+        ("16bit", "merged_16bit"),
+        ("merged_bf16", "merged_16bit"),
+        ("merged_fp16", "merged_16bit"),
+        ("4bit", "merged_4bit"),
+        ("merged_nf4", "merged_4bit"),
+        ("bfloat", "bf16"),
+        ("double", "f32"),
+    ];
+    let g = got.trim().to_ascii_lowercase().replace(['-', ' '], "_");
+    if g.is_empty() {
+        return None;
+    }
+    if let Some(n) = names.iter().find(|n| n.eq_ignore_ascii_case(&g)) {
+        return Some(n);
+    }
+    if let Some((_, to)) = SYNONYMS.iter().find(|(from, _)| *from == g) {
+        if let Some(n) = names.iter().find(|n| *n == to) {
+            return Some(n);
+        }
+    }
+    let close = |n: &&str| {
+        let d = edit_distance(&g, n);
+        d <= (n.len().max(g.len()) / 3).max(1)
+    };
+    let part = |n: &&str| g.len() >= 3 && (n.starts_with(g.as_str()) || n.contains(g.as_str()) || g.contains(*n));
+    names
+        .iter()
+        .copied()
+        .filter(close)
+        .min_by_key(|n| edit_distance(&g, n))
+        .or_else(|| names.iter().copied().find(part))
+}
+
+/// Edit distance over bytes (the names are ASCII), a swap of two neighbours counting as one
+/// edit (optimal string alignment).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut v = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                v = v.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = v;
+        }
+    }
+    d[a.len()][b.len()]
+}
+
 /// Everything `save` needs; mirrors `loraweld save`.
 #[derive(Debug, Clone)]
 pub struct SaveOptions {
@@ -325,9 +435,119 @@ impl SaveOptions {
     }
 }
 
+impl SaveOptions {
+    /// Refuses values that are almost certainly mistakes, with the reason; `save` calls it
+    /// first, so a library caller gets the same refusals as the command line.
+    pub fn validate(&self) -> Result<()> {
+        if self.max_shard_size < MIN_SHARD_SIZE {
+            return Err(Error::Usage(format!(
+                "--max-shard-size {}: {} bytes is too small to be meant (give a unit, like 5GB or 500MB; the least is 1MB)",
+                self.max_shard_size, self.max_shard_size
+            )));
+        }
+        if self.threads == Some(0) {
+            return Err(Error::Usage(
+                "--threads 0: expected at least 1 (leave it out for one per core)".into(),
+            ));
+        }
+        if let MemoryBudget::Bytes(b) = self.maximum_memory_usage {
+            if b < MIN_MEMORY_BUDGET {
+                return Err(Error::Usage(format!(
+                    "--maximum-memory-usage {}: below the 64MiB the pipeline needs at least (its smallest tiles, write windows and fixed overhead)",
+                    human_bytes(b)
+                )));
+            }
+        }
+        if self.save_method == SaveMethod::Merged4bit
+            && (!self.blocksize.is_power_of_two() || !(32..=4096).contains(&self.blocksize))
+        {
+            // 4-bit codes pack two per byte and tiles start on blocks, so the blocksize must be
+            // even; bitsandbytes takes powers of two from 32 to 4096.
+            return Err(Error::Usage(format!(
+                "--blocksize {}: expected a power of two from 32 to 4096",
+                self.blocksize
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A size for people: decimal units (as `--max-shard-size` and the Hub count), three significant
+/// digits: `5.38 MB`, `16.1 GB`, `512 B`. Bytes stay exact in `--json`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["kB", "MB", "GB", "TB", "PB"];
+    if n < 1000 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64;
+    let mut unit = "B";
+    for u in UNITS {
+        if v < 999.5 {
+            break;
+        }
+        v /= 1000.0;
+        unit = u;
+    }
+    if v < 9.995 {
+        format!("{v:.2} {unit}")
+    } else if v < 99.95 {
+        format!("{v:.1} {unit}")
+    } else {
+        format!("{v:.0} {unit}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn suggestions_for_near_misses() {
+        assert_eq!(did_you_mean("gpu", DeviceChoice::NAMES), Some("cuda"));
+        assert_eq!(did_you_mean("cdua", DeviceChoice::NAMES), Some("cuda"));
+        assert_eq!(did_you_mean("merged_16", SaveMethod::NAMES), Some("merged_16bit"));
+        assert_eq!(did_you_mean("merged-4bit", SaveMethod::NAMES), Some("merged_4bit"));
+        assert_eq!(did_you_mean("Lora", SaveMethod::NAMES), Some("lora"));
+        assert_eq!(did_you_mean("bf61", FloatDtype::NAMES), Some("bf16"));
+        assert_eq!(did_you_mean("rigth", PaddingSide::NAMES), Some("right"));
+        assert_eq!(did_you_mean("xyzzy", SaveMethod::NAMES), None);
+        assert_eq!(did_you_mean("q", ShardOrder::NAMES), None);
+        let e = DeviceChoice::parse("gpu").unwrap_err().to_string();
+        assert_eq!(e, "--device gpu: expected auto, cpu or cuda; did you mean cuda?");
+        let e = SaveMethod::parse("gguf").unwrap_err().to_string();
+        assert_eq!(e, "--save-method gguf: expected lora, merged_16bit or merged_4bit");
+    }
+
+    #[test]
+    fn mistakes_are_refused_with_the_reason() {
+        let ok = SaveOptions::new("a", "b");
+        assert!(ok.validate().is_ok());
+        let mut o = ok.clone();
+        o.max_shard_size = 5;
+        assert!(o.validate().unwrap_err().to_string().contains("give a unit"));
+        let mut o = ok.clone();
+        o.threads = Some(0);
+        assert!(o.validate().unwrap_err().to_string().contains("at least 1"));
+        let mut o = ok.clone();
+        o.maximum_memory_usage = MemoryBudget::parse("1MB").unwrap();
+        let e = o.validate().unwrap_err().to_string();
+        assert!(e.contains("1.00 MB: below the 64MiB"), "{e}");
+        let mut o = ok.clone();
+        o.save_method = SaveMethod::Merged4bit;
+        o.blocksize = 48;
+        assert!(o.validate().unwrap_err().to_string().contains("power of two"));
+        o.save_method = SaveMethod::Merged16bit;
+        assert!(o.validate().is_ok(), "blocksize matters only for merged_4bit");
+    }
+
+    #[test]
+    fn human_sizes_are_decimal() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(5_377_536), "5.38 MB");
+        assert_eq!(human_bytes(16_060_000_000), "16.1 GB");
+        assert_eq!(human_bytes(999_999), "1.00 MB");
+        assert_eq!(human_bytes(123_400_000_000), "123 GB");
+    }
 
     #[test]
     fn sizes_use_decimal_units_like_the_hub() {

@@ -149,7 +149,8 @@ fn is_zero(n: &u64) -> bool {
 pub type OnShard<'a> = dyn Fn(&Path, &ShardResult) + Sync + 'a;
 
 /// Busy time per stage.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct StageTimes {
     /// Reader busy seconds.
     pub read_s: f64,

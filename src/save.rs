@@ -17,11 +17,12 @@ use crate::options::{DeviceChoice, SaveMethod, SaveOptions};
 use crate::pipeline::OnShard;
 use crate::pipeline::{execute, ExecConfig, Inputs, ShardResult, StageTimes};
 use crate::plan::{describe, plan_adapter, plan_merged, MergeOpts, Plan, PlanCounts, QuantSpec};
+use crate::writer::existing::{self, Existing};
 use crate::writer::meta;
 use crate::writer::resume::{self, RunKey};
 use crate::writer::staging::Staging;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 
 /// What a save did: the machine-readable report behind `--json`.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -64,6 +65,10 @@ pub struct SaveReport {
     pub up_to_date: bool,
     /// Shards kept from an interrupted earlier run.
     pub resumed_shards: usize,
+    /// With `up_to_date`: the wall-clock seconds of the run that wrote OUT (its backend and stage
+    /// times are in `backend` and `stages`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub earlier_seconds: Option<f64>,
     /// The push to the Hub, with `--push-to-hub`: username, commit URL, what was sent.
     pub push: Option<PushReport>,
     /// The plan as text (for `--dry-run`).
@@ -80,6 +85,7 @@ fn poisoned<T>(_: T) -> Error {
 /// Saves according to `opts`. See the crate docs.
 pub fn save(opts: &SaveOptions) -> Result<SaveReport> {
     let t0 = Instant::now();
+    opts.validate()?;
     crate::sys::fix_malloc_threshold();
     let adapter_dir = resolve_adapter(&opts.adapter, &opts.hub)?;
     let adapter = Adapter::open(&adapter_dir)?;
@@ -103,23 +109,20 @@ pub fn save(opts: &SaveOptions) -> Result<SaveReport> {
     };
     let mut inputs_dirs = vec![adapter_dir.clone()];
     inputs_dirs.extend(base_dir.clone());
-    check_no_overlap(&opts.out, &inputs_dirs)?;
+    existing::refuse_forbidden(&opts.out, &inputs_dirs)?;
+    // What is at OUT decides, before any heavy work, whether this save may replace it.
+    let at_out = existing::examine(&opts.out)?;
+    if let Existing::NotOurs(why) = &at_out {
+        return Err(Error::OutNotOurs {
+            out: opts.out.clone(),
+            why: why.clone(),
+        });
+    }
 
     let ck = match (opts.save_method, &base_dir) {
         (SaveMethod::Merged16bit | SaveMethod::Merged4bit, Some(b)) => Some(Checkpoint::open(b)?),
         _ => None,
     };
-    // The CLI checks this too; a library caller gets the same refusal (4-bit codes pack two
-    // per byte and tiles start on blocks, so the blocksize must be even; bitsandbytes takes
-    // powers of two from 32 to 4096).
-    if opts.save_method == SaveMethod::Merged4bit
-        && (!opts.blocksize.is_power_of_two() || !(32..=4096).contains(&opts.blocksize))
-    {
-        return Err(Error::Usage(format!(
-            "blocksize {}: expected a power of two from 32 to 4096",
-            opts.blocksize
-        )));
-    }
     let mut plan = match &ck {
         Some(ck) => plan_merged(
             ck,
@@ -140,7 +143,7 @@ pub fn save(opts: &SaveOptions) -> Result<SaveReport> {
         None => plan_adapter(&adapter, opts.dtype),
     };
     let free = crate::sys::free_space(&opts.out);
-    let plan_text = describe(&plan, &opts.out, free);
+    let mut plan_text = describe(&plan, &opts.out, free);
     let mut report = SaveReport {
         out: opts.out.clone(),
         save_method: opts.save_method.as_str(),
@@ -162,23 +165,34 @@ pub fn save(opts: &SaveOptions) -> Result<SaveReport> {
         push: None,
         up_to_date: false,
         resumed_shards: 0,
-        plan_text,
+        earlier_seconds: None,
+        plan_text: String::new(),
     };
     let run = run_key(opts, &adapter, ck.as_ref())?;
-    if opts.out.exists() && !opts.force && !opts.dry_run {
+    if at_out == Existing::Ours {
         // Like make: a finished OUT of the same inputs and options is up to date.
-        if let Some(shards) = resume::up_to_date(&opts.out, &run) {
-            report.up_to_date = true;
-            report.bytes_written = 0;
-            report.shards = shards;
-            report.seconds = t0.elapsed().as_secs_f64();
-            report.peak_rss = crate::sys::peak_rss();
-            return Ok(report);
+        if let Some(done) = resume::up_to_date(&opts.out, &run) {
+            if opts.dry_run {
+                plan_text.push_str(&format!(
+                    "existing {}: a loraweld save of the same inputs and options: up to date, a run does nothing\n",
+                    opts.out.display()
+                ));
+            } else if !opts.force {
+                return Ok(up_to_date_report(report, done, t0));
+            }
+        } else if !opts.force && !opts.dry_run {
+            return Err(Error::Usage(format!(
+                "{}: holds a loraweld save of other inputs or options (use --force to replace it)",
+                opts.out.display()
+            )));
         }
-        return Err(Error::Usage(format!(
-            "{}: already exists from other inputs or options (use --force to replace it)",
-            opts.out.display()
-        )));
+    }
+    if opts.dry_run && !plan_text.contains("up to date, a run does nothing") {
+        plan_text.push_str(&format!(
+            "existing {}: {}\n",
+            opts.out.display(),
+            at_out.describe(opts.force)
+        ));
     }
     // Preflight, before any heavy work: weights plus a margin for the small files (and for the
     // 4-bit quant-state JSON, whose final length the stats pass sets), at OUT and, when output
@@ -203,6 +217,7 @@ pub fn save(opts: &SaveOptions) -> Result<SaveReport> {
     let backend = pick_backend(opts)?;
     let backend_start_s = t_backend.elapsed().as_secs_f64();
     report.backend = backend.name();
+    report.plan_text = plan_text;
     if opts.dry_run {
         report.seconds = t0.elapsed().as_secs_f64();
         report.peak_rss = crate::sys::peak_rss();
@@ -250,31 +265,11 @@ pub fn save(opts: &SaveOptions) -> Result<SaveReport> {
         }
     };
     let kept_paths: Vec<PathBuf> = kept.iter().flatten().map(|r| staging.path().join(&r.file)).collect();
-    // A progress bar on stderr when asked (the CLI asks when stderr is a terminal).
     let written_bytes = AtomicU64::new(0);
     let total: u64 = plan.shards.iter().filter(|s| !s.skip).map(|s| s.file_len).sum();
-    let finished = std::sync::atomic::AtomicBool::new(false);
-    let executed = std::thread::scope(|sc| {
-        let bar = opts.progress.then(|| {
-            let (written, finished) = (&written_bytes, &finished);
-            sc.spawn(move || {
-                let pb = indicatif::ProgressBar::new(total);
-                pb.set_style(
-                    indicatif::ProgressStyle::with_template(
-                        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-                    )
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-                    .progress_chars("=> "),
-                );
-                pb.set_message("loraweld: writing");
-                while !finished.load(Ordering::Relaxed) {
-                    pb.set_position(written.load(Ordering::Relaxed));
-                    std::thread::sleep(std::time::Duration::from_millis(100));
-                }
-                pb.finish_and_clear();
-            })
-        });
-        let r = execute_and_upload(
+    let resumed = plan.shards.iter().filter(|s| s.skip).count();
+    let executed = crate::progress::while_drawing(opts.progress, total, resumed, &written_bytes, || {
+        execute_and_upload(
             &plan,
             inputs,
             backend.as_ref(),
@@ -284,12 +279,7 @@ pub fn save(opts: &SaveOptions) -> Result<SaveReport> {
             &record,
             &kept_paths,
             Some(&written_bytes),
-        );
-        finished.store(true, Ordering::Relaxed);
-        if let Some(b) = bar {
-            let _ = b.join();
-        }
-        r
+        )
     });
     let (written, stages) = match executed {
         Ok(x) => x,
@@ -308,7 +298,14 @@ pub fn save(opts: &SaveOptions) -> Result<SaveReport> {
             None => return Err(Error::Internal(format!("{}: no result for shard", s.file_name))),
         }
     }
-    report.resumed_shards = plan.shards.iter().filter(|s| s.skip).count();
+    report.resumed_shards = resumed;
+    report.bytes_written = shards.iter().map(|s| s.bytes).sum();
+    report.stages = StageTimes {
+        backend_start_s,
+        quant_stats_s,
+        gpu: backend.gpu_times(),
+        ..stages
+    };
     let files = finish(
         &run,
         opts,
@@ -318,6 +315,8 @@ pub fn save(opts: &SaveOptions) -> Result<SaveReport> {
         &plan,
         &shards,
         staging.path(),
+        &report,
+        t0,
     )?;
     if let Some(p) = &opts.push_to_hub {
         let card = staging.path().join("README.md");
@@ -334,15 +333,8 @@ pub fn save(opts: &SaveOptions) -> Result<SaveReport> {
         report.push = Some(s.finish(&opts.out, None)?);
     }
 
-    report.bytes_written = shards.iter().map(|s| s.bytes).sum();
     report.shards = shards;
     report.files = files;
-    report.stages = StageTimes {
-        backend_start_s,
-        quant_stats_s,
-        gpu: backend.gpu_times(),
-        ..stages
-    };
     report.seconds = t0.elapsed().as_secs_f64();
     report.peak_rss = crate::sys::peak_rss();
     Ok(report)
@@ -423,40 +415,27 @@ fn pick_backend(opts: &SaveOptions) -> Result<Box<dyn Backend>> {
     }
 }
 
-/// Refuses an output equal to or inside an input directory, or an input inside the output.
-fn check_no_overlap(out: &Path, inputs: &[PathBuf]) -> Result<()> {
-    let out_abs = absolute(out);
-    for i in inputs {
-        let in_abs = absolute(i);
-        if out_abs.starts_with(&in_abs) || in_abs.starts_with(&out_abs) {
-            return Err(Error::OutputOverlapsInput {
-                out: out.to_path_buf(),
-                input: i.clone(),
-            });
-        }
-    }
-    Ok(())
-}
-
-/// Canonical path of `p`, or of its nearest existing ancestor joined with the rest.
-fn absolute(p: &Path) -> PathBuf {
-    let p = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
-    let mut existing = p.as_path();
-    let mut rest = Vec::new();
-    while !existing.exists() {
-        match (existing.parent(), existing.file_name()) {
-            (Some(parent), Some(name)) => {
-                rest.push(name.to_os_string());
-                existing = parent;
-            }
-            _ => break,
-        }
-    }
-    let mut c = existing.canonicalize().unwrap_or_else(|_| existing.to_path_buf());
-    for r in rest.iter().rev() {
-        c.push(r);
-    }
-    c
+/// The report of a run that found OUT up to date: this run's counts and seconds, the earlier
+/// run's backend, stage times and files.
+fn up_to_date_report(mut report: SaveReport, done: resume::Finished, t0: Instant) -> SaveReport {
+    let earlier = &done.report;
+    report.up_to_date = true;
+    report.bytes_written = 0;
+    report.shards = done.shards;
+    report.files = done.files;
+    report.backend = earlier
+        .get("backend")
+        .and_then(|v| v.as_str())
+        .unwrap_or_default()
+        .to_string();
+    report.stages = earlier
+        .get("stages")
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
+        .unwrap_or_default();
+    report.earlier_seconds = earlier.get("seconds").and_then(|v| v.as_f64());
+    report.seconds = t0.elapsed().as_secs_f64();
+    report.peak_rss = crate::sys::peak_rss();
+    report
 }
 
 /// Writes everything around the shards into the staging dir; returns the file names.
@@ -470,6 +449,8 @@ fn finish(
     plan: &Plan,
     shards: &[ShardResult],
     dir: &Path,
+    report: &SaveReport,
+    t0: Instant,
 ) -> Result<Vec<String>> {
     let mut files = Vec::new();
     let base_name = adapter.config.base_model_name_or_path.clone();
@@ -517,8 +498,18 @@ fn finish(
     meta::write_file(dir, "README.md", card.as_bytes())?;
     files.push("README.md".into());
     let done: BTreeMap<String, ShardResult> = shards.iter().map(|r| (r.file.clone(), r.clone())).collect();
-    resume::write_manifest(dir, &resume::manifest(run, plan, &done))?;
     files.push(MANIFEST.into());
+    // What an up-to-date re-run hands back: how this run went.
+    let recorded = json!({
+        "backend": report.backend,
+        "stages": report.stages,
+        "seconds": t0.elapsed().as_secs_f64(),
+        "peak_rss": crate::sys::peak_rss(),
+        "bytes_written": report.bytes_written,
+        "resumed_shards": report.resumed_shards,
+        "warnings": report.warnings,
+    });
+    resume::write_manifest(dir, &resume::final_manifest(run, plan, &done, &files, recorded))?;
     Ok(files)
 }
 

@@ -8,16 +8,24 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
 
-/// Free bytes available to us on the filesystem holding `path` (or its nearest existing parent).
-pub fn free_space(path: &Path) -> Option<u64> {
+/// The nearest existing ancestor of `path`, itself included, whatever form the path has: a
+/// bare relative name (`merged`, whose parent is the empty path) or `sub/rel` ends at `.`.
+fn nearest_existing(path: &Path) -> Option<&Path> {
     let mut p = path;
     loop {
+        if p.as_os_str().is_empty() {
+            return Some(Path::new("."));
+        }
         if p.exists() {
-            break;
+            return Some(p);
         }
         p = p.parent()?;
     }
-    let p = if p.as_os_str().is_empty() { Path::new(".") } else { p };
+}
+
+/// Free bytes available to us on the filesystem holding `path` (or its nearest existing parent).
+pub fn free_space(path: &Path) -> Option<u64> {
+    let p = nearest_existing(path)?;
     let c = CString::new(p.as_os_str().as_bytes()).ok()?;
     let mut st: libc::statvfs = unsafe_zeroed();
     // SAFETY: `c` is a valid NUL-terminated path and `st` is a properly sized out-parameter.
@@ -34,15 +42,7 @@ fn unsafe_zeroed() -> libc::statvfs {
 /// Whether two paths (or their nearest existing ancestors) are on the same filesystem.
 pub fn same_filesystem(a: &Path, b: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
-    let dev = |p: &Path| -> Option<u64> {
-        let mut p = p;
-        loop {
-            if let Ok(m) = std::fs::metadata(p) {
-                return Some(m.dev());
-            }
-            p = p.parent()?;
-        }
-    };
+    let dev = |p: &Path| -> Option<u64> { std::fs::metadata(nearest_existing(p)?).ok().map(|m| m.dev()) };
     match (dev(a), dev(b)) {
         (Some(x), Some(y)) => x == y,
         _ => false,
@@ -205,10 +205,16 @@ pub fn f32_bytes_mut(v: &mut [f32]) -> &mut [u8] {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
     #[test]
     fn free_space_and_rss_are_readable() {
         let d = tempfile::tempdir().unwrap();
         assert!(super::free_space(&d.path().join("not/yet/there")).unwrap() > 0);
+        // Relative names: the current directory's filesystem.
+        assert_eq!(super::nearest_existing(Path::new("merged")), Some(Path::new(".")));
+        assert_eq!(super::nearest_existing(Path::new("no/such/sub")), Some(Path::new(".")));
+        assert!(super::free_space(Path::new("merged")).is_some());
+        assert!(super::same_filesystem(Path::new("merged"), Path::new("other/rel")));
         assert!(super::peak_rss().unwrap() > 0);
     }
 

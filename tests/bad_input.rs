@@ -1,6 +1,6 @@
 use std::path::{Path, PathBuf};
 
-use crate::util::{assert_one_line_error, fixtures, LoraweldCommand, Workdir};
+use crate::util::{assert_listed_error, assert_one_line_error, fixtures, LoraweldCommand, Workdir};
 
 /// Writes `adapter_config.json` (copied from the plain LoRA) and the given f32 tensors.
 fn write_adapter(dir: &Path, tensors: &[(&str, Vec<usize>, Vec<f32>)]) {
@@ -28,6 +28,19 @@ fn write_adapter(dir: &Path, tensors: &[(&str, Vec<usize>, Vec<f32>)]) {
 }
 
 fn save_fails(w: &Workdir, adapter: &Path, base: Option<&Path>, needle: &str) -> String {
+    let err = save_fails_with(w, adapter, base);
+    assert_one_line_error(&err, needle);
+    err
+}
+
+/// A coverage failure: a summary line, then the offenders one per line.
+fn save_fails_listing(w: &Workdir, adapter: &Path, base: Option<&Path>, needle: &str) -> String {
+    let err = save_fails_with(w, adapter, base);
+    assert_listed_error(&err, needle);
+    err
+}
+
+fn save_fails_with(w: &Workdir, adapter: &Path, base: Option<&Path>) -> String {
     let out = w.join("out");
     let mut args: Vec<PathBuf> = vec![adapter.into(), out.clone()];
     if let Some(b) = base {
@@ -36,7 +49,6 @@ fn save_fails(w: &Workdir, adapter: &Path, base: Option<&Path>, needle: &str) ->
     }
     let before = w.listing();
     let err = LoraweldCommand::save(args).fails_with(2);
-    assert_one_line_error(&err, needle);
     assert!(!out.exists(), "a failed run must not create OUT");
     assert_eq!(w.listing(), before, "a failed run must leave nothing behind");
     err
@@ -77,12 +89,13 @@ fn adapter_tensor_that_matches_nothing_is_listed() {
             ),
         ],
     );
-    let err = save_fails(
+    let err = save_fails_listing(
         &w,
         &ad,
         Some(&fixtures().join("base_bf16")),
         "adapter does not fit base",
     );
+    assert!(err.contains("2 problem(s) in 2 adapter module(s); first 2:"), "{err}");
     assert!(
         err.contains("base has no tensor `model.layers.7.self_attn.q_proj.weight`"),
         "{err}"
@@ -112,12 +125,13 @@ fn lora_ranks_that_disagree() {
             ),
         ],
     );
-    save_fails(
+    let err = save_fails_listing(
         &w,
         &ad,
         Some(&fixtures().join("base_bf16")),
-        "lora_A [4, 256] and lora_B [128, 8]",
+        "1 problem(s) in 1 adapter module(s)",
     );
+    assert!(err.contains("lora_A [4, 256] and lora_B [128, 8]"), "{err}");
 }
 
 #[test]

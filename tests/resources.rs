@@ -52,3 +52,47 @@ fn preflight_checks_the_temporary_location_too() {
     assert_one_line_error(&err, "small: not enough free disk space");
     assert!(!out.exists());
 }
+
+/// A bare relative OUT (`merged`, the quick start's form) and `sub/rel` are checked too: the
+/// free space is that of the nearest existing ancestor, here the current directory.
+#[test]
+fn preflight_checks_relative_outputs() {
+    let w = Workdir::new();
+    let Some(small) = small_tmpfs(&w, "2M") else { return };
+    let mut results = Vec::new();
+    for out in ["merged", "sub/rel"] {
+        let plan = LoraweldCommand::save([fixtures().join("lora").as_os_str(), out.as_ref(), "--dry-run".as_ref()])
+            .current_dir(&small)
+            .fails_with(3);
+        let err = LoraweldCommand::save([fixtures().join("lora").as_os_str(), out.as_ref()])
+            .current_dir(&small)
+            .fails_with(3);
+        results.push((out, plan, err));
+    }
+    let listing: Vec<_> = std::fs::read_dir(&small).unwrap().collect();
+    unmount(&small);
+    for (out, plan, err) in results {
+        assert_one_line_error(&plan, &format!("{out}: not enough free disk space: need 6429"));
+        assert_one_line_error(&err, &format!("{out}: not enough free disk space: need 6429"));
+        assert!(err.contains("bytes, 2097152 bytes free"), "{err}");
+    }
+    assert!(listing.is_empty(), "nothing may be written: {listing:?}");
+}
+
+/// Without root (no tmpfs): the dry run of a relative OUT still knows the free space.
+#[test]
+fn dry_run_knows_the_free_space_of_a_relative_output() {
+    let w = Workdir::new();
+    for out in ["merged", "sub/rel"] {
+        let plan = LoraweldCommand::save([fixtures().join("lora").as_os_str(), out.as_ref(), "--dry-run".as_ref()])
+            .current_dir(w.path())
+            .ok();
+        let line = plan
+            .lines()
+            .find(|l| l.starts_with("free disk at"))
+            .unwrap_or_default()
+            .to_string();
+        assert!(line.starts_with(&format!("free disk at {out}: ")), "{plan}");
+        assert!(!line.contains("unknown"), "{plan}");
+    }
+}

@@ -20,6 +20,8 @@ mod lora;
 mod merged;
 /// `merged_4bit` against PEFT's merge into bitsandbytes `Linear4bit`.
 mod merged4;
+/// OUT is replaced only when loraweld wrote it or it is empty.
+mod out_safety;
 /// Disk preflight.
 mod resources;
 /// Kill -9 and SIGINT at random moments, then resume.

@@ -84,6 +84,12 @@ impl LoraweldCommand {
         )
     }
 
+    /// Runs in `dir`.
+    pub fn current_dir(mut self, dir: &Path) -> Self {
+        self.cmd.current_dir(dir);
+        self
+    }
+
     /// Sets an environment variable for the run.
     pub fn env(mut self, k: &str, v: &str) -> Self {
         self.cmd.env(k, v);
@@ -123,6 +129,23 @@ pub fn assert_one_line_error(stderr: &str, needle: &str) {
     assert!(lines[0].starts_with("loraweld: error: "), "{stderr}");
     assert!(lines[0].contains(needle), "expected `{needle}` in: {stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// Asserts a failure message is a summary line of the documented shape mentioning `needle`,
+/// then at most five items, one per line, and a "… and N more" line when there are more.
+pub fn assert_listed_error(stderr: &str, needle: &str) -> Vec<String> {
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert!(lines[0].starts_with("loraweld: error: "), "{stderr}");
+    assert!(lines[0].contains(needle), "expected `{needle}` in: {stderr}");
+    assert!(lines[0].ends_with(':'), "a summary introducing a list: {stderr}");
+    let items: Vec<String> = lines[1..]
+        .iter()
+        .filter(|l| !l.starts_with("  … and "))
+        .map(|l| l.strip_prefix("  ").expect("list items are indented").to_string())
+        .collect();
+    assert!(!items.is_empty() && items.len() <= 5, "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    items
 }
 
 /// Compares two safetensors files; on mismatch names the first differing tensor and byte.

@@ -13,6 +13,10 @@ pub fn resolve_adapter(spec: &Path, hub: &HubConfig) -> Result<PathBuf> {
     if spec.is_dir() {
         return Ok(spec.to_path_buf());
     }
+    not_a_file(
+        spec,
+        "ADAPTER expects a PEFT adapter directory (the folder holding adapter_config.json)",
+    )?;
     from_hub_or_not_found(&spec.to_string_lossy(), hub, Need::Adapter)
 }
 
@@ -33,6 +37,10 @@ pub fn resolve_base(
         if p.is_dir() {
             return Ok(p.to_path_buf());
         }
+        not_a_file(
+            p,
+            "--base expects a model directory (the folder holding config.json and the weights)",
+        )?;
         return from_hub_or_not_found(&p.to_string_lossy(), hub, need);
     }
     let Some(name) = from_config.filter(|s| !s.is_empty()) else {
@@ -58,6 +66,23 @@ pub fn resolve_base(
         }
     }
     from_hub_or_not_found(name, hub, need)
+}
+
+/// Refuses a path that names a file where a directory (or a Hub repo id) is expected: a
+/// `config.json` or a `.safetensors` given instead of its folder is a common slip.
+fn not_a_file(p: &Path, expected: &str) -> Result<()> {
+    if p.is_file() {
+        let dir = p
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        return Err(Error::Usage(format!(
+            "{}: is a file; {expected} or a Hub repo id like owner/name (did you mean {}?)",
+            p.display(),
+            dir.display()
+        )));
+    }
+    Ok(())
 }
 
 /// A name that is no local directory: a Hub repo if it reads as one, else "not found".
@@ -108,5 +133,13 @@ mod tests {
         assert!(e.to_string().contains("--base"), "{e}");
         let e = resolve_adapter(Path::new("me/adapter@v1"), &hub).unwrap_err();
         assert!(matches!(e, Error::HubOffline { .. }), "{e}");
+        let cfg = d.path().join("config.json");
+        std::fs::write(&cfg, "{}").unwrap();
+        let e = resolve_base(d.path(), Some(&cfg), None, &hub, Need::Base).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("config.json: is a file; --base expects a model directory"),
+            "{e}"
+        );
     }
 }

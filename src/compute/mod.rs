@@ -134,7 +134,8 @@ pub type PinRelease = Box<dyn FnOnce() + Send>;
 /// on its two streams, and the host's copies in and out of pinned staging, overlap one another
 /// and the pipeline's other stages. `gpu_busy_s` counts time when either stream had work, so
 /// `h2d_s + kernel_s + d2h_s - gpu_busy_s` is how much the two streams overlapped.
-#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct GpuTimes {
     /// Row chunks launched.
     pub chunks: u64,

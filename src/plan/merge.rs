@@ -489,6 +489,7 @@ pub fn plan_merged(ck: &Checkpoint, adapter: &Adapter, opts: &MergeOpts<'_>) -> 
         return Err(Error::Coverage {
             adapter: adapter.dir.clone(),
             base: ck.dir.clone(),
+            modules: modules.len() + fulls.len(),
             problems,
         });
     }

@@ -1,6 +1,7 @@
 //! The finish side: the files around the shards (index, config, tokenizer, model card,
 //! manifest), and the staging directory that makes the output appear atomically.
 
+pub mod existing;
 pub mod meta;
 pub mod pyjson;
 pub mod resume;

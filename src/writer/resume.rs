@@ -80,6 +80,33 @@ impl RunKey {
 
 /// The manifest for `plan`, with `done` shards (by file name) marked finished.
 pub fn manifest(run: &RunKey, plan: &Plan, done: &BTreeMap<String, ShardResult>) -> String {
+    dumps_indent2(&manifest_value(run, plan, done), false) + "\n"
+}
+
+/// The manifest of a finished save: also every file in the directory (the manifest itself
+/// included), which is what lets a later `--force` know the directory is ours to replace, and
+/// the run's report, which an up-to-date re-run hands back.
+pub fn final_manifest(
+    run: &RunKey,
+    plan: &Plan,
+    done: &BTreeMap<String, ShardResult>,
+    files: &[String],
+    report: Value,
+) -> String {
+    let mut v = manifest_value(run, plan, done);
+    let mut all: Vec<String> = files.to_vec();
+    all.extend(plan.shards.iter().map(|s| s.file_name.clone()));
+    all.push(MANIFEST.to_string());
+    all.sort();
+    all.dedup();
+    if let Value::Object(m) = &mut v {
+        m.insert("files".into(), json!(all));
+        m.insert("report".into(), report);
+    }
+    dumps_indent2(&v, false) + "\n"
+}
+
+fn manifest_value(run: &RunKey, plan: &Plan, done: &BTreeMap<String, ShardResult>) -> Value {
     let shards: Vec<Value> = plan
         .shards
         .iter()
@@ -94,14 +121,13 @@ pub fn manifest(run: &RunKey, plan: &Plan, done: &BTreeMap<String, ShardResult>)
             })
         })
         .collect();
-    let v = json!({
+    json!({
         "loraweld_version": env!("CARGO_PKG_VERSION"),
         "run_key": run.key,
         "options": run.options,
         "inputs": run.inputs,
         "shards": shards,
-    });
-    dumps_indent2(&v, false) + "\n"
+    })
 }
 
 /// Writes the manifest atomically (temp file + rename) into `dir`.
@@ -117,9 +143,20 @@ fn read_manifest(dir: &Path) -> Option<Value> {
     serde_json::from_str(&text).ok()
 }
 
+/// A finished save found up to date: its shards, its other files and the report it recorded.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    /// Every shard, in plan order.
+    pub shards: Vec<ShardResult>,
+    /// The other files (config, tokenizer, card, index, manifest).
+    pub files: Vec<String>,
+    /// What the run that wrote it reported (backend, stage times, seconds); `Null` if absent.
+    pub report: Value,
+}
+
 /// Whether `out` holds a finished save of exactly this run (same fingerprint, every shard done
 /// and present with its size).
-pub fn up_to_date(out: &Path, run: &RunKey) -> Option<Vec<ShardResult>> {
+pub fn up_to_date(out: &Path, run: &RunKey) -> Option<Finished> {
     let m = read_manifest(out)?;
     if m.get("run_key")?.as_str()? != run.key {
         return None;
@@ -139,7 +176,20 @@ pub fn up_to_date(out: &Path, run: &RunKey) -> Option<Vec<ShardResult>> {
             cloned_bytes: 0,
         });
     }
-    Some(results)
+    let files = m
+        .get("files")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .filter(|f| !results.iter().any(|r| r.file == *f))
+        .map(str::to_string)
+        .collect();
+    Some(Finished {
+        shards: results,
+        files,
+        report: m.get("report").cloned().unwrap_or(Value::Null),
+    })
 }
 
 /// Shards of an interrupted run in `staging` that can be kept: same fingerprint, same planned

@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
+use super::existing::{examine, Existing};
 use crate::error::{Error, Result};
 
 /// A staging directory that is removed on drop unless committed.
@@ -67,28 +68,37 @@ impl Staging {
         &self.dir
     }
 
-    /// Syncs and renames the staging directory to `out`. An existing `out` is replaced only
-    /// with `force`; it is moved aside first and removed after the rename succeeds.
+    /// Syncs and renames the staging directory to `out`. What is at `out` is looked at again
+    /// now (it may have changed during the run): nothing or an empty directory is replaced; a
+    /// directory loraweld wrote only with `force`, moved aside first and removed after the
+    /// rename succeeds; anything else is refused, and the finished output stays in staging.
     pub fn commit(mut self, out: &Path, force: bool) -> Result<()> {
         let _ = std::fs::remove_file(self.dir.join(".lock"));
         sync_dir(&self.dir)?;
+        let refuse = |s: &mut Self, why: String| {
+            s.keep = true;
+            Err(Error::OutNotOurs {
+                out: out.to_path_buf(),
+                why: format!("{why} (the finished output is in {})", s.dir.display()),
+            })
+        };
         let mut aside = None;
-        if out.exists() {
-            if !force {
-                return Err(Error::Usage(format!(
-                    "{}: already exists (use --force to replace it)",
-                    out.display()
-                )));
+        match examine(out)? {
+            // rename(2) replaces an empty directory in one step.
+            Existing::Absent | Existing::EmptyDir => {}
+            Existing::Ours if force => {
+                let a = out.with_file_name(format!(
+                    ".{}.loraweld-old-{}",
+                    out.file_name()
+                        .map(|n| n.to_string_lossy().to_string())
+                        .unwrap_or_default(),
+                    std::process::id()
+                ));
+                std::fs::rename(out, &a).map_err(|e| Error::io(out, e))?;
+                aside = Some(a);
             }
-            let a = out.with_file_name(format!(
-                ".{}.loraweld-old-{}",
-                out.file_name()
-                    .map(|n| n.to_string_lossy().to_string())
-                    .unwrap_or_default(),
-                std::process::id()
-            ));
-            std::fs::rename(out, &a).map_err(|e| Error::io(out, e))?;
-            aside = Some(a);
+            Existing::Ours => return refuse(&mut self, "already exists (use --force to replace it)".into()),
+            Existing::NotOurs(why) => return refuse(&mut self, why),
         }
         if let Err(e) = std::fs::rename(&self.dir, out) {
             if e.raw_os_error() == Some(libc::EXDEV) {
@@ -183,11 +193,31 @@ mod tests {
         std::fs::write(s.path().join("a"), b"1").unwrap();
         s.commit(&out, false).unwrap();
         assert_eq!(std::fs::read(out.join("a")).unwrap(), b"1");
+        // `a` is not named by a manifest: not ours, refused even with force, and kept.
+        let s = Staging::create(&out, None).unwrap();
+        let staged = s.path().to_path_buf();
+        let e = s.commit(&out, true).unwrap_err().to_string();
+        assert!(
+            e.contains("not written by loraweld") && e.contains("the finished output is in"),
+            "{e}"
+        );
+        assert!(staged.exists(), "the finished output is kept");
+        assert_eq!(std::fs::read(out.join("a")).unwrap(), b"1");
+        // Once a manifest names every file, it is ours: replaced only with force.
+        let manifest = r#"{"loraweld_version": "0", "files": ["a", "loraweld-manifest.json"]}"#;
+        std::fs::write(out.join("loraweld-manifest.json"), manifest).unwrap();
         let s = Staging::create(&out, None).unwrap();
         assert!(s.commit(&out, false).is_err());
         let s = Staging::create(&out, None).unwrap();
         std::fs::write(s.path().join("b"), b"2").unwrap();
         s.commit(&out, true).unwrap();
         assert!(out.join("b").exists() && !out.join("a").exists());
+        // An empty directory is taken over without force.
+        let empty = d.path().join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        let s = Staging::create(&empty, None).unwrap();
+        std::fs::write(s.path().join("c"), b"3").unwrap();
+        s.commit(&empty, false).unwrap();
+        assert_eq!(std::fs::read(empty.join("c")).unwrap(), b"3");
     }
 }
