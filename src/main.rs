@@ -492,67 +492,6 @@ fn print_push(dir: &std::path::Path, p: &PushReport) {
     );
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The summary's second line stays under 100 columns even for a big model.
-    #[test]
-    fn summary_fits_100_columns() {
-        let counts = loraweld::plan::PlanCounts {
-            merged: 4480,
-            copied: 2910,
-            dequantized: 1234,
-            converted: 123,
-            consumed_quant_helpers: 99999,
-            quantized: 1000,
-        };
-        let shard = loraweld::pipeline::ShardResult {
-            file: "model-00001-of-00030.safetensors".into(),
-            bytes: 4_999_999_999,
-            blake3: String::new(),
-            sha256: None,
-            cloned_bytes: 0,
-        };
-        let r = loraweld::SaveReport {
-            out: "merged".into(),
-            save_method: "merged_16bit",
-            adapter: "a".into(),
-            base: None,
-            backend: "cuda (NVIDIA H100 80GB HBM3, sm_90 cubin)".into(),
-            dry_run: false,
-            counts,
-            tensors: 9747,
-            total_size: 141_000_000_000,
-            bytes_written: 141_000_000_000,
-            shards: vec![shard; 30],
-            files: Vec::new(),
-            free_disk: None,
-            stages: Default::default(),
-            seconds: 12345.678,
-            peak_rss: None,
-            warnings: Vec::new(),
-            up_to_date: false,
-            resumed_shards: 29,
-            earlier_seconds: None,
-            push: None,
-            plan_text: String::new(),
-        };
-        let lines = summary(&r);
-        assert_eq!(
-            lines[0],
-            "loraweld: saved merged (resumed: 29 of 30 shards kept from the interrupted run)"
-        );
-        assert!(
-            lines[1].chars().count() <= 100,
-            "{} columns: {}",
-            lines[1].chars().count(),
-            lines[1]
-        );
-        assert!(lines[1].contains("141 GB in 30 files"), "{}", lines[1]);
-    }
-}
-
 /// Offenders listed under a multi-item error; `--json` carries them all.
 const LIST_CAP: usize = 5;
 
@@ -660,4 +599,65 @@ fn clap_error_line(e: &clap::Error) -> String {
     }
     out.push_str(" (see --help)");
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The summary's second line stays under 100 columns even for a big model.
+    #[test]
+    fn summary_fits_100_columns() {
+        let counts = loraweld::plan::PlanCounts {
+            merged: 4480,
+            copied: 2910,
+            dequantized: 1234,
+            converted: 123,
+            consumed_quant_helpers: 99999,
+            quantized: 1000,
+        };
+        let shard = loraweld::pipeline::ShardResult {
+            file: "model-00001-of-00030.safetensors".into(),
+            bytes: 4_999_999_999,
+            blake3: String::new(),
+            sha256: None,
+            cloned_bytes: 0,
+        };
+        let r = loraweld::SaveReport {
+            out: "merged".into(),
+            save_method: "merged_16bit",
+            adapter: "a".into(),
+            base: None,
+            backend: "cuda (NVIDIA H100 80GB HBM3, sm_90 cubin)".into(),
+            dry_run: false,
+            counts,
+            tensors: 9747,
+            total_size: 141_000_000_000,
+            bytes_written: 141_000_000_000,
+            shards: vec![shard; 30],
+            files: Vec::new(),
+            free_disk: None,
+            stages: Default::default(),
+            seconds: 12345.678,
+            peak_rss: None,
+            warnings: Vec::new(),
+            up_to_date: false,
+            resumed_shards: 29,
+            earlier_seconds: None,
+            push: None,
+            plan_text: String::new(),
+        };
+        let lines = summary(&r);
+        assert_eq!(
+            lines[0],
+            "loraweld: saved merged (resumed: 29 of 30 shards kept from the interrupted run)"
+        );
+        assert!(
+            lines[1].chars().count() <= 100,
+            "{} columns: {}",
+            lines[1].chars().count(),
+            lines[1]
+        );
+        assert!(lines[1].contains("141 GB in 30 files"), "{}", lines[1]);
+    }
 }
