@@ -145,7 +145,10 @@ fn is_shard_suffix(s: &str) -> bool {
         return false;
     };
     let num = head.rsplit_once('-').map_or("", |x| x.1);
-    !num.is_empty() && num.bytes().all(|b| b.is_ascii_digit()) && !total.is_empty() && total.bytes().all(|b| b.is_ascii_digit())
+    !num.is_empty()
+        && num.bytes().all(|b| b.is_ascii_digit())
+        && !total.is_empty()
+        && total.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// Whether `real` is a blob of the Hugging Face cache repo whose snapshot `dir` is: snapshot

@@ -55,7 +55,10 @@ pub enum Need<'a> {
 pub fn weight_files(variant: Option<&str>) -> (String, String) {
     match variant {
         None => (INDEX.to_string(), SINGLE.to_string()),
-        Some(v) => (format!("model.safetensors.index.{v}.json"), format!("model.{v}.safetensors")),
+        Some(v) => (
+            format!("model.safetensors.index.{v}.json"),
+            format!("model.{v}.safetensors"),
+        ),
     }
 }
 
@@ -175,7 +178,12 @@ struct Meta {
 impl Meta {
     /// Takes what the Hub's headers say (`X-Linked-*` for LFS files, then the plain ones).
     fn update(&mut self, h: &HeaderMap) {
-        let get = |k: &str| h.get(k).and_then(|v| v.to_str().ok()).map(str::trim).filter(|v| !v.is_empty());
+        let get = |k: &str| {
+            h.get(k)
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+        };
         if let Some(e) = get("x-linked-etag").or_else(|| get("etag")) {
             self.etag = Some(normalize_etag(e));
         }
@@ -249,7 +257,9 @@ impl Downloader<'_> {
             // Once the Hub has named the blob: done if it is there, else resume what is left.
             if let Some(etag) = &meta.etag {
                 if !safe_etag(etag) {
-                    return Err(c.protocol("download", format!("`{file}`: ETag `{etag}` is not a file name")).into());
+                    return Err(c
+                        .protocol("download", format!("`{file}`: ETag `{etag}` is not a file name"))
+                        .into());
                 }
                 let blob = blobs.join(etag);
                 if lock.is_none() {
@@ -297,7 +307,10 @@ impl Downloader<'_> {
         if let Some(got) = &meta.commit {
             if got != self.sha {
                 return Err(c
-                    .protocol("download", format!("`{file}`: answered for commit {got}, asked for {}", self.sha))
+                    .protocol(
+                        "download",
+                        format!("`{file}`: answered for commit {got}, asked for {}", self.sha),
+                    )
                     .into());
             }
         }
@@ -305,7 +318,9 @@ impl Downloader<'_> {
             return Err(c.protocol("download", format!("`{file}`: no ETag")).into());
         };
         if !safe_etag(&etag) {
-            return Err(c.protocol("download", format!("`{file}`: ETag `{etag}` is not a file name")).into());
+            return Err(c
+                .protocol("download", format!("`{file}`: ETag `{etag}` is not a file name"))
+                .into());
         }
         if lock.is_none() {
             lock = Some(lock_blob(self.cfg, &self.repo.id, &etag)?);
@@ -426,7 +441,10 @@ impl Downloader<'_> {
 /// Takes `<cache>/.locks/models--owner--name/<etag>.lock`, the lock `huggingface_hub` takes
 /// for the same blob, so two processes (of ours or Python's) never write one `.incomplete`.
 fn lock_blob(cfg: &HubConfig, id: &str, etag: &str) -> Result<File> {
-    let dir = cfg.cache_dir.join(".locks").join(format!("models--{}", id.replace('/', "--")));
+    let dir = cfg
+        .cache_dir
+        .join(".locks")
+        .join(format!("models--{}", id.replace('/', "--")));
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     let path = dir.join(format!("{etag}.lock"));
     let f = OpenOptions::new()
@@ -645,7 +663,10 @@ mod tests {
     #[test]
     fn etags_are_normalized_and_must_be_file_names() {
         assert_eq!(normalize_etag("W/\"abc\""), "abc");
-        assert_eq!(normalize_etag(" \"d41d8cd98f00b204e9800998ecf8427e-2\" "), "d41d8cd98f00b204e9800998ecf8427e-2");
+        assert_eq!(
+            normalize_etag(" \"d41d8cd98f00b204e9800998ecf8427e-2\" "),
+            "d41d8cd98f00b204e9800998ecf8427e-2"
+        );
         assert!(safe_etag("d41d8cd98f00b204e9800998ecf8427e-2"));
         for bad in ["", "..", "../x", "a/b", ".hidden", "a\\b"] {
             assert!(!safe_etag(bad), "{bad}");

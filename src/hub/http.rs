@@ -323,13 +323,19 @@ mod tests {
     #[test]
     fn locations_resolve_against_the_request() {
         let base = "http://127.0.0.1:9/me/m/resolve/abc/f.json?x=1";
-        assert_eq!(resolve_location(base, "https://cdn.example/b?sig=1"), "https://cdn.example/b?sig=1");
+        assert_eq!(
+            resolve_location(base, "https://cdn.example/b?sig=1"),
+            "https://cdn.example/b?sig=1"
+        );
         assert_eq!(resolve_location(base, "//cdn.example/b"), "http://cdn.example/b");
         assert_eq!(
             resolve_location(base, "/api/resolve-cache/x"),
             "http://127.0.0.1:9/api/resolve-cache/x"
         );
-        assert_eq!(resolve_location(base, "g.json"), "http://127.0.0.1:9/me/m/resolve/abc/g.json");
+        assert_eq!(
+            resolve_location(base, "g.json"),
+            "http://127.0.0.1:9/me/m/resolve/abc/g.json"
+        );
         assert_eq!(resolve_location("http://h:1", "x"), "http://h:1/x");
     }
 }

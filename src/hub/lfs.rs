@@ -92,11 +92,9 @@ struct BatchError {
 pub fn upload_bar() -> ProgressBar {
     let pb = ProgressBar::new(0);
     pb.set_style(
-        indicatif::ProgressStyle::with_template(
-            "loraweld: uploading [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-        .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template("loraweld: uploading [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
     );
     pb
 }
@@ -406,7 +404,11 @@ mod tests {
         let sent = AtomicU64::new(0);
         let mut f = File::open(&p).unwrap();
         f.seek(SeekFrom::Start(1_000_000)).unwrap();
-        let n = std::io::copy(&mut Counting::new((&f).take(1_000_000), &sent, None), &mut std::io::sink()).unwrap();
+        let n = std::io::copy(
+            &mut Counting::new((&f).take(1_000_000), &sent, None),
+            &mut std::io::sink(),
+        )
+        .unwrap();
         assert_eq!((n, sent.load(Ordering::Relaxed)), (1_000_000, 1_000_000));
     }
 }

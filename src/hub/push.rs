@@ -306,7 +306,13 @@ impl Session {
                 });
             }
         }
-        let mut t = lfs::upload(&self.client, &self.opts.repo, self.lfs_ref(), &objects, self.bar.as_ref())?;
+        let mut t = lfs::upload(
+            &self.client,
+            &self.opts.repo,
+            self.lfs_ref(),
+            &objects,
+            self.bar.as_ref(),
+        )?;
         if let Some(b) = &self.bar {
             b.finish_and_clear();
         }
