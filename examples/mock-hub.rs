@@ -17,8 +17,9 @@
 //! files: 200 with `ETag` = git blob id; LFS files: 302 to a blob URL with `X-Linked-Etag` =
 //! sha256 and `X-Linked-Size`; `X-Repo-Commit` on both; `Range` honoured); `POST /api/validate-yaml`.
 //!
-//! For tests: `GET /_mock/stats` (counters: LFS objects stored, PUTs, commits, PUTs that carried an
-//! `Authorization` header), `POST /_mock/config` (`{"put_delay_ms": N, "fail_uploads_after": N|null,
+//! For tests: `GET /_mock/stats` (counters: LFS objects stored, PUTs, commits, PUTs and storage
+//! blob GETs that carried an `Authorization` header, resolve GETs that carried the token, the
+//! `User-Agent`s seen), `POST /_mock/config` (`{"put_delay_ms": N, "fail_uploads_after": N|null,
 //! "fail_next": [{"prefix": "/api/…", "status": 503, "count": 1}]}`).
 
 #![allow(dead_code)]
@@ -86,6 +87,18 @@ pub struct Stats {
     pub commits: u64,
     /// PUTs to presigned URLs that carried an `Authorization` header (a token leak).
     pub puts_with_authorization: u64,
+    /// `GET|HEAD /{repo}/resolve/...` on the Hub.
+    pub resolve_gets: u64,
+    /// Of those, the ones that carried a `Bearer` token.
+    pub resolve_gets_with_token: u64,
+    /// `GET|HEAD` of LFS blobs on the storage origin (where LFS resolves redirect).
+    pub blob_gets: u64,
+    /// Of those, the ones that carried an `Authorization` header (a token leak).
+    pub blob_gets_with_authorization: u64,
+    /// Of those, the ones with a `Range` header (a resumed download).
+    pub blob_gets_with_range: u64,
+    /// Every distinct `User-Agent` seen, in order of first use.
+    pub user_agents: Vec<String>,
     /// Requests answered with an injected failure.
     pub injected_failures: u64,
 }
@@ -348,6 +361,10 @@ fn route(state: &Mutex<State>, r: &Req) -> Answer {
     let lock = || state.lock().unwrap_or_else(|p| p.into_inner());
     {
         let mut st = lock();
+        let ua = r.headers.get("user-agent").cloned().unwrap_or_default();
+        if !st.stats.user_agents.contains(&ua) {
+            st.stats.user_agents.push(ua);
+        }
         if let Some(i) = st
             .cfg
             .fail_next
@@ -386,9 +403,18 @@ fn route(state: &Mutex<State>, r: &Req) -> Answer {
         }
         (Method::Put, ["_mock", "lfs", oid]) => lfs_put(state, r, oid),
         (Method::Post, ["_mock", "lfs", oid, "complete"]) => lfs_complete(&mut lock(), r, oid),
-        (Method::Get | Method::Head, ["_mock", "blobs", oid]) => blob(&lock(), r, oid),
+        (Method::Get | Method::Head, ["_mock", "blobs", oid]) => {
+            let mut st = lock();
+            st.stats.blob_gets += 1;
+            st.stats.blob_gets_with_authorization += u64::from(r.headers.contains_key("authorization"));
+            st.stats.blob_gets_with_range += u64::from(r.headers.contains_key("range"));
+            blob(&st, r, oid)
+        }
         (Method::Get | Method::Head, [o, n, "resolve", rev, rest @ ..]) if !rest.is_empty() => {
-            resolve(&lock(), r, &format!("{o}/{n}"), rev, &rest.join("/"))
+            let mut st = lock();
+            st.stats.resolve_gets += 1;
+            st.stats.resolve_gets_with_token += u64::from(r.bearer().is_some());
+            resolve(&st, r, &format!("{o}/{n}"), rev, &rest.join("/"))
         }
         _ => Answer::error(404, None, "Not Found"),
     }

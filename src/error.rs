@@ -155,16 +155,17 @@ pub enum Error {
         /// The cache directory searched.
         cache: PathBuf,
     },
-    /// A file download by hf-hub failed.
+    /// A file download failed (after retries).
     #[error("hub repo `{repo}`: downloading `{file}`")]
     HubDownload {
         /// The repo.
         repo: String,
         /// The file.
         file: String,
-        /// hf-hub's error.
+        /// What failed: [`Error::HubHttp`], [`Error::HubUnreachable`], [`Error::HubProtocol`]
+        /// or an I/O error on the cache.
         #[source]
-        source: Box<hf_hub::api::sync::ApiError>,
+        source: Box<Error>,
     },
     /// A push needs a token and none was found.
     #[error("hub repo `{repo}`: pushing needs a token: pass --token, set HF_TOKEN, or write one to $HF_HOME/token")]

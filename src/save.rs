@@ -95,7 +95,7 @@ pub fn save(opts: &SaveOptions) -> Result<SaveReport> {
             opts.base.as_deref(),
             adapter.config.base_model_name_or_path.as_deref(),
             &opts.hub,
-            Need::Base,
+            Need::Base(opts.variant.as_deref()),
         )?),
         // A lora save only needs the base for tokenizer files; it is optional.
         SaveMethod::Lora => resolve_base(

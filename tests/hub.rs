@@ -140,7 +140,7 @@ fn push_a_merge_then_download_it_by_repo_id_byte_for_byte() {
         tries: 5,
     };
     let repo = loraweld::hub::RepoRef::parse("mock-user/merged").unwrap();
-    let snap = loraweld::hub::fetch(&cfg, &repo, loraweld::hub::Need::Base).unwrap();
+    let snap = loraweld::hub::fetch(&cfg, &repo, loraweld::hub::Need::Base(None)).unwrap();
     assert!(
         snap.starts_with(home.join("hub/models--mock-user--merged/snapshots")),
         "{}",
@@ -425,5 +425,236 @@ fn hub_errors_are_one_line_and_transient_ones_are_retried() {
     assert_one_line_error(
         &String::from_utf8_lossy(&o.stderr),
         "--private: only with --push-to-hub",
+    );
+}
+
+/// The snapshot `refs/main` of a cached repo points at.
+fn snapshot(home: &Path, id: &str) -> PathBuf {
+    let dir = home.join("hub").join(format!("models--{}", id.replace('/', "--")));
+    let sha = std::fs::read_to_string(dir.join("refs/main")).unwrap();
+    dir.join("snapshots").join(sha.trim())
+}
+
+#[test]
+fn downloads_send_the_token_to_the_hub_only_and_resume() {
+    let w = Workdir::new();
+    let hub = hub();
+    let home = w.join("hf");
+    let lora = fixtures().join("lora");
+    ok(loraweld(
+        &hub,
+        &home,
+        &["push", lora.to_str().unwrap(), "mock-user/lora"],
+    ));
+
+    // Fetch the adapter by repo id with HF_TOKEN set: the Hub's resolve gets the token, the
+    // storage origin its LFS blob redirects to gets none.
+    let before = hub.stats();
+    let out = w.join("lora-out");
+    ok(loraweld(
+        &hub,
+        &home,
+        &["save", "mock-user/lora", out.to_str().unwrap(), "--save-method", "lora"],
+    ));
+    let s = hub.stats();
+    let resolves = s.resolve_gets - before.resolve_gets;
+    assert!(resolves >= 3, "config, card, weights: {s:?}");
+    assert_eq!(
+        s.resolve_gets_with_token - before.resolve_gets_with_token,
+        resolves,
+        "every Hub resolve carries the token"
+    );
+    assert!(s.blob_gets > before.blob_gets, "the LFS file came from storage: {s:?}");
+    assert_eq!(
+        s.blob_gets_with_authorization, 0,
+        "the token went to the storage origin"
+    );
+    // Every request (pushes and downloads) says who we are.
+    let ua = format!("loraweld/{}; rust/ureq", env!("CARGO_PKG_VERSION"));
+    assert_eq!(s.user_agents, vec![ua], "{:?}", s.user_agents);
+
+    // The cache holds what was pushed, byte for byte, in Python's layout.
+    let snap = snapshot(&home, "mock-user/lora");
+    let pushed_card = loraweld::hub::card::card_for(&lora, &[]).unwrap();
+    assert_eq!(std::fs::read_to_string(snap.join("README.md")).unwrap(), pushed_card);
+    for name in ["adapter_config.json", "adapter_model.safetensors"] {
+        assert_eq!(
+            std::fs::read(snap.join(name)).unwrap(),
+            std::fs::read(lora.join(name)).unwrap(),
+            "{name}"
+        );
+    }
+    let weights = snap.join("adapter_model.safetensors");
+    let (oid, size) = sha256(&lora.join("adapter_model.safetensors"));
+    assert_eq!(
+        std::fs::read_link(&weights).unwrap(),
+        PathBuf::from(format!("../../blobs/{oid}")),
+        "a relative link to the blob named by its sha256"
+    );
+    let blobs = home.join("hub/models--mock-user--lora/blobs");
+    let config_blob = std::fs::read_link(snap.join("adapter_config.json")).unwrap();
+    let config = std::fs::read(lora.join("adapter_config.json")).unwrap();
+    assert_eq!(
+        config_blob.file_name().unwrap().to_string_lossy(),
+        git_blob_oid(&config),
+        "a regular file's blob is named by its git blob id (its ETag)"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(&blobs)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.ends_with(".incomplete"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // An interrupted download resumes: half the blob left in `.incomplete`, the rest asked for
+    // with Range, and the result is the same bytes.
+    let bytes = std::fs::read(lora.join("adapter_model.safetensors")).unwrap();
+    std::fs::remove_file(&weights).unwrap();
+    std::fs::remove_file(blobs.join(&oid)).unwrap();
+    let half = (size / 2) as usize;
+    std::fs::write(blobs.join(format!("{oid}.incomplete")), &bytes[..half]).unwrap();
+    let cfg = loraweld::hub::HubConfig {
+        endpoint: hub.url.clone(),
+        cache_dir: home.join("hub"),
+        token: loraweld::hub::Token::new(TOKEN),
+        offline: false,
+        progress: false,
+        tries: 2,
+    };
+    let repo = loraweld::hub::RepoRef::parse("mock-user/lora").unwrap();
+    let ranged = hub.stats().blob_gets_with_range;
+    let got = loraweld::hub::fetch(&cfg, &repo, loraweld::hub::Need::Adapter).unwrap();
+    assert_eq!(got, snap);
+    assert_eq!(std::fs::read(&weights).unwrap(), bytes);
+    assert_eq!(hub.stats().blob_gets_with_range, ranged + 1);
+    assert!(!blobs.join(format!("{oid}.incomplete")).exists());
+    assert_eq!(hub.stats().blob_gets_with_authorization, 0);
+}
+
+fn git_blob_oid(content: &[u8]) -> String {
+    use sha1::Digest;
+    let mut h = sha1::Sha1::new();
+    h.update(format!("blob {}\0", content.len()).as_bytes());
+    h.update(content);
+    h.finalize().iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Copies the bf16 fixture base's weights into `dir` under the names `save_pretrained(variant=v)`
+/// gives them, and its configs and tokenizer as they are.
+fn variant_base(dir: &Path, v: &str, with_default: bool) {
+    let base = fixtures().join("base_bf16");
+    std::fs::create_dir_all(dir).unwrap();
+    for (name, bytes) in tree(&base) {
+        let weights = name.starts_with("model");
+        if !weights || with_default {
+            std::fs::write(dir.join(&name), &bytes).unwrap();
+        }
+        if let Some(rest) = name.strip_prefix("model-") {
+            std::fs::write(dir.join(format!("model.{v}-{rest}")), &bytes).unwrap();
+        }
+    }
+    let index = std::fs::read_to_string(base.join("model.safetensors.index.json")).unwrap();
+    let mut idx: serde_json::Value = serde_json::from_str(&index).unwrap();
+    for f in idx["weight_map"].as_object_mut().unwrap().values_mut() {
+        let name = f.as_str().unwrap().replacen("model-", &format!("model.{v}-"), 1);
+        *f = serde_json::Value::String(name);
+    }
+    std::fs::write(
+        dir.join(format!("model.safetensors.index.{v}.json")),
+        serde_json::to_string_pretty(&idx).unwrap(),
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_variant_base_is_fetched_by_its_own_file_names() {
+    let w = Workdir::new();
+    let hub = hub();
+    let home = w.join("hf");
+    let lora = fixtures().join("lora");
+    // The repo holds the default weights and the `v2` variant; the local copy only the variant.
+    let both = w.join("both");
+    variant_base(&both, "v2", true);
+    let only = w.join("only");
+    variant_base(&only, "v2", false);
+    ok(loraweld(&hub, &home, &["push", both.to_str().unwrap(), "mock-user/x"]));
+    let remote = hub.files("mock-user/x", "main").unwrap();
+    assert!(
+        remote.contains_key("model-00001-of-00003.safetensors")
+            && remote.contains_key("model.v2-00001-of-00003.safetensors")
+    );
+
+    let save = |base: &Path, out: &Path, variant: &str| {
+        vec![
+            "save".to_string(),
+            lora.display().to_string(),
+            out.display().to_string(),
+            "--base".into(),
+            base.display().to_string(),
+            "--variant".into(),
+            variant.into(),
+            "--max-shard-size".into(),
+            "2MB".into(),
+        ]
+    };
+    let from_hub = w.join("from-hub");
+    ok(loraweld(
+        &hub,
+        &home,
+        &strs(&save(Path::new("mock-user/x"), &from_hub, "v2")),
+    ));
+
+    // Only the variant's weights were fetched.
+    let snap = snapshot(&home, "mock-user/x");
+    let mut fetched: Vec<String> = std::fs::read_dir(&snap)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with("model"))
+        .collect();
+    fetched.sort();
+    assert_eq!(
+        fetched,
+        vec![
+            "model.safetensors.index.v2.json",
+            "model.v2-00001-of-00003.safetensors",
+            "model.v2-00002-of-00003.safetensors",
+            "model.v2-00003-of-00003.safetensors",
+        ]
+    );
+
+    // The same merge as from the local variant directory, and PEFT's bytes.
+    let local = w.join("local");
+    ok(loraweld(&hub, &home, &strs(&save(&only, &local, "v2"))));
+    let (a, b) = (tree(&from_hub), tree(&local));
+    let weights: Vec<&String> = a.keys().filter(|k| k.starts_with("model")).collect();
+    assert_eq!(weights.len(), 4, "{weights:?}");
+    for name in weights {
+        assert_eq!(a[name], b[name], "{name}");
+    }
+    for i in 1..=3 {
+        let name = format!("model-0000{i}-of-00003.safetensors");
+        assert_eq!(
+            a[&format!("model.v2-0000{i}-of-00003.safetensors")],
+            std::fs::read(fixtures().join("ref_merged_16bit").join(&name)).unwrap(),
+            "{name}"
+        );
+    }
+
+    // Offline, the variant's files are what is checked: present for v2, missing for v3.
+    let offline = w.join("offline");
+    let mut c = loraweld(&hub, &home, &strs(&save(Path::new("mock-user/x"), &offline, "v2")));
+    c.env("HF_HUB_OFFLINE", "1");
+    ok(c);
+    assert_eq!(
+        tree(&offline)["model.v2-00001-of-00003.safetensors"],
+        a["model.v2-00001-of-00003.safetensors"]
+    );
+    let mut c = loraweld(&hub, &home, &strs(&save(Path::new("mock-user/x"), &w.join("v3"), "v3")));
+    c.env("HF_HUB_OFFLINE", "1");
+    let o = run(c);
+    assert_eq!(o.status.code(), Some(2));
+    assert_one_line_error(
+        &String::from_utf8_lossy(&o.stderr),
+        "`model.v3.safetensors` is not in the cache",
     );
 }

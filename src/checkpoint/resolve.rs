@@ -117,7 +117,14 @@ mod tests {
         std::fs::create_dir_all(d.path().join("llama/base")).unwrap();
         std::fs::create_dir_all(d.path().join("llama/lora")).unwrap();
         let hub = offline(d.path());
-        let got = resolve_base(&d.path().join("llama/lora"), None, Some("llama/base"), &hub, Need::Base).unwrap();
+        let got = resolve_base(
+            &d.path().join("llama/lora"),
+            None,
+            Some("llama/base"),
+            &hub,
+            Need::Base(None),
+        )
+        .unwrap();
         assert_eq!(got, d.path().join("llama/base"));
     }
 
@@ -125,11 +132,18 @@ mod tests {
     fn hub_ids_go_to_the_hub_and_paths_are_not_found() {
         let d = tempfile::tempdir().unwrap();
         let hub = offline(d.path());
-        let e = resolve_base(d.path(), None, Some("unsloth/llama-3-8b-bnb-4bit"), &hub, Need::Base).unwrap_err();
+        let e = resolve_base(
+            d.path(),
+            None,
+            Some("unsloth/llama-3-8b-bnb-4bit"),
+            &hub,
+            Need::Base(None),
+        )
+        .unwrap_err();
         assert!(matches!(e, Error::HubOffline { .. }), "{e}");
-        let e = resolve_base(d.path(), None, Some("no/such/dir"), &hub, Need::Base).unwrap_err();
+        let e = resolve_base(d.path(), None, Some("no/such/dir"), &hub, Need::Base(None)).unwrap_err();
         assert!(matches!(e, Error::NotFound { .. }), "{e}");
-        let e = resolve_base(d.path(), None, None, &hub, Need::Base).unwrap_err();
+        let e = resolve_base(d.path(), None, None, &hub, Need::Base(None)).unwrap_err();
         assert!(e.to_string().contains("--base"), "{e}");
         let e = resolve_adapter(Path::new("me/adapter@v1"), &hub).unwrap_err();
         assert!(matches!(e, Error::HubOffline { .. }), "{e}");

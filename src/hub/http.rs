@@ -1,5 +1,6 @@
-//! One HTTP client for every Hub call we make ourselves (hf-hub does its own downloads): the
-//! token goes only to the Hub endpoint, never to presigned upload URLs; 408, 429, 5xx and
+//! One HTTP client for every Hub call, uploads and downloads: the token goes only to the Hub
+//! endpoint's origin, never to presigned upload URLs nor to the storage origin a download is
+//! redirected to (redirects are followed by [`super::download`], not by ureq); 408, 429, 5xx and
 //! transport errors are retried with backoff as `huggingface_hub.utils.http_backoff` does
 //! (1, 2, 4, 8 s; [`super::HubConfig::tries`], five by default; `Retry-After` honoured up to 30 s); a final error status becomes
 //! [`Error::HubHttp`] with the server's message.
@@ -25,6 +26,9 @@ pub(crate) fn is_retryable(status: u16) -> bool {
 /// The client: an agent that returns error statuses as responses, plus the token.
 pub(crate) struct Client {
     agent: Agent,
+    /// The same agent without redirects: downloads follow `Location` themselves, to decide per
+    /// hop whether the token may go along.
+    no_redirect: Agent,
     token: Option<Token>,
     tries: u32,
     /// The endpoint, for building API URLs.
@@ -36,15 +40,19 @@ pub(crate) struct Client {
 impl Client {
     /// A client for `repo` on the configured endpoint.
     pub fn new(cfg: &HubConfig, repo: &str) -> Self {
-        let agent: Agent = Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_connect(Some(Duration::from_secs(30)))
-            .timeout_recv_response(Some(Duration::from_secs(300)))
-            .user_agent(format!("loraweld/{}; rust/ureq", env!("CARGO_PKG_VERSION")))
-            .build()
-            .into();
+        let agent = |max_redirects: u32| -> Agent {
+            Agent::config_builder()
+                .http_status_as_error(false)
+                .max_redirects(max_redirects)
+                .timeout_connect(Some(Duration::from_secs(30)))
+                .timeout_recv_response(Some(Duration::from_secs(300)))
+                .user_agent(user_agent())
+                .build()
+                .into()
+        };
         Client {
-            agent,
+            agent: agent(10),
+            no_redirect: agent(0),
             token: cfg.token.clone(),
             tries: cfg.tries.max(1),
             endpoint: cfg.endpoint.clone(),
@@ -69,12 +77,39 @@ impl Client {
         &self,
         op: &'static str,
         url: &str,
+        attempt: impl FnMut(&Agent) -> std::result::Result<Response<Body>, ureq::Error>,
+    ) -> Result<Response<Body>> {
+        self.run_on(&self.agent, op, url, attempt)
+    }
+
+    /// GET `url` without following redirects (a 3xx comes back as is), retried like
+    /// [`Client::run`], unchecked. The token goes along only when `url` is on the endpoint's
+    /// origin; `range_from` asks for the bytes from there on.
+    pub fn get_no_redirect(&self, op: &'static str, url: &str, range_from: Option<u64>) -> Result<Response<Body>> {
+        let auth = self.auth_header().filter(|_| same_origin(url, &self.endpoint));
+        self.run_on(&self.no_redirect, op, url, |a| {
+            let mut rq = a.get(url);
+            if let Some(h) = &auth {
+                rq = rq.header("authorization", h);
+            }
+            if let Some(n) = range_from {
+                rq = rq.header("range", format!("bytes={n}-"));
+            }
+            rq.call()
+        })
+    }
+
+    fn run_on(
+        &self,
+        agent: &Agent,
+        op: &'static str,
+        url: &str,
         mut attempt: impl FnMut(&Agent) -> std::result::Result<Response<Body>, ureq::Error>,
     ) -> Result<Response<Body>> {
         let mut wait = BASE_WAIT;
         let tries = self.tries;
         for n in 1..=tries {
-            match attempt(&self.agent) {
+            match attempt(agent) {
                 Ok(r) if n < tries && is_retryable(r.status().as_u16()) => {
                     let after = r
                         .headers()
@@ -202,8 +237,57 @@ fn is_transient(e: &ureq::Error) -> bool {
 }
 
 /// A URL without its query (presigned URLs carry signatures there).
-fn strip_query(url: &str) -> String {
+pub(crate) fn strip_query(url: &str) -> String {
     url.split('?').next().unwrap_or(url).to_string()
+}
+
+/// What every request sends as `User-Agent`.
+pub(crate) fn user_agent() -> String {
+    format!("loraweld/{}; rust/ureq", env!("CARGO_PKG_VERSION"))
+}
+
+/// Scheme, host and port of an absolute URL (lowercase; the scheme's default port filled in).
+fn origin(url: &str) -> Option<(String, String, u16)> {
+    let uri: ureq::http::Uri = url.parse().ok()?;
+    let scheme = uri.scheme_str()?.to_ascii_lowercase();
+    let host = uri.host()?.to_ascii_lowercase();
+    let port = match (uri.port_u16(), scheme.as_str()) {
+        (Some(p), _) => p,
+        (None, "http") => 80,
+        (None, "https") => 443,
+        (None, _) => return None,
+    };
+    Some((scheme, host, port))
+}
+
+/// Whether `url` has the same origin (scheme, host, port) as `endpoint`: where the token may go.
+/// Anything unparsable is another origin.
+pub(crate) fn same_origin(url: &str, endpoint: &str) -> bool {
+    match (origin(url), origin(endpoint)) {
+        (Some(a), Some(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// Where a `Location` header sends a request for `base`: an absolute URL as is, a
+/// scheme-relative one with `base`'s scheme, a path on `base`'s origin, or a path relative to
+/// `base`'s directory.
+pub(crate) fn resolve_location(base: &str, location: &str) -> String {
+    let location = location.trim();
+    if location.contains("://") && !location.starts_with('/') {
+        return location.to_string();
+    }
+    let (scheme, rest) = base.split_once("://").unwrap_or(("http", base));
+    if let Some(l) = location.strip_prefix("//") {
+        return format!("{scheme}://{l}");
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+    if location.starts_with('/') {
+        return format!("{scheme}://{authority}{location}");
+    }
+    let path = rest[authority.len()..].split(['?', '#']).next().unwrap_or("");
+    let dir = path.rfind('/').map_or("/", |i| &path[..=i]);
+    format!("{scheme}://{authority}{dir}{location}")
 }
 
 #[cfg(test)]
@@ -219,5 +303,39 @@ mod tests {
             assert!(!is_retryable(s), "{s}");
         }
         assert_eq!(strip_query("http://h/x?sig=secret"), "http://h/x");
+    }
+
+    #[test]
+    fn the_token_goes_to_the_endpoint_origin_only() {
+        let hub = "https://huggingface.co";
+        assert!(same_origin("https://huggingface.co/a/b/resolve/x/f", hub));
+        assert!(same_origin("https://HuggingFace.co:443/api", hub));
+        assert!(!same_origin("https://cdn-lfs.huggingface.co/x", hub));
+        assert!(!same_origin("http://huggingface.co/x", hub));
+        assert!(!same_origin("https://huggingface.co:8443/x", hub));
+        assert!(!same_origin("https://huggingface.co.evil.example/x", hub));
+        assert!(!same_origin("https://huggingface.co@evil.example/x", hub));
+        assert!(!same_origin("not a url", hub));
+        assert!(same_origin("http://127.0.0.1:8080/x", "http://127.0.0.1:8080"));
+        assert!(!same_origin("http://127.0.0.1:8081/x", "http://127.0.0.1:8080"));
+    }
+
+    #[test]
+    fn locations_resolve_against_the_request() {
+        let base = "http://127.0.0.1:9/me/m/resolve/abc/f.json?x=1";
+        assert_eq!(
+            resolve_location(base, "https://cdn.example/b?sig=1"),
+            "https://cdn.example/b?sig=1"
+        );
+        assert_eq!(resolve_location(base, "//cdn.example/b"), "http://cdn.example/b");
+        assert_eq!(
+            resolve_location(base, "/api/resolve-cache/x"),
+            "http://127.0.0.1:9/api/resolve-cache/x"
+        );
+        assert_eq!(
+            resolve_location(base, "g.json"),
+            "http://127.0.0.1:9/me/m/resolve/abc/g.json"
+        );
+        assert_eq!(resolve_location("http://h:1", "x"), "http://h:1/x");
     }
 }

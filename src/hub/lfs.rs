@@ -3,14 +3,15 @@
 //! already: skip, which is what makes a re-run resume), an error, or an `upload` action (a basic
 //! PUT, or multipart: `chunk_size` plus one presigned URL per part, then a completion POST with the
 //! parts' ETags) and an optional `verify` action. Bodies stream from the file; nothing holds a
-//! whole shard in memory.
+//! whole shard in memory. Bytes are counted as a body is read, for the upload progress bar.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
+use indicatif::ProgressBar;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -86,9 +87,53 @@ struct BatchError {
     message: String,
 }
 
+/// The upload bar: bytes sent of the bytes to send so far (its length grows as batches name
+/// what the server lacks).
+pub fn upload_bar() -> ProgressBar {
+    let pb = ProgressBar::new(0);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("loraweld: uploading [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    pb
+}
+
+/// A request body that counts its bytes as the HTTP client reads them: into `sent` (this try's
+/// count, taken back from the bar if the try fails) and onto the bar.
+pub(crate) struct Counting<'a, R> {
+    inner: R,
+    sent: &'a AtomicU64,
+    bar: Option<&'a ProgressBar>,
+}
+
+impl<'a, R> Counting<'a, R> {
+    pub fn new(inner: R, sent: &'a AtomicU64, bar: Option<&'a ProgressBar>) -> Self {
+        Counting { inner, sent, bar }
+    }
+}
+
+impl<R: Read> Read for Counting<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.sent.fetch_add(n as u64, Ordering::Relaxed);
+        if let Some(b) = self.bar {
+            b.inc(n as u64);
+        }
+        Ok(n)
+    }
+}
+
 /// Uploads `objects` (sha256 known), skipping those the server already stores. `revision` is
 /// the branch (`ref` in the batch call), `None` for a pull request, as `huggingface_hub` does.
-pub fn upload(c: &Client, id: &str, revision: Option<&str>, objects: &[LfsObject]) -> Result<Transferred> {
+/// `bar`, when given, grows by what is to be sent and advances as it goes.
+pub fn upload(
+    c: &Client,
+    id: &str,
+    revision: Option<&str>,
+    objects: &[LfsObject],
+    bar: Option<&ProgressBar>,
+) -> Result<Transferred> {
     let url = format!("{}/{id}.git/info/lfs/objects/batch", c.endpoint);
     let mut done = Transferred::default();
     for chunk in objects.chunks(256) {
@@ -104,6 +149,18 @@ pub fn upload(c: &Client, id: &str, revision: Option<&str>, objects: &[LfsObject
         let r = c.post_json_raw("lfs batch", &url, LFS_JSON, &body)?;
         let r = c.check("lfs batch", r)?;
         let answer: BatchAnswer = c.json("lfs batch", r)?;
+        if let Some(b) = bar {
+            let to_send: u64 = chunk
+                .iter()
+                .filter(|o| {
+                    answer.objects.iter().any(|a| {
+                        a.oid == o.oid && a.error.is_none() && a.actions.as_ref().is_some_and(|x| x.upload.is_some())
+                    })
+                })
+                .map(|o| o.size)
+                .sum();
+            b.inc_length(to_send);
+        }
         for obj in chunk {
             let Some(a) = answer.objects.iter().find(|a| a.oid == obj.oid) else {
                 return Err(c.protocol("lfs batch", format!("no answer for object {}", obj.oid)));
@@ -123,7 +180,7 @@ pub fn upload(c: &Client, id: &str, revision: Option<&str>, objects: &[LfsObject
             match a.actions.as_ref().and_then(|x| x.upload.as_ref()) {
                 None => done.skipped += 1,
                 Some(up) => {
-                    transfer(c, obj, up)?;
+                    transfer(c, obj, up, bar)?;
                     if let Some(v) = a.actions.as_ref().and_then(|x| x.verify.as_ref()) {
                         verify(c, obj, v)?;
                     }
@@ -137,9 +194,9 @@ pub fn upload(c: &Client, id: &str, revision: Option<&str>, objects: &[LfsObject
 }
 
 /// Sends one object: multipart when the action carries `chunk_size`, else one PUT.
-fn transfer(c: &Client, obj: &LfsObject, up: &Action) -> Result<()> {
+fn transfer(c: &Client, obj: &LfsObject, up: &Action, bar: Option<&ProgressBar>) -> Result<()> {
     let Some(chunk) = up.header.get("chunk_size") else {
-        put_range(c, &up.href, &obj.local, 0, obj.size)?;
+        put_range(c, &up.href, &obj.local, 0, obj.size, bar)?;
         return Ok(());
     };
     let chunk_size = match chunk {
@@ -190,7 +247,7 @@ fn transfer(c: &Client, obj: &LfsObject, up: &Action) -> Result<()> {
                     let (n, href) = parts[i];
                     let start = i as u64 * chunk_size;
                     let len = chunk_size.min(obj.size - start);
-                    let r = put_range(c, href, &obj.local, start, len).and_then(|etag| {
+                    let r = put_range(c, href, &obj.local, start, len, bar).and_then(|etag| {
                         etag.ok_or_else(|| {
                             c.protocol("lfs multipart", format!("part {n} of {}: no ETag", obj.local.display()))
                         })
@@ -239,11 +296,24 @@ fn transfer(c: &Client, obj: &LfsObject, up: &Action) -> Result<()> {
 
 /// PUTs `len` bytes of `path` from `start` to a presigned URL (no token), streaming from disk;
 /// returns the ETag.
-fn put_range(c: &Client, href: &str, path: &Path, start: u64, len: u64) -> Result<Option<String>> {
+fn put_range(
+    c: &Client,
+    href: &str,
+    path: &Path,
+    start: u64,
+    len: u64,
+    bar: Option<&ProgressBar>,
+) -> Result<Option<String>> {
     let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
+    let sent = AtomicU64::new(0);
     let r = c.run("lfs upload", href, |a| {
+        // A retry sends the range again: take the failed try's bytes back off the bar.
+        let before = sent.swap(0, Ordering::Relaxed);
+        if let (Some(b), true) = (bar, before > 0) {
+            b.dec(before);
+        }
         f.seek(SeekFrom::Start(start)).map_err(ureq::Error::Io)?;
-        let mut body = (&f).take(len);
+        let mut body = Counting::new((&f).take(len), &sent, bar);
         a.put(href)
             .header("content-length", len.to_string())
             .send(ureq::SendBody::from_reader(&mut body))
@@ -304,5 +374,41 @@ mod tests {
         let (oid, n) = sha256_file(&p).unwrap();
         assert_eq!(oid, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
         assert_eq!(n, 3);
+    }
+
+    #[test]
+    fn the_counting_reader_adds_up_to_what_was_read() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("f");
+        let bytes: Vec<u8> = (0..3_000_001u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&p, &bytes).unwrap();
+        let sent = AtomicU64::new(0);
+        let bar = ProgressBar::hidden();
+        bar.set_length(bytes.len() as u64);
+        let f = File::open(&p).unwrap();
+        let mut r = Counting::new(&f, &sent, Some(&bar));
+        // Small reads, as the HTTP client makes them: every byte counted once.
+        let mut buf = [0u8; 4096];
+        let mut got = Vec::new();
+        loop {
+            let n = r.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(got, bytes);
+        assert_eq!(sent.load(Ordering::Relaxed), bytes.len() as u64);
+        assert_eq!(bar.position(), bytes.len() as u64);
+        // A range of the file (a multipart part) counts only its own bytes.
+        let sent = AtomicU64::new(0);
+        let mut f = File::open(&p).unwrap();
+        f.seek(SeekFrom::Start(1_000_000)).unwrap();
+        let n = std::io::copy(
+            &mut Counting::new((&f).take(1_000_000), &sent, None),
+            &mut std::io::sink(),
+        )
+        .unwrap();
+        assert_eq!((n, sent.load(Ordering::Relaxed)), (1_000_000, 1_000_000));
     }
 }

@@ -120,6 +120,18 @@ pub struct Session {
     hashed: Mutex<HashMap<String, (String, u64)>>,
     /// Transfers made by `upload_early`.
     early: Mutex<Transferred>,
+    /// The upload bar, when [`HubConfig::progress`] is set: every LFS byte of the push, early
+    /// or not.
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // A push that failed leaves no half-drawn bar above its error line.
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
 }
 
 impl Session {
@@ -153,6 +165,7 @@ impl Session {
             username,
             hashed: Mutex::new(HashMap::new()),
             early: Mutex::new(Transferred::default()),
+            bar: hub.progress.then(lfs::upload_bar),
         })
     }
 
@@ -192,7 +205,7 @@ impl Session {
                 oid,
                 size,
             };
-            let t = lfs::upload(&self.client, &self.opts.repo, self.lfs_ref(), &[obj])?;
+            let t = lfs::upload(&self.client, &self.opts.repo, self.lfs_ref(), &[obj], self.bar.as_ref())?;
             *self.early.lock().unwrap_or_else(|p| p.into_inner()) += t;
         }
         Ok(())
@@ -293,7 +306,16 @@ impl Session {
                 });
             }
         }
-        let mut t = lfs::upload(&self.client, &self.opts.repo, self.lfs_ref(), &objects)?;
+        let mut t = lfs::upload(
+            &self.client,
+            &self.opts.repo,
+            self.lfs_ref(),
+            &objects,
+            self.bar.as_ref(),
+        )?;
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
         let early = *self.early.lock().unwrap_or_else(|p| p.into_inner());
         // Objects sent early show up as "skipped" in the final batch: count them once, as sent.
         t.skipped = t.skipped.saturating_sub(early.uploaded);
