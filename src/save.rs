@@ -120,7 +120,9 @@ pub fn save(opts: &SaveOptions) -> Result<SaveReport> {
     }
 
     let ck = match (opts.save_method, &base_dir) {
-        (SaveMethod::Merged16bit | SaveMethod::Merged4bit, Some(b)) => Some(Checkpoint::open(b)?),
+        (SaveMethod::Merged16bit | SaveMethod::Merged4bit, Some(b)) => {
+            Some(Checkpoint::open_variant(b, opts.variant.as_deref())?)
+        }
         _ => None,
     };
     let mut plan = match &ck {

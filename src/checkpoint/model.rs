@@ -97,7 +97,16 @@ fn check_shard_name(index: &Path, dir: &Path, name: &str) -> Result<PathBuf> {
 /// holds (`model.safetensors.index.NAME.json`, `model.NAME.safetensors`, as `save_pretrained
 /// (variant=NAME)` and `--variant` write them; a Hub fetch with `--variant` brings only those).
 /// Two variants and no default weights is ambiguous, and refused.
-fn weight_paths(dir: &Path) -> Result<(PathBuf, PathBuf)> {
+fn weight_paths(dir: &Path, variant: Option<&str>) -> Result<(PathBuf, PathBuf)> {
+    // `--variant NAME`: that variant's files when the directory has them (a base may lack
+    // them: then the variant names only the output files, and the default weights are read).
+    if let Some(v) = variant {
+        let (index, single) = crate::hub::download::weight_files(Some(v));
+        let (index, single) = (dir.join(index), dir.join(single));
+        if index.is_file() || single.is_file() {
+            return Ok((index, single));
+        }
+    }
     let default = (dir.join("model.safetensors.index.json"), dir.join("model.safetensors"));
     if default.0.is_file() || default.1.is_file() {
         return Ok(default);
@@ -167,6 +176,12 @@ fn in_hf_cache_blobs(real: &Path, dir: &Path) -> bool {
 impl Checkpoint {
     /// Opens a model directory (single file or sharded), validating every header.
     pub fn open(dir: &Path) -> Result<Self> {
+        Self::open_variant(dir, None)
+    }
+
+    /// [`Checkpoint::open`], reading weight variant `variant` (`model.safetensors.index.NAME.json`
+    /// or `model.NAME.safetensors`) when the directory holds it.
+    pub fn open_variant(dir: &Path, variant: Option<&str>) -> Result<Self> {
         if !dir.is_dir() {
             return Err(Error::NotFound {
                 path: dir.to_path_buf(),
@@ -178,7 +193,7 @@ impl Checkpoint {
         } else {
             None
         };
-        let (index_path, single) = weight_paths(dir)?;
+        let (index_path, single) = weight_paths(dir, variant)?;
         let mut files: Vec<PathBuf> = Vec::new();
         let mut expected: Option<Vec<(String, String)>> = None;
         if index_path.is_file() {
@@ -328,5 +343,38 @@ mod tests {
         std::fs::write(d.path().join("pytorch_model.bin"), b"x").unwrap();
         let e = Checkpoint::open(d.path()).unwrap_err();
         assert!(e.to_string().contains("convert to safetensors"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod variant_tests {
+    use super::*;
+
+    /// `--variant NAME` reads that variant's files when the directory also holds the default
+    /// ones, and the default ones when it lacks the variant.
+    #[test]
+    fn a_variant_is_read_when_present() {
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llama/base_bf16");
+        let d = tempfile::tempdir().unwrap();
+        for e in std::fs::read_dir(&fixture).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), d.path().join(e.file_name())).unwrap();
+        }
+        std::fs::copy(
+            fixture.join("model-00003-of-00003.safetensors"),
+            d.path().join("model.v2.safetensors"),
+        )
+        .unwrap();
+        let names = |c: &Checkpoint| -> Vec<String> {
+            c.files()
+                .iter()
+                .map(|p| p.file_name().unwrap().to_string_lossy().to_string())
+                .collect()
+        };
+        let v2 = Checkpoint::open_variant(d.path(), Some("v2")).unwrap();
+        assert_eq!(names(&v2), ["model.v2.safetensors"]);
+        let default = Checkpoint::open_variant(d.path(), Some("v3")).unwrap();
+        assert_eq!(names(&default).len(), 3);
+        assert_eq!(names(&Checkpoint::open(d.path()).unwrap()), names(&default));
     }
 }

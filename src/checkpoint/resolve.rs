@@ -149,7 +149,7 @@ mod tests {
         assert!(matches!(e, Error::HubOffline { .. }), "{e}");
         let cfg = d.path().join("config.json");
         std::fs::write(&cfg, "{}").unwrap();
-        let e = resolve_base(d.path(), Some(&cfg), None, &hub, Need::Base).unwrap_err();
+        let e = resolve_base(d.path(), Some(&cfg), None, &hub, Need::Base(None)).unwrap_err();
         assert!(
             e.to_string()
                 .contains("config.json: is a file; --base expects a model directory"),

@@ -118,31 +118,11 @@ pub fn fetch(cfg: &HubConfig, repo: &RepoRef, need: Need) -> Result<PathBuf> {
             } else {
                 return Err(no_weights(repo, &single, &names));
             }
-            one_set_of_weights(&snapshot, variant)?;
         }
         Need::Tokenizer => {}
     }
     write_ref(cfg, repo, &info.sha)?;
     Ok(snapshot)
-}
-
-/// The reader opens the default weights when a directory has them, whatever `--variant` says
-/// (it only falls back to a variant's files when there are no default ones): a snapshot that
-/// also holds the default weights, from an earlier fetch of the same commit, would silently give
-/// the wrong base, so it is refused.
-fn one_set_of_weights(snapshot: &Path, variant: Option<&str>) -> Result<()> {
-    let Some(v) = variant else {
-        return Ok(());
-    };
-    match [INDEX, SINGLE].into_iter().find(|f| snapshot.join(f).exists()) {
-        None => Ok(()),
-        Some(f) => Err(Error::Unsupported {
-            path: snapshot.to_path_buf(),
-            what: format!(
-                "the snapshot holds the default weights (`{f}`) beside variant `{v}`, and the default ones would be read: save without --variant, or from a directory that holds only the variant"
-            ),
-        }),
-    }
 }
 
 /// Downloads files of one commit into the cache.
@@ -509,7 +489,6 @@ fn fetch_offline(cfg: &HubConfig, repo: &RepoRef, need: Need) -> Result<PathBuf>
             } else {
                 need_file(&single)?;
             }
-            one_set_of_weights(&snapshot, variant)?;
         }
         Need::Tokenizer => {
             if !snapshot.is_dir() {
@@ -756,9 +735,7 @@ mod tests {
             "{e}"
         );
         std::fs::write(snap.join("model.v2-00002-of-00002.safetensors"), b"x").unwrap();
-        let e = fetch(&cfg, &repo, Need::Base(Some("v2"))).unwrap_err();
-        assert!(matches!(&e, Error::Unsupported { .. }), "{e}");
-        std::fs::remove_file(snap.join("model.safetensors")).unwrap();
+        // The default weights beside the variant are fine: the reader takes the variant's.
         assert_eq!(fetch(&cfg, &repo, Need::Base(Some("v2"))).unwrap(), snap);
     }
 }
