@@ -258,12 +258,12 @@ pub fn save(opts: &SaveOptions) -> Result<SaveReport> {
     );
     resume::write_manifest(
         staging.path(),
-        &resume::manifest(&run, &plan, &done.lock().map_err(poisoned)?.clone()),
+        &resume::manifest(&run, &plan, &done.lock().map_err(poisoned)?.clone(), staging.path()),
     )?;
     let record = |_: &Path, r: &ShardResult| {
         if let Ok(mut d) = done.lock() {
             d.insert(r.file.clone(), r.clone());
-            let _ = resume::write_manifest(staging.path(), &resume::manifest(&run, &plan, &d));
+            let _ = resume::write_manifest(staging.path(), &resume::manifest(&run, &plan, &d, staging.path()));
         }
     };
     let kept_paths: Vec<PathBuf> = kept.iter().flatten().map(|r| staging.path().join(&r.file)).collect();
@@ -511,7 +511,7 @@ fn finish(
         "resumed_shards": report.resumed_shards,
         "warnings": report.warnings,
     });
-    resume::write_manifest(dir, &resume::final_manifest(run, plan, &done, &files, recorded))?;
+    resume::write_manifest(dir, &resume::final_manifest(run, plan, &done, dir, &files, recorded))?;
     Ok(files)
 }
 

@@ -156,3 +156,49 @@ fn send_signal(pid: u32, sig: i32) {
         .arg(pid.to_string())
         .status();
 }
+
+/// A kept shard is trusted by its recorded size and mtime without being read back; one changed
+/// since (same size, new mtime) is hashed, found different, and written again.
+#[test]
+fn kept_shards_are_trusted_only_while_unchanged() {
+    let w = Workdir::new();
+    let out = w.join("merged");
+    let args = |json: bool| {
+        let mut v: Vec<std::ffi::OsString> = vec![
+            "save".into(),
+            crate::util::fixtures().join("lora").into(),
+            out.clone().into(),
+            "--max-shard-size".into(),
+            "2MB".into(),
+        ];
+        if json {
+            v.push("--json".into());
+        }
+        v
+    };
+    crate::util::LoraweldCommand::new(args(false)).ok();
+    let want = weights(&out);
+    let shards: Vec<&String> = want
+        .iter()
+        .map(|(n, _)| n)
+        .filter(|n| n.starts_with("model-"))
+        .collect();
+    assert_eq!(shards.len(), 3);
+    // Make it look like a run stopped after every shard was done, then damage one shard.
+    let staging = w.join(".merged.loraweld-partial");
+    std::fs::rename(&out, &staging).unwrap();
+    let first = staging.join(shards[0]);
+    let mut bytes = std::fs::read(&first).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    std::fs::write(&first, &bytes).unwrap();
+    std::fs::remove_file(staging.join(shards[2])).unwrap();
+    let r: serde_json::Value = serde_json::from_str(&crate::util::LoraweldCommand::new(args(true)).ok()).unwrap();
+    assert_eq!(r["resumed_shards"], 1, "only the untouched shard is kept: {r}");
+    assert_eq!(
+        weights(&out),
+        want,
+        "the damaged and the missing shard were written again"
+    );
+}

@@ -92,9 +92,11 @@ struct BatchError {
 pub fn upload_bar() -> ProgressBar {
     let pb = ProgressBar::new(0);
     pb.set_style(
-        indicatif::ProgressStyle::with_template("loraweld: uploading [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template(
+            "loraweld: uploading [{bar:30}] {decimal_bytes}/{decimal_total_bytes} {decimal_bytes_per_sec}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
     );
     pb
 }

@@ -78,9 +78,9 @@ impl RunKey {
     }
 }
 
-/// The manifest for `plan`, with `done` shards (by file name) marked finished.
-pub fn manifest(run: &RunKey, plan: &Plan, done: &BTreeMap<String, ShardResult>) -> String {
-    dumps_indent2(&manifest_value(run, plan, done), false) + "\n"
+/// The manifest for `plan` in `dir`, with `done` shards (by file name) marked finished.
+pub fn manifest(run: &RunKey, plan: &Plan, done: &BTreeMap<String, ShardResult>, dir: &Path) -> String {
+    dumps_indent2(&manifest_value(run, plan, done, dir), false) + "\n"
 }
 
 /// The manifest of a finished save: also every file in the directory (the manifest itself
@@ -90,10 +90,11 @@ pub fn final_manifest(
     run: &RunKey,
     plan: &Plan,
     done: &BTreeMap<String, ShardResult>,
+    dir: &Path,
     files: &[String],
     report: Value,
 ) -> String {
-    let mut v = manifest_value(run, plan, done);
+    let mut v = manifest_value(run, plan, done, dir);
     let mut all: Vec<String> = files.to_vec();
     all.extend(plan.shards.iter().map(|s| s.file_name.clone()));
     all.push(MANIFEST.to_string());
@@ -106,7 +107,15 @@ pub fn final_manifest(
     dumps_indent2(&v, false) + "\n"
 }
 
-fn manifest_value(run: &RunKey, plan: &Plan, done: &BTreeMap<String, ShardResult>) -> Value {
+/// A file's modification time in nanoseconds: with its size, what tells a kept shard is the one
+/// this run finished (any rewrite changes it) without reading it back.
+fn mtime_ns(path: &Path) -> Option<u64> {
+    let md = std::fs::metadata(path).ok()?;
+    let t = md.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?;
+    u64::try_from(t.as_nanos()).ok()
+}
+
+fn manifest_value(run: &RunKey, plan: &Plan, done: &BTreeMap<String, ShardResult>, dir: &Path) -> Value {
     let shards: Vec<Value> = plan
         .shards
         .iter()
@@ -117,6 +126,7 @@ fn manifest_value(run: &RunKey, plan: &Plan, done: &BTreeMap<String, ShardResult
                 "header_blake3": blake3::hash(&s.header).to_hex().to_string(),
                 "bytes": s.file_len,
                 "blake3": d.map(|r| r.blake3.clone()),
+                "mtime_ns": d.and_then(|_| mtime_ns(&dir.join(&s.file_name))),
                 "done": d.is_some(),
             })
         })
@@ -192,8 +202,18 @@ pub fn up_to_date(out: &Path, run: &RunKey) -> Option<Finished> {
     })
 }
 
+/// Whether the file at `path` begins with `head`.
+fn starts_with(path: &Path, head: &[u8]) -> bool {
+    use std::io::Read;
+    let mut got = vec![0u8; head.len()];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut got))
+        .is_ok_and(|_| got == head)
+}
+
 /// Shards of an interrupted run in `staging` that can be kept: same fingerprint, same planned
-/// header, and a file whose size and blake3 match the manifest. Everything else in `staging`
+/// header, and a file whose size and mtime are those recorded when it was finished (and which
+/// starts with the planned header), or else whose size and blake3 match the manifest. Everything else in `staging`
 /// is removed. Returns one entry per planned shard.
 pub fn reusable(staging: &Path, run: &RunKey, plan: &Plan) -> Result<Vec<Option<ShardResult>>> {
     let mut keep: Vec<Option<ShardResult>> = vec![None; plan.shards.len()];
@@ -218,8 +238,20 @@ pub fn reusable(staging: &Path, run: &RunKey, plan: &Plan) -> Result<Vec<Option<
                 continue;
             };
             let path = staging.join(&s.file_name);
-            let Ok(mf) = MappedFile::open(&path) else { continue };
-            if mf.bytes().len() as u64 == s.file_len && blake3::hash(mf.bytes()).to_hex().as_str() == want {
+            // The shard was synced before it was marked done, and its size and mtime were
+            // recorded then: unchanged, with the planned header in place, it is that file, and
+            // is not read back (it was written with O_DIRECT, so reading it would come from the
+            // disk, and made resuming slower than starting afresh). Otherwise: hash it all.
+            let recorded = e.get("mtime_ns").and_then(Value::as_u64);
+            let unchanged = recorded.is_some()
+                && recorded == mtime_ns(&path)
+                && std::fs::metadata(&path).is_ok_and(|m| m.len() == s.file_len)
+                && starts_with(&path, &s.header);
+            let verified = unchanged || {
+                let Ok(mf) = MappedFile::open(&path) else { continue };
+                mf.bytes().len() as u64 == s.file_len && blake3::hash(mf.bytes()).to_hex().as_str() == want
+            };
+            if verified {
                 keep[i] = Some(ShardResult {
                     file: s.file_name.clone(),
                     bytes: s.file_len,
