@@ -9,7 +9,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use loraweld::compute::cpu::CpuBackend;
 use loraweld::compute::simd::Isa;
 use loraweld::compute::{Backend, BaseRows, LoraRows, MergeTile};
-use loraweld::quant::bnb::{AbsmaxRef, QuantView, NF4};
+use loraweld::format::bnb::{AbsmaxRef, QuantView, NF4};
 use loraweld::FloatDtype;
 
 fn bench(c: &mut Criterion) {

@@ -4,7 +4,7 @@
 //!     cargo run --release --example dynamic-exhaustive
 use std::time::Instant;
 
-use loraweld::quant::encode::{dynamic_map, nearest_dynamic, DynamicCoder};
+use loraweld::format::encode::{dynamic_map, nearest_dynamic, DynamicCoder};
 use rayon::prelude::*;
 
 fn main() {

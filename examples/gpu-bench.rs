@@ -26,7 +26,7 @@ fn run() -> loraweld::Result<()> {
     use loraweld::compute::cuda::bench::Bench;
     use loraweld::compute::cuda::CudaBackend;
     use loraweld::compute::{Backend, BaseRows, LoraRows, MergeTile};
-    use loraweld::quant::bnb::{AbsmaxRef, QuantView, NF4};
+    use loraweld::format::bnb::{AbsmaxRef, QuantView, NF4};
     use loraweld::{FloatDtype, MemoryBudget};
     use std::time::Instant;
 

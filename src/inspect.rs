@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 
 use crate::checkpoint::adapter::{parse_key, AdapterTensorKind};
 use crate::checkpoint::model::Shard;
-use crate::checkpoint::safetensors::TensorInfo;
 use crate::checkpoint::{Adapter, Checkpoint};
 use crate::error::{Error, Result};
-use crate::options::ShardOrder;
-use crate::plan::{find_quantized, is_quant_helper, plan_merged, MergeOpts};
+use crate::format::safetensors::TensorInfo;
+use crate::job::Job;
+use crate::plan::{find_quantized, is_quant_helper, plan_merged};
 
 /// One listed tensor.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -147,15 +147,7 @@ pub fn inspect(path: &Path, base: Option<&Path>) -> Result<InspectReport> {
         let coverage = match base {
             Some(b) => {
                 let ck = Checkpoint::open(b)?;
-                let opts = MergeOpts {
-                    dtype: None,
-                    max_shard_size: 5_000_000_000,
-                    order: ShardOrder::Natural,
-                    variant: None,
-                    untie_embeddings: false,
-                    quantize: None,
-                };
-                Some(match plan_merged(&ck, &a, &opts) {
+                Some(match plan_merged(&ck, &a, &Job::merged_16bit()) {
                     Ok(p) => format!(
                         "covers {}: {} tensors merged, {} copied, {} dequantized; {} output tensors",
                         b.display(),

@@ -19,13 +19,14 @@
 pub mod checkpoint;
 pub mod compute;
 pub mod error;
+pub mod format;
 pub mod hub;
 pub mod inspect;
+pub mod job;
 pub mod options;
 pub mod pipeline;
 pub mod plan;
-mod progress;
-pub mod quant;
+mod resolve;
 mod save;
 pub mod sys;
 pub mod verify;

@@ -6,18 +6,11 @@
 use std::path::PathBuf;
 
 use crate::error::{Error, Result};
+pub use crate::format::dtype::FloatDtype;
 use crate::hub::{HubConfig, PushOptions};
-
-/// How to save: Unsloth's `save_method`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SaveMethod {
-    /// Write the adapter as is (optionally cast), with tokenizer files and a model card.
-    Lora,
-    /// Merge into the base and write 16-bit (or f32) safetensors.
-    Merged16bit,
-    /// Merge and write bitsandbytes 4-bit safetensors.
-    Merged4bit,
-}
+use crate::job::{BackendChoice, Budget, Hooks, Job, OutputFormat, QuantSpec};
+pub use crate::job::{DeviceChoice, PaddingSide, SaveMethod, ShardOrder};
+pub use crate::sys::MemoryBudget;
 
 impl SaveMethod {
     /// The names `--save-method` takes, as shown (`merged_4bit_forced` is accepted too).
@@ -34,27 +27,10 @@ impl SaveMethod {
             _ => Err(bad_value("--save-method", s, Self::NAMES)),
         }
     }
-
-    /// The Unsloth name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SaveMethod::Lora => "lora",
-            SaveMethod::Merged16bit => "merged_16bit",
-            SaveMethod::Merged4bit => "merged_4bit",
-        }
-    }
 }
 
-/// A floating output dtype.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FloatDtype {
-    /// bfloat16
-    Bf16,
-    /// IEEE half
-    F16,
-    /// IEEE single
-    F32,
-}
+// The CLI names of value types defined where they are used (format, job, sys): parsing a
+// user's string is this layer's job.
 
 impl FloatDtype {
     /// The names `--dtype` shows.
@@ -71,34 +47,6 @@ impl FloatDtype {
             _ => Err(bad_value("--dtype", s, Self::NAMES)),
         }
     }
-
-    /// The torch name written into `config.json` (`bfloat16`, `float16`, `float32`).
-    pub fn torch_name(self) -> &'static str {
-        match self {
-            FloatDtype::Bf16 => "bfloat16",
-            FloatDtype::F16 => "float16",
-            FloatDtype::F32 => "float32",
-        }
-    }
-
-    /// Bytes per element.
-    pub fn size(self) -> usize {
-        match self {
-            FloatDtype::Bf16 | FloatDtype::F16 => 2,
-            FloatDtype::F32 => 4,
-        }
-    }
-}
-
-/// Which order decides shard membership (safetensors sorts inside each file anyway).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ShardOrder {
-    /// transformers v5 `save_pretrained` after `from_pretrained` (`dot_natural_key`): what
-    /// PEFT `merge_and_unload()` + `save_pretrained` writes today. The default.
-    Natural,
-    /// Module registration order for Llama-family names (transformers v4, and v5 models built
-    /// with `from_config`): embeddings, then per layer attention, MLP, norms; final norm; head.
-    Module,
 }
 
 impl ShardOrder {
@@ -115,17 +63,6 @@ impl ShardOrder {
     }
 }
 
-/// What to do with `padding_side` in `tokenizer_config.json`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PaddingSide {
-    /// Set `"left"` (inference-ready, as Unsloth does). The default.
-    Left,
-    /// Set `"right"`.
-    Right,
-    /// Leave the file untouched.
-    Keep,
-}
-
 impl PaddingSide {
     /// The names `--padding-side` takes.
     pub const NAMES: &'static [&'static str] = &["left", "right", "keep"];
@@ -139,42 +76,6 @@ impl PaddingSide {
             _ => Err(bad_value("--padding-side", s, Self::NAMES)),
         }
     }
-}
-
-/// Which compute backend to use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeviceChoice {
-    /// The GPU when the build and the machine have one, else the CPU with a notice.
-    Auto,
-    /// The CPU (rayon + SIMD).
-    Cpu,
-    /// The GPU, or fail.
-    Cuda,
-}
-
-impl DeviceChoice {
-    /// The names `--device` takes.
-    pub const NAMES: &'static [&'static str] = &["auto", "cpu", "cuda"];
-
-    /// Parses `auto|cpu|cuda`. `gpu` is refused with a pointer to `cuda`: the name says which
-    /// kind of GPU, so a future backend for another kind stays unambiguous.
-    pub fn parse(s: &str) -> Result<Self> {
-        match s {
-            "auto" => Ok(DeviceChoice::Auto),
-            "cpu" => Ok(DeviceChoice::Cpu),
-            "cuda" => Ok(DeviceChoice::Cuda),
-            _ => Err(bad_value("--device", s, Self::NAMES)),
-        }
-    }
-}
-
-/// The memory budget: a fraction of `MemAvailable`, or an absolute size.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum MemoryBudget {
-    /// 0 < x ≤ 0.95 of available RAM.
-    Fraction(f64),
-    /// Bytes.
-    Bytes(u64),
 }
 
 impl MemoryBudget {
@@ -202,22 +103,22 @@ impl MemoryBudget {
             ))
         })
     }
-
-    /// Resolves the budget to bytes, reading `MemAvailable` for a fraction.
-    pub fn bytes(self) -> u64 {
-        match self {
-            MemoryBudget::Bytes(b) => b,
-            MemoryBudget::Fraction(f) => (mem_available().unwrap_or(4 << 30) as f64 * f) as u64,
-        }
-    }
 }
 
-/// `MemAvailable` from `/proc/meminfo`, in bytes.
-pub fn mem_available() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
+impl DeviceChoice {
+    /// The names `--device` takes.
+    pub const NAMES: &'static [&'static str] = &["auto", "cpu", "cuda"];
+
+    /// Parses `auto|cpu|cuda`. `gpu` is refused with a pointer to `cuda`: the name says which
+    /// kind of GPU, so a future backend for another kind stays unambiguous.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(DeviceChoice::Auto),
+            "cpu" => Ok(DeviceChoice::Cpu),
+            "cuda" => Ok(DeviceChoice::Cuda),
+            _ => Err(bad_value("--device", s, Self::NAMES)),
+        }
+    }
 }
 
 /// Parses a size the way `huggingface_hub.parse_size_to_int` does: decimal units
@@ -265,10 +166,10 @@ pub const MIN_SHARD_SIZE: u64 = 1_000_000;
 pub const MIN_MEMORY_BUDGET: u64 = 64 << 20;
 
 /// Parses `--quant-type`: `nf4` or `fp4`.
-pub fn parse_quant_type(s: &str) -> Result<crate::quant::bnb::QuantType> {
+pub fn parse_quant_type(s: &str) -> Result<crate::format::bnb::QuantType> {
     match s {
-        "nf4" => Ok(crate::quant::bnb::QuantType::Nf4),
-        "fp4" => Ok(crate::quant::bnb::QuantType::Fp4),
+        "nf4" => Ok(crate::format::bnb::QuantType::Nf4),
+        "fp4" => Ok(crate::format::bnb::QuantType::Fp4),
         _ => Err(bad_value("--quant-type", s, &["nf4", "fp4"])),
     }
 }
@@ -392,7 +293,7 @@ pub struct SaveOptions {
     /// Draw a progress bar on stderr (the CLI sets this when stderr is a terminal).
     pub progress: bool,
     /// `merged_4bit` from a 16-bit base: quant type.
-    pub quant_type: crate::quant::bnb::QuantType,
+    pub quant_type: crate::format::bnb::QuantType,
     /// `merged_4bit` from a 16-bit base: block size.
     pub blocksize: u64,
     /// `merged_4bit` from a 16-bit base: double quantization.
@@ -425,7 +326,7 @@ impl SaveOptions {
             force: false,
             untie_embeddings: false,
             progress: false,
-            quant_type: crate::quant::bnb::QuantType::Nf4,
+            quant_type: crate::format::bnb::QuantType::Nf4,
             blocksize: 64,
             double_quant: true,
             // The one place the library reads the Hub's environment variables.
@@ -469,6 +370,41 @@ impl SaveOptions {
             )));
         }
         Ok(())
+    }
+}
+
+impl SaveOptions {
+    /// The job these options ask for, decided once: validated, the memory budget resolved, the
+    /// test hooks read from the environment.
+    pub(crate) fn job(&self) -> Result<Job> {
+        self.validate()?;
+        Ok(Job {
+            method: self.save_method,
+            output: OutputFormat::Safetensors {
+                max_shard_size: self.max_shard_size,
+                order: self.shard_order,
+                variant: self.variant.clone(),
+            },
+            dtype: self.dtype,
+            quantize: (self.save_method == SaveMethod::Merged4bit).then_some(QuantSpec {
+                quant_type: self.quant_type,
+                blocksize: self.blocksize,
+                double_quant: self.double_quant,
+            }),
+            padding_side: self.padding_side,
+            untie_embeddings: self.untie_embeddings,
+            allow_nonfinite: self.allow_nonfinite,
+            budget: Budget {
+                host_bytes: self.maximum_memory_usage.bytes(),
+                device: self.maximum_memory_usage,
+            },
+            backend: BackendChoice {
+                device: self.device,
+                threads: self.threads,
+                cuda_jit: std::env::var_os("LORAWELD_CUDA_JIT").is_some_and(|v| v != "0"),
+            },
+            hooks: Hooks::from_env(),
+        })
     }
 }
 

@@ -26,11 +26,12 @@ use crate::checkpoint::{Adapter, Checkpoint};
 use crate::compute::general::{self, DeltaRows, GeneralTile};
 use crate::compute::{Backend, BaseRows, LoraRows, MergeTile, QuantSpec};
 use crate::error::{Error, Result};
-use crate::options::FloatDtype;
+use crate::format::bnb::{AbsmaxRef, QuantView};
+use crate::format::dtype::FloatDtype;
+use crate::format::dtype::{decode_into, encode_into, float_of, round_through};
+use crate::format::encode;
 use crate::plan::{BaseSrc, Extra, FactorSrc, FileRef, LoraSrc, Op, Plan, QuantPart, QuantSrc, QuantStats, Src};
-use crate::quant::bnb::{AbsmaxRef, QuantView};
-use crate::quant::dtype::{decode_into, encode_into, float_of, round_through};
-use crate::quant::encode;
+pub use crate::writer::shard::ShardResult;
 use crate::writer::shard::{lead_for, AlignedBuf, ShardWriter};
 
 /// The mapped inputs a plan reads from.
@@ -104,6 +105,8 @@ pub struct ExecConfig {
     pub allow_nonfinite: bool,
     /// Also hash each shard with sha256 (for a Hub push).
     pub sha256: bool,
+    /// Force or forbid `copy_file_range` clones (the `LORAWELD_COPY_FILE_RANGE` hook).
+    pub copy_file_range: Option<bool>,
 }
 
 impl ExecConfig {
@@ -117,31 +120,9 @@ impl ExecConfig {
             depth: 2,
             allow_nonfinite,
             sha256: false,
+            copy_file_range: None,
         }
     }
-}
-
-/// One written shard.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct ShardResult {
-    /// File name.
-    pub file: String,
-    /// File bytes.
-    pub bytes: u64,
-    /// blake3 of the whole file, hex.
-    pub blake3: String,
-    /// sha256 of the whole file, hex, when asked for (`ExecConfig::sha256`: the Hub's LFS oid,
-    /// computed as the bytes go by instead of reading the shard back).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub sha256: Option<String>,
-    /// Bytes cloned from an input with `copy_file_range` instead of written (reflinking
-    /// filesystems only; see `ShardWriter::write_from`).
-    #[serde(skip_serializing_if = "is_zero")]
-    pub cloned_bytes: u64,
-}
-
-fn is_zero(n: &u64) -> bool {
-    *n == 0
 }
 
 /// Called by the packer with each shard's path once it is complete and synced (the Hub push
@@ -288,7 +269,7 @@ pub fn execute(
     std::thread::scope(|s| {
         let reader = s.spawn(|| read_stage(plan, inputs, cfg, work_tx));
         let compute = s.spawn(|| compute_stage(plan, inputs, backend, cfg, work_rx, pack_tx, (pool_rx, pool_cap)));
-        let packer = s.spawn(|| pack_stage(plan, dir, pack_rx, pool_tx, on_shard, progress, cfg.sha256));
+        let packer = s.spawn(|| pack_stage(plan, dir, pack_rx, pool_tx, on_shard, progress, cfg));
         let join = |h: std::thread::ScopedJoinHandle<'_, Result<Duration>>| {
             h.join()
                 .unwrap_or_else(|_| Err(Error::Internal("a pipeline stage panicked".into())))
@@ -417,7 +398,7 @@ struct GeneralFactors {
 
 type RowsF32 = (Vec<(u64, usize)>, Vec<f32>);
 
-fn adapter_f32(inputs: &Inputs<'_>, info: &crate::checkpoint::safetensors::TensorInfo, transpose: bool) -> Vec<f32> {
+fn adapter_f32(inputs: &Inputs<'_>, info: &crate::format::safetensors::TensorInfo, transpose: bool) -> Vec<f32> {
     let dt = float_of(info.dtype).unwrap_or(crate::options::FloatDtype::F32);
     let mut v = vec![0f32; info.numel() as usize];
     let src = Src {
@@ -1093,7 +1074,7 @@ fn pack_stage(
     pool: Sender<AlignedBuf>,
     on_shard: Option<&OnShard<'_>>,
     progress: Option<&AtomicU64>,
-    cfg_sha256: bool,
+    cfg: ExecConfig,
 ) -> Result<(Vec<ShardResult>, Duration)> {
     let mut busy = Duration::ZERO;
     let mut results = Vec::with_capacity(plan.shards.len());
@@ -1105,8 +1086,9 @@ fn pack_stage(
                 let sh = &plan.shards[i];
                 let path = dir.join(&sh.file_name);
                 let mut f = ShardWriter::create_with(&path, true, Some(pool.clone()))?;
+                f.set_clone(cfg.copy_file_range);
                 f.write(&sh.header)?;
-                let mut h = Digests::new(cfg_sha256);
+                let mut h = Digests::new(cfg.sha256);
                 h.update(&sh.header);
                 open = Some((i, f, h, sh.header.len() as u64));
             }

@@ -8,6 +8,33 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
 
+/// The memory budget: a fraction of `MemAvailable`, or an absolute size.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum MemoryBudget {
+    /// 0 < x ≤ 0.95 of available RAM.
+    Fraction(f64),
+    /// Bytes.
+    Bytes(u64),
+}
+
+impl MemoryBudget {
+    /// Resolves the budget to bytes, reading `MemAvailable` for a fraction.
+    pub fn bytes(self) -> u64 {
+        match self {
+            MemoryBudget::Bytes(b) => b,
+            MemoryBudget::Fraction(f) => (mem_available().unwrap_or(4 << 30) as f64 * f) as u64,
+        }
+    }
+}
+
+/// `MemAvailable` from `/proc/meminfo`, in bytes.
+pub fn mem_available() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
 /// The nearest existing ancestor of `path`, itself included, whatever form the path has: a
 /// bare relative name (`merged`, whose parent is the empty path) or `sub/rel` ends at `.`.
 fn nearest_existing(path: &Path) -> Option<&Path> {
@@ -46,17 +73,6 @@ pub fn same_filesystem(a: &Path, b: &Path) -> bool {
     match (dev(a), dev(b)) {
         (Some(x), Some(y)) => x == y,
         _ => false,
-    }
-}
-
-/// `LORAWELD_COPY_FILE_RANGE`: `always` forces `copy_file_range` for pass-through ranges on any
-/// filesystem (tests use that to check the byte layout on ext4), `never` turns it off; unset,
-/// it is used where [`clones_blocks`] says so.
-pub fn copy_file_range_override() -> Option<bool> {
-    match std::env::var_os("LORAWELD_COPY_FILE_RANGE") {
-        Some(v) if v == "always" => Some(true),
-        Some(v) if v == "never" => Some(false),
-        _ => None,
     }
 }
 

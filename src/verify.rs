@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use crate::checkpoint::mmap::MappedFile;
-use crate::checkpoint::safetensors::parse_header;
 use crate::error::{Error, Result};
+use crate::format::safetensors::parse_header;
 
 use crate::writer::resume::MANIFEST;
 

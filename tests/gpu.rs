@@ -10,8 +10,8 @@ use std::process::Command;
 use loraweld::compute::cpu::CpuBackend;
 use loraweld::compute::cuda::CudaBackend;
 use loraweld::compute::{Backend, BaseRows, LoraRows, MergeTile, QuantSpec};
-use loraweld::quant::bnb::{AbsmaxRef, QuantType, QuantView, NF4};
-use loraweld::quant::encode;
+use loraweld::format::bnb::{AbsmaxRef, QuantType, QuantView, NF4};
+use loraweld::format::encode;
 use loraweld::{DeviceChoice, FloatDtype, MemoryBudget, SaveMethod, SaveOptions, ShardOrder};
 
 /// The fixtures, found from the working directory first so that a test binary built elsewhere
@@ -81,7 +81,7 @@ fn assert_none_differ(test: &str, n: usize, failures: &[String]) {
 
 fn encode(v: &[f32], dt: FloatDtype) -> Vec<u8> {
     let mut out = vec![0u8; v.len() * dt.size()];
-    loraweld::quant::dtype::encode_into(v, dt, &mut out);
+    loraweld::format::dtype::encode_into(v, dt, &mut out);
     out
 }
 
@@ -784,7 +784,7 @@ fn host_requant(cpu: &CpuBackend, t: &MergeTile<'_>, q: &QuantSpec) -> (Vec<u8>,
     let finite = cpu.merge_tile(t, &mut bytes).unwrap();
     let len = t.rows * t.cols;
     let mut x = vec![0f32; len];
-    loraweld::quant::dtype::decode_into(&bytes, t.out_dtype, &mut x);
+    loraweld::format::dtype::decode_into(&bytes, t.out_dtype, &mut x);
     let bs = q.blocksize;
     let k0 = t.row0 as usize * t.cols;
     let n = q.numel as usize;

@@ -6,8 +6,8 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use loraweld::format::bnb::{AbsmaxRef, QuantState, QuantView};
 use loraweld::options::FloatDtype;
-use loraweld::quant::bnb::{AbsmaxRef, QuantState, QuantView};
 
 use crate::util::{fixtures, LoraweldCommand, Workdir};
 

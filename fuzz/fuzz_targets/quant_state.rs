@@ -5,16 +5,16 @@ use libfuzzer_sys::fuzz_target;
 use std::path::Path;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(s) = loraweld::quant::bnb::QuantState::parse(Path::new("fuzz"), "w", data) {
+    if let Ok(s) = loraweld::format::bnb::QuantState::parse(Path::new("fuzz"), "w", data) {
         assert!(s.blocks() >= 1);
-        let json = loraweld::quant::encode::quant_state_json(
+        let json = loraweld::format::encode::quant_state_json(
             s.quant_type,
             s.blocksize,
             s.dtype.torch_name(),
             [s.shape[0], s.shape[1]],
             s.nested.map(|n| n.1),
         );
-        let back = loraweld::quant::bnb::QuantState::parse(Path::new("fuzz"), "w", json.as_bytes()).unwrap();
+        let back = loraweld::format::bnb::QuantState::parse(Path::new("fuzz"), "w", json.as_bytes()).unwrap();
         assert_eq!(back.shape, s.shape);
         assert_eq!(back.nested.map(|n| n.1.to_bits()), s.nested.map(|n| n.1.to_bits()));
     }

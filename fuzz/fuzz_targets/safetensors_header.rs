@@ -5,7 +5,7 @@ use libfuzzer_sys::fuzz_target;
 use std::path::Path;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(h) = loraweld::checkpoint::safetensors::parse_header(Path::new("fuzz.safetensors"), data) {
+    if let Ok(h) = loraweld::format::safetensors::parse_header(Path::new("fuzz.safetensors"), data) {
         let mut end = 0u64;
         for t in &h.tensors {
             assert_eq!(t.offsets.0, end);

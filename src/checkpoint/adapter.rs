@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::model::Shard;
-use super::safetensors::TensorInfo;
 use crate::error::{Error, Result};
+use crate::format::safetensors::TensorInfo;
 
 /// The fields of `adapter_config.json` that change what a merge computes.
 #[derive(Debug, Clone, Deserialize)]

@@ -7,8 +7,8 @@ use std::path::{Component, Path, PathBuf};
 use serde_json::Value;
 
 use super::mmap::MappedFile;
-use super::safetensors::{parse_header, Header, TensorInfo};
 use crate::error::{Error, Result};
+use crate::format::safetensors::{parse_header, Header, TensorInfo};
 
 /// Where a tensor lives: which shard, and its header entry.
 #[derive(Debug, Clone)]
@@ -92,6 +92,21 @@ fn check_shard_name(index: &Path, dir: &Path, name: &str) -> Result<PathBuf> {
     Ok(full)
 }
 
+/// The index and single-file names of a weight variant, as transformers' `_add_variant` makes
+/// them: `.NAME` before the extension.
+pub fn weight_files(variant: Option<&str>) -> (String, String) {
+    match variant {
+        None => (
+            "model.safetensors.index.json".to_string(),
+            "model.safetensors".to_string(),
+        ),
+        Some(v) => (
+            format!("model.safetensors.index.{v}.json"),
+            format!("model.{v}.safetensors"),
+        ),
+    }
+}
+
 /// The index and single-file paths to read: the default ones (`model.safetensors.index.json`,
 /// `model.safetensors`) when either exists; else those of the one weight variant the directory
 /// holds (`model.safetensors.index.NAME.json`, `model.NAME.safetensors`, as `save_pretrained
@@ -101,7 +116,7 @@ fn weight_paths(dir: &Path, variant: Option<&str>) -> Result<(PathBuf, PathBuf)>
     // `--variant NAME`: that variant's files when the directory has them (a base may lack
     // them: then the variant names only the output files, and the default weights are read).
     if let Some(v) = variant {
-        let (index, single) = crate::hub::download::weight_files(Some(v));
+        let (index, single) = weight_files(Some(v));
         let (index, single) = (dir.join(index), dir.join(single));
         if index.is_file() || single.is_file() {
             return Ok((index, single));
@@ -134,7 +149,7 @@ fn weight_paths(dir: &Path, variant: Option<&str>) -> Result<(PathBuf, PathBuf)>
         0 => Ok(default),
         1 => {
             let v = variants.pop_first().unwrap_or_default();
-            let (index, single) = crate::hub::download::weight_files(Some(&v));
+            let (index, single) = weight_files(Some(&v));
             Ok((dir.join(index), dir.join(single)))
         }
         _ => Err(Error::Unsupported {

@@ -6,7 +6,7 @@ use rayon::prelude::*;
 use super::simd::{self, Isa};
 use super::{Backend, BaseRows, MergeTile};
 use crate::error::{Error, Result};
-use crate::quant::dtype::decode_into;
+use crate::format::dtype::decode_into;
 
 /// Rows handed to one rayon task: enough to amortize scheduling, small enough to balance.
 const ROWS_PER_TASK: usize = 16;
@@ -164,8 +164,8 @@ mod tests {
     use super::super::reference;
     use super::super::LoraRows;
     use super::*;
-    use crate::options::FloatDtype;
-    use crate::quant::bnb::{AbsmaxRef, QuantView, NF4};
+    use crate::format::bnb::{AbsmaxRef, QuantView, NF4};
+    use crate::format::dtype::FloatDtype;
     use proptest::prelude::*;
 
     fn lcg(seed: &mut u64) -> f32 {
@@ -177,7 +177,7 @@ mod tests {
         let mut seed = seed0;
         let base_f: Vec<f32> = (0..rows * cols).map(|_| lcg(&mut seed)).collect();
         let mut base = vec![0u8; rows * cols * 2];
-        crate::quant::dtype::encode_into(&base_f, FloatDtype::Bf16, &mut base);
+        crate::format::dtype::encode_into(&base_f, FloatDtype::Bf16, &mut base);
         let a: Vec<f32> = (0..r * cols).map(|_| lcg(&mut seed) * 0.1).collect();
         let b: Vec<f32> = (0..rows * r).map(|_| lcg(&mut seed) * 0.1).collect();
         let n = rows * cols;

@@ -25,7 +25,7 @@ pub use stub::CudaBackend;
 mod stub {
     use crate::compute::{Backend, MergeTile};
     use crate::error::{Error, Result};
-    use crate::options::MemoryBudget;
+    use crate::sys::MemoryBudget;
 
     /// Placeholder for the GPU backend; cannot be constructed in this build.
     pub struct CudaBackend {
@@ -35,6 +35,11 @@ mod stub {
     impl CudaBackend {
         /// Always fails in this build: it was compiled without the `cuda` feature.
         pub fn new(_budget: MemoryBudget, _threads: Option<usize>) -> Result<Self> {
+            Err(Error::CudaNotCompiled)
+        }
+
+        /// Always fails in this build, as [`CudaBackend::new`].
+        pub fn with_jit(_budget: MemoryBudget, _threads: Option<usize>, _jit: bool) -> Result<Self> {
             Err(Error::CudaNotCompiled)
         }
 

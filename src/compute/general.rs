@@ -14,8 +14,8 @@
 use rayon::prelude::*;
 
 use super::BaseRows;
-use crate::options::FloatDtype;
-use crate::quant::dtype::{decode_into, round_through};
+use crate::format::dtype::FloatDtype;
+use crate::format::dtype::{decode_into, round_through};
 
 /// One update, with factors already decoded to f32 (transposes applied).
 #[derive(Debug, Clone, Copy)]

@@ -17,8 +17,10 @@ pub mod reference;
 pub mod simd;
 
 use crate::error::Result;
-use crate::options::FloatDtype;
-use crate::quant::bnb::QuantView;
+use crate::format::bnb::QuantView;
+use crate::format::dtype::FloatDtype;
+use crate::job::{BackendChoice, Budget, DeviceChoice};
+pub use crate::writer::shard::PinRelease;
 
 /// Where the base rows of a tile come from.
 #[derive(Debug, Clone, Copy)]
@@ -77,12 +79,49 @@ impl MergeTile<'_> {
 #[derive(Debug, Clone, Copy)]
 pub struct QuantSpec {
     /// NF4 or FP4.
-    pub quant_type: crate::quant::bnb::QuantType,
+    pub quant_type: crate::format::bnb::QuantType,
     /// Elements per block.
     pub blocksize: usize,
     /// Elements in the whole weight: its last block is partial when this is not a multiple of
     /// `blocksize`.
     pub numel: u64,
+}
+
+/// Starts the backend the job asks for. `auto` takes the GPU when this build has CUDA support
+/// and finds one, else the CPU; the second value is then a notice for the report when a CUDA
+/// build could not use the GPU. `cuda` fails without a usable GPU. The GPU backend's device
+/// memory is the budget applied to free VRAM.
+pub fn start(choice: &BackendChoice, budget: &Budget) -> Result<(Box<dyn Backend>, Option<String>)> {
+    let gpu = || cuda::CudaBackend::with_jit(budget.device, choice.threads, choice.cuda_jit);
+    match choice.device {
+        DeviceChoice::Cpu => Ok((Box::new(cpu::CpuBackend::new(choice.threads)?), None)),
+        DeviceChoice::Cuda => Ok((Box::new(gpu()?), None)),
+        DeviceChoice::Auto => match gpu() {
+            Ok(b) => Ok((Box::new(b), None)),
+            Err(e) => {
+                let notice = match e {
+                    crate::error::Error::CudaNotCompiled => None,
+                    crate::error::Error::NoCudaDevice { why } => {
+                        Some(format!("no usable CUDA device ({why}); using the CPU"))
+                    }
+                    e => Some(format!("the GPU backend failed to start ({e}); using the CPU")),
+                };
+                Ok((Box::new(cpu::CpuBackend::new(choice.threads)?), notice))
+            }
+        },
+    }
+}
+
+/// What [`start`] would start, without starting it (a dry run touches no GPU).
+pub fn describe_choice(choice: &BackendChoice) -> String {
+    match choice.device {
+        DeviceChoice::Cpu => "cpu".into(),
+        DeviceChoice::Cuda => "cuda (not started in a dry run)".into(),
+        DeviceChoice::Auto if cfg!(feature = "cuda") => {
+            "auto: cuda if a usable GPU is found, else cpu (not started in a dry run)".into()
+        }
+        DeviceChoice::Auto => "cpu".into(),
+    }
 }
 
 /// A compute backend. Implementations must be bit-identical to [`reference::merge_tile`].
@@ -94,7 +133,7 @@ pub trait Backend: Send + Sync {
     fn merge_tile(&self, tile: &MergeTile<'_>, out: &mut [u8]) -> Result<bool>;
     /// Merges `tile` and requantizes the result as `merged_4bit` does, if this backend can do
     /// it itself: the values rounded to `tile.out_dtype` (the quant group's 16-bit dtype, or f32),
-    /// then [`crate::quant::encode::quantize_block`] on each block. Writes the block absmax
+    /// then [`crate::format::encode::quantize_block`] on each block. Writes the block absmax
     /// values into `absmax` and, when `codes` is given, the packed codes (two per byte). The tile
     /// starts on a block boundary. `Ok(None)`: not done here (the default); the caller merges
     /// with [`Backend::merge_tile`] and quantizes on the host. `Ok(Some(finite))` otherwise.
@@ -125,9 +164,6 @@ pub trait Backend: Send + Sync {
         None
     }
 }
-
-/// Undoes [`Backend::pin_output`]; runs before the buffer is freed, on whichever thread drops it.
-pub type PinRelease = Box<dyn FnOnce() + Send>;
 
 /// Where a GPU backend's time went, summed over the tiles it merged (`--json`:
 /// `stages.gpu`). Busy times of parts that run at the same time: the GPU's copies and kernels

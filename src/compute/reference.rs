@@ -2,7 +2,7 @@
 //! test the fast paths byte for byte.
 
 use super::{BaseRows, MergeTile};
-use crate::quant::dtype::{decode_into, encode_into, round_through};
+use crate::format::dtype::{decode_into, encode_into, round_through};
 
 /// Computes `tile` into `out` the obvious way. Returns whether all outputs are finite.
 pub fn merge_tile(tile: &MergeTile<'_>, out: &mut [u8]) -> bool {

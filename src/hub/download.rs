@@ -28,13 +28,12 @@ use ureq::http::HeaderMap;
 
 use super::http::{resolve_location, same_origin, strip_query, Client};
 use super::{encode_segment, protocol, HubConfig, RepoRef};
+use crate::checkpoint::model::weight_files;
 use crate::error::{Error, Result};
 use crate::writer::meta::is_tokenizer_file;
 
 /// The weight index transformers writes.
 const INDEX: &str = "model.safetensors.index.json";
-/// A single-file checkpoint.
-const SINGLE: &str = "model.safetensors";
 /// Redirects followed per file (the Hub needs one; renamed repos add one).
 const MAX_REDIRECTS: usize = 10;
 
@@ -48,18 +47,6 @@ pub enum Need<'a> {
     Base(Option<&'a str>),
     /// A base only for its tokenizer files and configs (a `lora` save).
     Tokenizer,
-}
-
-/// The index and single-file names of a weight variant, as transformers' `_add_variant` makes
-/// them: `.NAME` before the extension.
-pub fn weight_files(variant: Option<&str>) -> (String, String) {
-    match variant {
-        None => (INDEX.to_string(), SINGLE.to_string()),
-        Some(v) => (
-            format!("model.safetensors.index.{v}.json"),
-            format!("model.{v}.safetensors"),
-        ),
-    }
 }
 
 /// Whether `name` is a weight index, of any variant (fetched only when it is the one needed:
@@ -626,7 +613,7 @@ mod tests {
                 "model.fp16.safetensors".to_string()
             )
         );
-        assert_eq!(weight_files(None), (INDEX.to_string(), SINGLE.to_string()));
+        assert_eq!(weight_files(None), (INDEX.to_string(), "model.safetensors".to_string()));
         // No weight index rides along as a "small" JSON file: only the one needed is fetched.
         let names: BTreeSet<&str> = [
             "config.json",

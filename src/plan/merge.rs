@@ -18,45 +18,16 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use super::{
-    find_quantized, is_quant_helper, layout, rows_cols, BaseSrc, DeltaSrc, Extra, FactorSrc, FileRef, LoraSrc, Op,
-    OutTensor, Plan, PlanCounts, QuantGroup, QuantPart, QuantSrc, Src,
+    find_quantized, is_quant_helper, layout, rows_cols, BaseSrc, DeltaSrc, Extra, FactorSrc, FileRef, LayoutArgs,
+    LoraSrc, Op, OutTensor, Plan, PlanCounts, QuantGroup, QuantPart, QuantSrc, Src,
 };
 use crate::checkpoint::adapter::{parse_key, AdapterTensorKind};
-use crate::checkpoint::safetensors::TensorInfo;
 use crate::checkpoint::{Adapter, Checkpoint};
 use crate::error::{Error, Result};
-use crate::options::{FloatDtype, ShardOrder};
-use crate::quant::bnb::QuantType;
-use crate::quant::dtype::{float_of, parse_torch_dtype, st_dtype};
-
-/// The options a merge plan depends on.
-#[derive(Debug, Clone)]
-pub struct MergeOpts<'a> {
-    /// Output dtype; `None` = each tensor's own.
-    pub dtype: Option<FloatDtype>,
-    /// Shard limit in bytes.
-    pub max_shard_size: u64,
-    /// Shard assignment order.
-    pub order: ShardOrder,
-    /// Weight-file variant.
-    pub variant: Option<&'a str>,
-    /// With tied embeddings, write `lm_head.weight = W + delta` beside an unchanged embedding.
-    pub untie_embeddings: bool,
-    /// `merged_4bit`: how to quantize weights of a 16-bit base (4-bit bases keep their own
-    /// settings). `None` writes 16-bit.
-    pub quantize: Option<QuantSpec>,
-}
-
-/// Quantization settings for `merged_4bit` from a 16-bit base.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct QuantSpec {
-    /// NF4 or FP4.
-    pub quant_type: QuantType,
-    /// Elements per block.
-    pub blocksize: u64,
-    /// Double quantization.
-    pub double_quant: bool,
-}
+use crate::format::dtype::FloatDtype;
+use crate::format::dtype::{float_of, parse_torch_dtype, st_dtype};
+use crate::format::safetensors::TensorInfo;
+use crate::job::Job;
 
 /// Whether a 16-bit tensor is a Linear weight that transformers quantizes: 2-D, a `.weight`,
 /// not an embedding, the output head, a norm, or a router (not an `nn.Linear` in transformers 5).
@@ -148,7 +119,8 @@ fn token_indices(cfg: &Option<Value>, module: &str) -> Option<Vec<u64>> {
 }
 
 /// Plans a `merged_16bit` save.
-pub fn plan_merged(ck: &Checkpoint, adapter: &Adapter, opts: &MergeOpts<'_>) -> Result<Plan> {
+pub fn plan_merged(ck: &Checkpoint, adapter: &Adapter, job: &Job) -> Result<Plan> {
+    let (max_shard_size, order, variant) = job.safetensors_layout();
     let quantized = find_quantized(ck)?;
     let cfg_dtype = ck.config_dtype().and_then(parse_torch_dtype);
     let cfg = &adapter.config;
@@ -227,7 +199,7 @@ pub fn plan_merged(ck: &Checkpoint, adapter: &Adapter, opts: &MergeOpts<'_>) -> 
         let mut target = format!("{module}.weight");
         if base_shape(&target).is_none() && is_head(module) && tied {
             match &emb_name {
-                Some(e) if opts.untie_embeddings => {
+                Some(e) if job.untie_embeddings => {
                     new_tensors.insert(target.clone(), e.clone());
                 }
                 Some(e) => {
@@ -349,7 +321,7 @@ pub fn plan_merged(ck: &Checkpoint, adapter: &Adapter, opts: &MergeOpts<'_>) -> 
                                 continue;
                             };
                             // PEFT's bnb Linear4bit merge adds lora_B.bias unscaled.
-                            let bias_scale = if opts.quantize.is_some() && quantized.contains_key(&target) {
+                            let bias_scale = if job.quantize.is_some() && quantized.contains_key(&target) {
                                 1.0
                             } else {
                                 scale32
@@ -498,7 +470,7 @@ pub fn plan_merged(ck: &Checkpoint, adapter: &Adapter, opts: &MergeOpts<'_>) -> 
     let mut tensors = Vec::new();
     let mut names: Vec<(String, Option<String>)> = Vec::new();
     // 4-bit weights of the base that get an update are quantized again; the others keep their bytes.
-    let requant: std::collections::HashSet<String> = if opts.quantize.is_some() {
+    let requant: std::collections::HashSet<String> = if job.quantize.is_some() {
         quantized.keys().filter(|k| recipes.contains_key(*k)).cloned().collect()
     } else {
         Default::default()
@@ -508,7 +480,7 @@ pub fn plan_merged(ck: &Checkpoint, adapter: &Adapter, opts: &MergeOpts<'_>) -> 
         if is_quant_helper(name, &quantized) {
             let owner = quantized.keys().find(|k| name.starts_with(&format!("{k}.")));
             match owner {
-                Some(o) if opts.quantize.is_some() && !requant.contains(o) => {
+                Some(o) if job.quantize.is_some() && !requant.contains(o) => {
                     counts.copied += 1;
                     tensors.push(OutTensor {
                         name: name.clone(),
@@ -561,7 +533,7 @@ pub fn plan_merged(ck: &Checkpoint, adapter: &Adapter, opts: &MergeOpts<'_>) -> 
                 }
             }
         };
-        if let Some(spec) = &opts.quantize {
+        if let Some(spec) = &job.quantize {
             // The group's settings: a 4-bit base weight keeps its own; a 16-bit one gets `spec`.
             let q = match &base {
                 BaseSrc::Bnb(q) if requant.contains(base_name) => Some((
@@ -573,7 +545,7 @@ pub fn plan_merged(ck: &Checkpoint, adapter: &Adapter, opts: &MergeOpts<'_>) -> 
                 )),
                 BaseSrc::Bnb(_) => None,
                 BaseSrc::Float(_, fd) if own.is_some() && quantizable(&name, &shape) => {
-                    let dt = opts.dtype.unwrap_or(*fd);
+                    let dt = job.dtype.unwrap_or(*fd);
                     Some((spec.quant_type, spec.blocksize, spec.double_quant, dt, Some(dt)))
                 }
                 BaseSrc::Float(..) => None,
@@ -607,9 +579,9 @@ pub fn plan_merged(ck: &Checkpoint, adapter: &Adapter, opts: &MergeOpts<'_>) -> 
                     stats: None,
                 });
                 let state_len = quant_groups[gi].state_json().len() as u64;
-                let u8d = crate::checkpoint::safetensors::Dtype::U8;
-                let f32d = crate::checkpoint::safetensors::Dtype::F32;
-                let mut parts: Vec<(String, crate::checkpoint::safetensors::Dtype, Vec<u64>, QuantPart, u64)> = vec![
+                let u8d = crate::format::safetensors::Dtype::U8;
+                let f32d = crate::format::safetensors::Dtype::F32;
+                let mut parts: Vec<(String, crate::format::safetensors::Dtype, Vec<u64>, QuantPart, u64)> = vec![
                     (
                         name.clone(),
                         u8d,
@@ -685,7 +657,7 @@ pub fn plan_merged(ck: &Checkpoint, adapter: &Adapter, opts: &MergeOpts<'_>) -> 
                 continue;
             }
         }
-        let (op, out_dtype) = build_op(base, own, recipe, opts.dtype, &mut counts);
+        let (op, out_dtype) = build_op(base, own, recipe, job.dtype, &mut counts);
         let numel: u64 = shape.iter().product();
         let (rows, cols) = rows_cols(&shape);
         tensors.push(OutTensor {
@@ -701,16 +673,14 @@ pub fn plan_merged(ck: &Checkpoint, adapter: &Adapter, opts: &MergeOpts<'_>) -> 
             offset: 0,
         });
     }
-    let model_dtype = opts
+    let model_dtype = job
         .dtype
         .or(cfg_dtype)
         .or_else(|| quantized.values().next().map(|q: &QuantSrc| q.state.dtype));
     let mut plan = layout(
+        job,
         tensors,
-        opts.max_shard_size,
-        opts.order,
-        "model",
-        opts.variant,
+        LayoutArgs::new(max_shard_size, order, "model", variant),
         model_dtype,
         counts,
     );
@@ -727,7 +697,7 @@ fn build_op(
     mut recipe: Recipe,
     dtype: Option<FloatDtype>,
     counts: &mut PlanCounts,
-) -> (Op, crate::checkpoint::safetensors::Dtype) {
+) -> (Op, crate::format::safetensors::Dtype) {
     let Some(own) = own else {
         counts.copied += 1;
         let BaseSrc::Float(src, _) = base else {

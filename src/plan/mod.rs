@@ -6,12 +6,14 @@ use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use crate::checkpoint::safetensors::{Dtype, TensorInfo};
 use crate::checkpoint::{Adapter, Checkpoint, TensorLoc};
 use crate::error::{Error, Result};
-use crate::options::{FloatDtype, ShardOrder};
-use crate::quant::bnb::QuantState;
-use crate::quant::dtype::{float_of, st_dtype};
+use crate::format::bnb::QuantState;
+use crate::format::dtype::FloatDtype;
+use crate::format::dtype::{float_of, st_dtype};
+use crate::format::safetensors::{Dtype, TensorInfo};
+use crate::job::Job;
+pub use crate::job::ShardOrder;
 
 /// Which mapped file a source tensor lives in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,7 +141,7 @@ pub struct QuantGroup {
     /// `[out, in]`.
     pub shape: [u64; 2],
     /// NF4 or FP4.
-    pub quant_type: crate::quant::bnb::QuantType,
+    pub quant_type: crate::format::bnb::QuantType,
     /// Elements per block.
     pub blocksize: u64,
     /// Double quantization.
@@ -165,14 +167,12 @@ impl QuantGroup {
 
     /// Rows per tile so that every tile holds whole blocks (tiles start on block boundaries).
     pub fn row_step(&self) -> u64 {
-        let cols = self.shape[1].max(1);
-        let g = gcd(cols, self.blocksize);
-        self.blocksize / g
+        crate::format::bnb::block_row_step(self.shape[1].max(1), self.blocksize)
     }
 
     /// The quant-state JSON (needs `stats` for double quant).
     pub fn state_json(&self) -> String {
-        crate::quant::encode::quant_state_json(
+        crate::format::encode::quant_state_json(
             self.quant_type,
             self.blocksize,
             self.state_dtype.torch_name(),
@@ -181,14 +181,6 @@ impl QuantGroup {
                 .then(|| self.stats.as_ref().map(|s| s.offset).unwrap_or(0.0)),
         )
     }
-}
-
-/// Greatest common divisor.
-pub(crate) fn gcd(mut a: u64, mut b: u64) -> u64 {
-    while b != 0 {
-        (a, b) = (b, a % b);
-    }
-    a
 }
 
 /// A factor matrix of a delta, as stored in the adapter (maybe transposed on load).
@@ -298,6 +290,8 @@ pub struct PlanCounts {
 /// The whole output layout.
 #[derive(Debug, Clone)]
 pub struct Plan {
+    /// What the save does, decided once from the options.
+    pub job: Job,
     /// Output tensors.
     pub tensors: Vec<OutTensor>,
     /// Output files.
@@ -335,6 +329,18 @@ pub struct LayoutArgs {
     pub variant: Option<String>,
 }
 
+impl LayoutArgs {
+    /// Shard limit, order, file stem and variant.
+    pub fn new(max_shard_size: u64, order: ShardOrder, stem: &str, variant: Option<&str>) -> Self {
+        LayoutArgs {
+            max_shard_size,
+            order,
+            stem: stem.to_string(),
+            variant: variant.map(str::to_string),
+        }
+    }
+}
+
 impl Plan {
     /// Bytes of all planned files.
     pub fn file_bytes(&self) -> u64 {
@@ -343,7 +349,8 @@ impl Plan {
 }
 
 mod merge;
-pub use merge::{plan_merged, quantizable, MergeOpts, QuantSpec};
+pub use crate::job::QuantSpec;
+pub use merge::{plan_merged, quantizable};
 
 const QUANT_SUFFIXES: [&str; 5] = [
     ".absmax",
@@ -450,7 +457,8 @@ pub(crate) fn rows_cols(shape: &[u64]) -> (u64, u64) {
 }
 
 /// Plans the adapter file of a `lora` save (cast when `dtype` is given).
-pub fn plan_adapter(adapter: &Adapter, dtype: Option<FloatDtype>) -> Plan {
+pub fn plan_adapter(adapter: &Adapter, job: &Job) -> Plan {
+    let dtype = job.dtype;
     let mut counts = PlanCounts::default();
     let tensors = adapter
         .weights
@@ -495,11 +503,9 @@ pub fn plan_adapter(adapter: &Adapter, dtype: Option<FloatDtype>) -> Plan {
         })
         .collect();
     layout(
+        job,
         tensors,
-        u64::MAX,
-        ShardOrder::Natural,
-        "adapter_model",
-        None,
+        LayoutArgs::new(u64::MAX, ShardOrder::Natural, "adapter_model", None),
         dtype,
         counts,
     )
@@ -570,14 +576,19 @@ fn module_cmp(a: &str, b: &str) -> Ordering {
 
 /// Assigns tensors to shards (huggingface_hub's greedy split) and computes offsets and headers.
 pub(crate) fn layout(
+    job: &Job,
     mut tensors: Vec<OutTensor>,
-    max_shard_size: u64,
-    order: ShardOrder,
-    stem: &str,
-    variant: Option<&str>,
+    args: LayoutArgs,
     model_dtype: Option<FloatDtype>,
     counts: PlanCounts,
 ) -> Plan {
+    let LayoutArgs {
+        max_shard_size,
+        order,
+        ref stem,
+        ref variant,
+    } = args;
+    let variant = variant.as_deref();
     let mut idx: Vec<usize> = (0..tensors.len()).collect();
     match order {
         ShardOrder::Natural => idx.sort_by(|&a, &b| natural_key(&tensors[a].name).cmp(&natural_key(&tensors[b].name))),
@@ -665,6 +676,7 @@ pub(crate) fn layout(
     let total_size = tensors.iter().map(|t| t.nbytes).sum();
     let total_parameters = tensors.iter().map(|t| t.params).sum();
     Plan {
+        job: job.clone(),
         tensors,
         shards,
         index_name,
@@ -675,12 +687,7 @@ pub(crate) fn layout(
         warnings: Vec::new(),
         config_updates: serde_json::Map::new(),
         quant_groups: Vec::new(),
-        layout_args: LayoutArgs {
-            max_shard_size,
-            order,
-            stem: stem.to_string(),
-            variant: variant.map(str::to_string),
-        },
+        layout_args: args.clone(),
     }
 }
 
@@ -701,15 +708,7 @@ impl Plan {
         }
         let a = self.layout_args.clone();
         let tensors = std::mem::take(&mut self.tensors);
-        let fresh = layout(
-            tensors,
-            a.max_shard_size,
-            a.order,
-            &a.stem,
-            a.variant.as_deref(),
-            self.model_dtype,
-            self.counts.clone(),
-        );
+        let fresh = layout(&self.job, tensors, a.clone(), self.model_dtype, self.counts.clone());
         self.tensors = fresh.tensors;
         self.shards = fresh.shards;
         self.index_name = fresh.index_name;
@@ -832,11 +831,9 @@ mod tests {
     #[test]
     fn big_tensor_gets_its_own_shard_first() {
         let p = layout(
+            &Job::merged_16bit(),
             vec![t("a", 1), t("b", 10), t("c", 1)],
-            5,
-            ShardOrder::Natural,
-            "model",
-            None,
+            LayoutArgs::new(5, ShardOrder::Natural, "model", None),
             None,
             PlanCounts::default(),
         );
@@ -852,22 +849,18 @@ mod tests {
     #[test]
     fn variants_name_files_like_transformers() {
         let p = layout(
+            &Job::merged_16bit(),
             vec![t("a", 3), t("b", 3)],
-            5,
-            ShardOrder::Natural,
-            "model",
-            Some("v2"),
+            LayoutArgs::new(5, ShardOrder::Natural, "model", Some("v2")),
             None,
             PlanCounts::default(),
         );
         assert_eq!(p.shards[1].file_name, "model.v2-00002-of-00002.safetensors");
         assert_eq!(p.index_name.as_deref(), Some("model.safetensors.index.v2.json"));
         let p = layout(
+            &Job::merged_16bit(),
             vec![t("a", 3)],
-            5,
-            ShardOrder::Natural,
-            "model",
-            Some("v2"),
+            LayoutArgs::new(5, ShardOrder::Natural, "model", Some("v2")),
             None,
             PlanCounts::default(),
         );
@@ -878,11 +871,9 @@ mod tests {
     #[test]
     fn headers_are_padded_to_eight_and_parse_back() {
         let p = layout(
+            &Job::merged_16bit(),
             vec![t("a", 3), t("bb", 4)],
-            100,
-            ShardOrder::Natural,
-            "model",
-            None,
+            LayoutArgs::new(100, ShardOrder::Natural, "model", None),
             None,
             PlanCounts::default(),
         );
@@ -890,7 +881,7 @@ mod tests {
         assert_eq!((h.len() - 8) % 8, 0);
         let mut file = h.clone();
         file.extend(std::iter::repeat_n(0, 7));
-        let parsed = crate::checkpoint::safetensors::parse_header(Path::new("x"), &file).unwrap();
+        let parsed = crate::format::safetensors::parse_header(Path::new("x"), &file).unwrap();
         assert_eq!(parsed.tensors.len(), 2);
     }
 }

@@ -6,9 +6,10 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Map, Value};
 
-use super::pyjson::dumps_indent2;
 use crate::error::{Error, Result};
-use crate::options::{FloatDtype, PaddingSide};
+use crate::format::dtype::FloatDtype;
+use crate::format::pyjson::dumps_indent2;
+use crate::job::{PaddingSide, QuantSpec};
 use crate::plan::Plan;
 
 /// Writes `text` to `dir/name`.
@@ -66,7 +67,7 @@ fn strip_quant(v: &mut Value) {
 
 /// `config.json` of a `merged_4bit` save: a 4-bit base keeps its `quantization_config`; a 16-bit
 /// base gets the one `BitsAndBytesConfig.to_dict()` writes for these settings (docs/formats.md §1.9).
-pub fn quantized_config(base: &Value, dtype: Option<FloatDtype>, opts: &crate::options::SaveOptions) -> Value {
+pub fn quantized_config(base: &Value, dtype: Option<FloatDtype>, spec: &QuantSpec) -> Value {
     let mut v = base.clone();
     if let Value::Object(m) = &mut v {
         if !m.contains_key("quantization_config") {
@@ -78,8 +79,8 @@ pub fn quantized_config(base: &Value, dtype: Option<FloatDtype>, opts: &crate::o
                     "_load_in_8bit": false,
                     "bnb_4bit_compute_dtype": compute,
                     "bnb_4bit_quant_storage": "uint8",
-                    "bnb_4bit_quant_type": opts.quant_type.as_str(),
-                    "bnb_4bit_use_double_quant": opts.double_quant,
+                    "bnb_4bit_quant_type": spec.quant_type.as_str(),
+                    "bnb_4bit_use_double_quant": spec.double_quant,
                     "llm_int8_enable_fp32_cpu_offload": false,
                     "llm_int8_has_fp16_weight": false,
                     "llm_int8_skip_modules": null,

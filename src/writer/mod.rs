@@ -3,7 +3,6 @@
 
 pub mod existing;
 pub mod meta;
-pub mod pyjson;
 pub mod resume;
 pub mod shard;
 pub mod staging;

@@ -14,10 +14,10 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
-use super::pyjson::dumps_indent2;
+use super::shard::ShardResult;
 use crate::checkpoint::mmap::MappedFile;
 use crate::error::{Error, Result};
-use crate::pipeline::ShardResult;
+use crate::format::pyjson::dumps_indent2;
 use crate::plan::Plan;
 
 /// The manifest's file name.

@@ -22,6 +22,32 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 use crate::error::{Error, Result};
 
 const ALIGN: usize = 4096;
+/// Undoes a compute backend's `pin_output` (page-locking); runs before the buffer is freed, on whichever thread drops it.
+pub type PinRelease = Box<dyn FnOnce() + Send>;
+
+/// One written shard.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ShardResult {
+    /// File name.
+    pub file: String,
+    /// File bytes.
+    pub bytes: u64,
+    /// blake3 of the whole file, hex.
+    pub blake3: String,
+    /// sha256 of the whole file, hex, when asked for (`ExecConfig::sha256`: the Hub's LFS oid,
+    /// computed as the bytes go by instead of reading the shard back).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// Bytes cloned from an input with `copy_file_range` instead of written (reflinking
+    /// filesystems only; see `ShardWriter::write_from`).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub cloned_bytes: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 /// Bytes per write call.
 pub const CHUNK: usize = 8 << 20;
 /// Windows: one being filled, the rest in flight.
@@ -39,7 +65,7 @@ pub struct AlignedBuf {
     start: usize,
     cap: usize,
     /// Run before `storage` is freed (a backend's [`crate::compute::Backend::pin_output`]).
-    release: Option<crate::compute::PinRelease>,
+    release: Option<crate::writer::shard::PinRelease>,
 }
 
 impl AlignedBuf {
@@ -74,7 +100,7 @@ impl AlignedBuf {
     }
 
     /// Sets what must run before this buffer's memory is freed.
-    pub fn on_release(&mut self, f: crate::compute::PinRelease) {
+    pub fn on_release(&mut self, f: crate::writer::shard::PinRelease) {
         self.release = Some(f);
     }
 
@@ -209,8 +235,7 @@ impl ShardWriter {
         } else {
             (None, None, None)
         };
-        let forced = crate::sys::copy_file_range_override();
-        let clone_ok = direct && forced.unwrap_or_else(|| crate::sys::clones_blocks(&file));
+        let clone_ok = direct && crate::sys::clones_blocks(&file);
         Ok(ShardWriter {
             path: path.to_path_buf(),
             file,
@@ -223,11 +248,23 @@ impl ShardWriter {
             pos: 0,
             done,
             clone_ok,
-            // Forced (tests, any filesystem): down to two blocks, so small fixtures take the path.
-            clone_min: if forced == Some(true) { 2 * ALIGN } else { CLONE_MIN },
+            clone_min: CLONE_MIN,
             cloned: 0,
             flushed: 0,
         })
+    }
+
+    /// Forces (`Some(true)`) or forbids (`Some(false)`) cloning pass-through ranges with
+    /// `copy_file_range`; `None` keeps what the filesystem suggests (`LORAWELD_COPY_FILE_RANGE`,
+    /// read with the options).
+    pub fn set_clone(&mut self, forced: Option<bool>) {
+        if let Some(f) = forced {
+            self.clone_ok = self.direct && f;
+            // Forced (tests, any filesystem): down to two blocks, so small fixtures take the path.
+            if f {
+                self.clone_min = 2 * ALIGN;
+            }
+        }
     }
 
     /// Appends bytes.

@@ -21,9 +21,10 @@ use rayon::prelude::*;
 use crate::compute::cpu::CpuBackend;
 use crate::compute::{Backend, BaseRows, GpuTimes, MergeTile, PinRelease, QuantSpec};
 use crate::error::{Error, Result};
-use crate::options::{FloatDtype, MemoryBudget};
-use crate::plan::gcd;
-use crate::quant::bnb::{AbsmaxRef, QuantType};
+use crate::format::bnb::block_row_step;
+use crate::format::bnb::{AbsmaxRef, QuantType};
+use crate::format::dtype::FloatDtype;
+use crate::sys::MemoryBudget;
 
 /// The kernels, embedded (candle's `include_str!` of its PTX).
 const PTX: &str = include_str!("../../../kernels/lora_merge.ptx");
@@ -50,23 +51,24 @@ fn pick_cubin(major: u32, minor: u32, archs: &[u32]) -> Option<usize> {
 /// one and the driver takes it, otherwise the PTX, which the driver JIT-compiles (2-3 s on an H100
 /// unless its cache has it; BENCHMARKS.md, session 7). Returns the module and what was loaded (`sm_90 cubin`, `PTX`).
 /// `LORAWELD_CUDA_JIT=1` skips the cubins (a timing aid).
-fn load_merge_module() -> Result<(Module, String)> {
-    load_module("kernels/lora_merge.ptx", PTX, cubins::CUBINS)
+fn load_merge_module(jit: bool) -> Result<(Module, String)> {
+    load_module("kernels/lora_merge.ptx", PTX, cubins::CUBINS, jit)
 }
 
 /// The requantization kernel (`kernels/quant4.ptx`), loaded like the merge kernels.
-fn load_quant_module() -> Result<(Module, String)> {
-    load_module("kernels/quant4.ptx", QUANT_PTX, cubins::QUANT4_CUBINS)
+fn load_quant_module(jit: bool) -> Result<(Module, String)> {
+    load_module("kernels/quant4.ptx", QUANT_PTX, cubins::QUANT4_CUBINS, jit)
 }
 
 /// Loads `ptx` (from `file`) or the cubin of it for this GPU; see [`load_merge_module`].
-fn load_module(file: &str, ptx: &str, built: &[(u32, &[u8])]) -> Result<(Module, String)> {
+/// With `jit` (`LORAWELD_CUDA_JIT`, read with the options) the PTX even when a cubin is there.
+fn load_module(file: &str, ptx: &str, built: &[(u32, &[u8])], jit: bool) -> Result<(Module, String)> {
     let load_ptx = |what: String| {
         Module::from_ptx(ptx, &[])
             .map(|m| (m, what))
             .map_err(cu_err(format!("load {file}")))
     };
-    if std::env::var_os("LORAWELD_CUDA_JIT").is_some_and(|v| v != "0") {
+    if jit {
         return load_ptx("PTX, LORAWELD_CUDA_JIT".into());
     }
     let dev = Device::get_device(0).map_err(cu_err("cuDeviceGet"))?;
@@ -943,10 +945,16 @@ impl CudaBackend {
     /// device's free memory. Fails with [`Error::NoCudaDevice`] when there is no usable GPU
     /// (no driver, the link-time stub, no device, or the kernels do not load).
     pub fn new(budget: MemoryBudget, threads: Option<usize>) -> Result<Self> {
+        Self::with_jit(budget, threads, false)
+    }
+
+    /// [`CudaBackend::new`]; with `jit`, the kernels are loaded from PTX even when this build
+    /// embeds a cubin for the GPU (`LORAWELD_CUDA_JIT`, to time the driver's JIT).
+    pub fn with_jit(budget: MemoryBudget, threads: Option<usize>, jit: bool) -> Result<Self> {
         let (ctx, device) = open_device()?;
         let none = |why: String| Error::NoCudaDevice { why };
-        let (module, image) = load_merge_module().map_err(|e| none(e.to_string()))?;
-        let (quant, _) = load_quant_module().map_err(|e| none(e.to_string()))?;
+        let (module, image) = load_merge_module(jit).map_err(|e| none(e.to_string()))?;
+        let (quant, _) = load_quant_module(jit).map_err(|e| none(e.to_string()))?;
         let mut lean_resident = [0u32; 4];
         for (slot, name) in lean_resident.iter_mut().zip(LEAN_KERNELS) {
             let func = module
@@ -1093,7 +1101,7 @@ impl CudaBackend {
         let mut rows_per = self.chunk_rows(tile);
         if let Some(q) = quant {
             // Every chunk starts on a block boundary.
-            let step = q.blocksize / gcd(tile.cols as u64, q.blocksize as u64) as usize;
+            let step = block_row_step(tile.cols as u64, q.blocksize as u64) as usize;
             rows_per = (rows_per / step).max(1) * step;
         }
         let direct_out = match &mut dest {
@@ -1179,7 +1187,7 @@ impl Backend for CudaBackend {
         if !bs.is_power_of_two() || !(8..=4096).contains(&bs) || !k0.is_multiple_of(bs as u64) {
             return Ok(None);
         }
-        let step = bs as u64 / gcd(tile.cols as u64, bs as u64);
+        let step = block_row_step(tile.cols as u64, bs as u64);
         if step * tile.cols as u64 >= 1 << 30 {
             return Ok(None);
         }
@@ -1395,7 +1403,8 @@ pub mod bench {
         /// Opens device 0.
         pub fn new() -> Result<Self> {
             let (ctx, device) = open_device()?;
-            let (module, image) = load_merge_module()?;
+            // The harness takes the hook from the environment itself.
+            let (module, image) = load_merge_module(std::env::var_os("LORAWELD_CUDA_JIT").is_some_and(|v| v != "0"))?;
             let fma = Module::from_ptx(FMA_PTX, &[]).map_err(cu_err("load fma_rate.ptx"))?;
             let stream = Stream::new(StreamFlags::NON_BLOCKING, None).map_err(cu_err("cuStreamCreate"))?;
             // SAFETY: plain bytes, filled right below.
@@ -1611,7 +1620,7 @@ pub mod bench {
             let absmax = upload(&random_bytes(nb, 2))?;
             let nabs = upload(&random_f32(nb.div_ceil(256), 3, 0.1))?;
             let nmap = upload(&random_f32(256, 4, 2.0))?;
-            let qmap: Vec<u8> = crate::quant::bnb::NF4.iter().flat_map(|x| x.to_le_bytes()).collect();
+            let qmap: Vec<u8> = crate::format::bnb::NF4.iter().flat_map(|x| x.to_le_bytes()).collect();
             let qmap = upload(&qmap)?;
             let a = upload(&random_f32(r * cols, 5, 0.02))?;
             // Bt [r, rows] (rows is a multiple of 8 here, so no padding).
@@ -1678,8 +1687,8 @@ pub mod bench {
 mod tests {
     use super::{cubins, launch_shape, pick_cubin, KernelSpec, LEAN_KERNELS};
     use crate::compute::{BaseRows, LoraRows, MergeTile};
-    use crate::options::FloatDtype;
-    use crate::quant::bnb::{AbsmaxRef, QuantView, NF4};
+    use crate::format::bnb::{AbsmaxRef, QuantView, NF4};
+    use crate::format::dtype::FloatDtype;
 
     /// The entry point the launcher picks for a bnb 4-bit tile with an r = 4 LoRA (`nested`:
     /// double-quant absmax).

@@ -14,7 +14,7 @@
 //! the quant state, so the file is self-consistent).
 
 use super::bnb::{QuantType, NF4};
-use crate::writer::pyjson::py_float_repr;
+use crate::format::pyjson::py_float_repr;
 
 /// NF4 bucket boundaries: f32 midpoints of the sorted code table.
 const NF4_BOUNDS: [u32; 15] = [
@@ -326,8 +326,8 @@ pub fn quant_state_json(qt: QuantType, blocksize: u64, dtype: &str, shape: [u64;
 #[allow(clippy::excessive_precision)] // f32 values printed by Python
 mod tests {
     use super::*;
-    use crate::options::FloatDtype;
-    use crate::quant::bnb::{AbsmaxRef, QuantView};
+    use crate::format::bnb::{AbsmaxRef, QuantView};
+    use crate::format::dtype::FloatDtype;
     use proptest::prelude::*;
 
     #[test]

@@ -13,8 +13,18 @@ use std::path::Path;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::options::FloatDtype;
-use crate::quant::dtype::parse_torch_dtype;
+use crate::format::dtype::parse_torch_dtype;
+use crate::format::dtype::FloatDtype;
+
+/// Rows of a `cols`-wide weight that hold a whole number of `blocksize` blocks: the step by
+/// which 4-bit tiles and device chunks are cut, so each starts on a block boundary.
+pub fn block_row_step(cols: u64, blocksize: u64) -> u64 {
+    let (mut a, mut b) = (cols, blocksize);
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    blocksize.checked_div(a).unwrap_or(1)
+}
 
 /// NF4 code values (bitsandbytes `get_4bit_type("nf4")`), exact f32.
 pub const NF4: [f32; 16] = [
@@ -244,7 +254,7 @@ impl QuantView<'_> {
             let am = self.absmax.get(b as usize);
             let mut lut = [0f32; 16];
             for (l, m) in lut.iter_mut().zip(map) {
-                *l = crate::quant::dtype::round_through(m * am, self.dtype);
+                *l = crate::format::dtype::round_through(m * am, self.dtype);
             }
             if k % 2 == 1 {
                 out[idx] = lut[(self.codes[(k / 2) as usize] & 0x0f) as usize];
@@ -253,7 +263,7 @@ impl QuantView<'_> {
             }
             let pairs = ((block_end - k) / 2) as usize;
             let bytes = &self.codes[(k / 2) as usize..(k / 2) as usize + pairs];
-            crate::compute::simd::decode_nibbles(&lut, bytes, &mut out[idx..idx + 2 * pairs]);
+            crate::format::nibbles::decode_nibbles(&lut, bytes, &mut out[idx..idx + 2 * pairs]);
             idx += 2 * pairs;
             k += 2 * pairs as u64;
             if k < block_end {
@@ -395,7 +405,7 @@ mod tests {
                 let k = start + j as u64;
                 let byte = codes[(k / 2) as usize];
                 let code = if k.is_multiple_of(2) { byte >> 4 } else { byte & 0x0f };
-                let want = crate::quant::dtype::round_through(NF4[code as usize] * v.absmax.get((k / bs) as usize), FloatDtype::Bf16);
+                let want = crate::format::dtype::round_through(NF4[code as usize] * v.absmax.get((k / bs) as usize), FloatDtype::Bf16);
                 proptest::prop_assert_eq!(g.to_bits(), want.to_bits());
             }
         }

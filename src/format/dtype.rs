@@ -1,8 +1,37 @@
 //! Casts between f32 and the 16-bit float formats, rounding exactly as torch does
 //! (round-to-nearest-even; a NaN becomes the canonical quiet NaN).
 
-use crate::checkpoint::safetensors::Dtype;
-use crate::options::FloatDtype;
+use crate::format::safetensors::Dtype;
+
+/// A floating output dtype.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FloatDtype {
+    /// bfloat16
+    Bf16,
+    /// IEEE half
+    F16,
+    /// IEEE single
+    F32,
+}
+
+impl FloatDtype {
+    /// The torch name written into `config.json` (`bfloat16`, `float16`, `float32`).
+    pub fn torch_name(self) -> &'static str {
+        match self {
+            FloatDtype::Bf16 => "bfloat16",
+            FloatDtype::F16 => "float16",
+            FloatDtype::F32 => "float32",
+        }
+    }
+
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            FloatDtype::Bf16 | FloatDtype::F16 => 2,
+            FloatDtype::F32 => 4,
+        }
+    }
+}
 
 /// bf16 bits → f32 (exact).
 #[inline(always)]

@@ -16,7 +16,7 @@ const TICK: Duration = Duration::from_millis(100);
 /// Time constant of the rate's exponential smoothing.
 const SMOOTHING_S: f64 = 3.0;
 /// No rate or ETA before this much writing.
-const WARMUP_S: f64 = 1.0;
+const WARMUP_S: f64 = 0.5;
 
 /// Runs `work` while a bar follows `written` towards `total` (bytes still to write; `resumed`
 /// shards were kept from an interrupted run and are not in it).
@@ -46,6 +46,8 @@ fn draw(total: u64, resumed: usize, written: &AtomicU64, finished: &AtomicBool) 
     if let Ok(style) = indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {msg}") {
         pb.set_style(style.progress_chars("=> "));
     }
+    // The first frame already says something.
+    pb.set_message(line(0, total, &Rate::default()));
     pb.set_prefix(if resumed > 0 {
         format!("loraweld: writing ({resumed} shard(s) kept)")
     } else {
@@ -57,8 +59,8 @@ fn draw(total: u64, resumed: usize, written: &AtomicU64, finished: &AtomicBool) 
         let done = finished.load(Ordering::Relaxed);
         let pos = written.load(Ordering::Relaxed).min(total);
         rate.sample(start.elapsed().as_secs_f64(), pos);
-        pb.set_position(pos);
         pb.set_message(line(pos, total, &rate));
+        pb.set_position(pos);
         if done {
             break;
         }
@@ -76,7 +78,8 @@ fn line(pos: u64, total: u64, rate: &Rate) -> String {
             let eta = (total - pos) as f64 / r;
             format!("{sizes}  {}/s  eta {}", human_bytes(r as u64), eta_text(eta))
         }
-        _ => format!("{sizes}  starting"),
+        _ if pos == 0 => format!("{sizes}  starting"),
+        _ => sizes,
     }
 }
 
@@ -120,7 +123,7 @@ impl Rate {
         self.last = Some((t, pos));
     }
 
-    /// The rate to show: none during the first second of writing.
+    /// The rate to show: none during the first half second of writing.
     fn per_s(&self) -> Option<f64> {
         let (t0, _) = self.first?;
         let (t, _) = self.last?;
@@ -139,7 +142,8 @@ mod tests {
         assert_eq!(line(0, 4_000_000_000, &r), "0 B / 4.00 GB  starting");
         r.sample(0.1, 100_000_000);
         r.sample(0.5, 500_000_000);
-        assert!(r.per_s().is_none(), "nothing shown in the first second");
+        assert!(r.per_s().is_none(), "nothing shown in the first half second");
+        assert_eq!(line(500_000_000, 4_000_000_000, &r), "500 MB / 4.00 GB");
         r.sample(1.1, 1_100_000_000);
         let l = line(1_100_000_000, 4_000_000_000, &r);
         assert_eq!(l, "1.10 GB / 4.00 GB  1.00 GB/s  eta 3s");

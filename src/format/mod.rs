@@ -1,0 +1,10 @@
+//! The formats, both ways and below everything that uses them: dtypes and torch-exact casts,
+//! the safetensors header (parse and lay out), bitsandbytes 4-bit (decode, encode, the packed
+//! nibbles), and JSON as Python writes it.
+
+pub mod bnb;
+pub mod dtype;
+pub mod encode;
+pub mod nibbles;
+pub mod pyjson;
+pub mod safetensors;
