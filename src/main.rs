@@ -5,11 +5,11 @@ use std::process::ExitCode as ProcessExit;
 
 use clap::builder::{PossibleValue, PossibleValuesParser};
 use clap::{Parser, Subcommand, ValueHint};
-use loraweld::hub::{HubConfig, PushOptions, PushReport};
 use loraweld::options::parse_size;
 use loraweld::{
     DeviceChoice, Error, ExitCode, FloatDtype, MemoryBudget, PaddingSide, SaveMethod, SaveOptions, ShardOrder,
 };
+use loraweld::{HubConfig, PushOptions, PushReport};
 
 const AFTER_HELP: &str = "\
 Examples:
@@ -377,7 +377,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             Ok(())
         }
         Command::Verify(args) => {
-            let r = loraweld::verify::verify(&args.dir)?;
+            let r = loraweld::verify(&args.dir)?;
             if args.json {
                 println!(
                     "{}",
@@ -418,7 +418,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             }
         }
         Command::Inspect(args) => {
-            let r = loraweld::inspect::inspect(&args.path, args.base.as_deref())?;
+            let r = loraweld::inspect(&args.path, args.base.as_deref())?;
             if args.json {
                 println!(
                     "{}",
@@ -437,7 +437,7 @@ fn run(cli: Cli) -> Result<(), Error> {
         Command::Push(args) => {
             let hub = HubConfig::from_env(args.hub.token.as_deref());
             let opts = args.hub.push_options(&args.repo);
-            let report = loraweld::hub::push(&args.dir, &opts, &hub, args.temporary_location.as_deref())?;
+            let report = loraweld::push(&args.dir, &opts, &hub, args.temporary_location.as_deref())?;
             if args.json {
                 let s = serde_json::to_string_pretty(&report).map_err(|e| Error::Internal(e.to_string()))?;
                 println!("{s}");
@@ -497,7 +497,7 @@ const LIST_CAP: usize = 5;
 
 fn main() -> ProcessExit {
     // SIGINT stops a save at the next work item and keeps its staging directory for a re-run.
-    loraweld::sys::install_sigint_handler();
+    loraweld::install_sigint_handler();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) if !e.use_stderr() => {
@@ -608,7 +608,7 @@ mod tests {
     /// The summary's second line stays under 100 columns even for a big model.
     #[test]
     fn summary_fits_100_columns() {
-        let counts = loraweld::plan::PlanCounts {
+        let counts = loraweld::PlanCounts {
             merged: 4480,
             copied: 2910,
             dequantized: 1234,
@@ -616,7 +616,7 @@ mod tests {
             consumed_quant_helpers: 99999,
             quantized: 1000,
         };
-        let shard = loraweld::pipeline::ShardResult {
+        let shard = loraweld::ShardResult {
             file: "model-00001-of-00030.safetensors".into(),
             bytes: 4_999_999_999,
             blake3: String::new(),

@@ -4,5 +4,5 @@ pub mod adapter;
 pub mod mmap;
 pub mod model;
 
-pub use adapter::{Adapter, AdapterConfig};
-pub use model::{Checkpoint, Shard, TensorLoc};
+pub use adapter::Adapter;
+pub use model::{Checkpoint, TensorLoc};

@@ -16,7 +16,10 @@
 mod driver;
 
 #[cfg(feature = "cuda")]
-pub use driver::{bench, CudaBackend};
+pub use driver::CudaBackend;
+// The kernel timing harness, for examples/gpu-bench.rs only.
+#[cfg(all(feature = "cuda", feature = "internals"))]
+pub use driver::bench;
 
 #[cfg(not(feature = "cuda"))]
 pub use stub::CudaBackend;

@@ -349,8 +349,7 @@ impl Plan {
 }
 
 mod merge;
-pub use crate::job::QuantSpec;
-pub use merge::{plan_merged, quantizable};
+pub use merge::plan_merged;
 
 const QUANT_SUFFIXES: [&str; 5] = [
     ".absmax",
