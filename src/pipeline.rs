@@ -15,7 +15,7 @@
 //! wins; "channel closed" errors in other stages are its consequences and are dropped.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, Sender};
@@ -32,7 +32,8 @@ use crate::format::dtype::{decode_into, encode_into, float_of, round_through};
 use crate::format::encode;
 use crate::plan::{BaseSrc, Extra, FactorSrc, FileRef, LoraSrc, Op, Plan, QuantPart, QuantSrc, QuantStats, Src};
 pub use crate::writer::shard::ShardResult;
-use crate::writer::shard::{lead_for, AlignedBuf, ShardWriter};
+use crate::writer::output::{OutputFile, OutputOptions};
+use crate::writer::shard::{lead_for, AlignedBuf};
 
 /// The mapped inputs a plan reads from.
 #[derive(Clone, Copy)]
@@ -205,10 +206,12 @@ enum Work<'a> {
         tensor: usize,
     },
     StartShard(usize),
+    /// Input bytes copied as they are to `at` in the output file.
     Copy {
         data: &'a [u8],
         file: &'a MappedFile,
         abs: usize,
+        at: u64,
     },
     Tile {
         tensor: usize,
@@ -218,6 +221,7 @@ enum Work<'a> {
     EndShard(usize),
 }
 
+/// Output bytes and where they go in their file (`at`, absolute, as planned).
 enum Packed<'a> {
     StartShard(usize),
     /// A computed tile at `buf[lead..lead + len]`, placed for a copy-free direct write.
@@ -225,13 +229,18 @@ enum Packed<'a> {
         buf: AlignedBuf,
         lead: usize,
         len: usize,
+        at: u64,
     },
     Borrowed {
         data: &'a [u8],
         file: &'a MappedFile,
         abs: usize,
+        at: u64,
     },
-    Owned(Vec<u8>),
+    Owned {
+        bytes: Vec<u8>,
+        at: u64,
+    },
     EndShard(usize),
 }
 
@@ -325,6 +334,7 @@ fn read_stage<'a>(plan: &Plan, inputs: Inputs<'a>, cfg: ExecConfig, tx: Sender<W
                             data: &data[off..end],
                             file,
                             abs: abs + off,
+                            at: t.offset + off as u64,
                         });
                         if data.is_empty() {
                             break;
@@ -363,7 +373,7 @@ fn read_stage<'a>(plan: &Plan, inputs: Inputs<'a>, cfg: ExecConfig, tx: Sender<W
                     (Work::Tile { row0, rows, .. }, Op::Compute { base, .. }) => {
                         tile_ranges(&inputs, base, t.cols as usize, *row0, *rows).prefetch()
                     }
-                    (Work::Copy { data, file, abs }, _) => file.will_need(*abs, *abs + data.len()),
+                    (Work::Copy { data, file, abs, .. }, _) => file.will_need(*abs, *abs + data.len()),
                     _ => {}
                 }
                 if tx.send(it).is_err() {
@@ -970,7 +980,7 @@ fn compute_stage<'a>(
         let out = match w {
             Work::StartShard(i) => Packed::StartShard(i),
             Work::EndShard(i) => Packed::EndShard(i),
-            Work::Copy { data, file, abs } => Packed::Borrowed { data, file, abs },
+            Work::Copy { data, file, abs, at } => Packed::Borrowed { data, file, abs, at },
             Work::Part { tensor } => {
                 let t0 = Instant::now();
                 let t = &plan.tensors[tensor];
@@ -987,7 +997,7 @@ fn compute_stage<'a>(
                     )));
                 }
                 busy += t0.elapsed();
-                Packed::Owned(bytes)
+                Packed::Owned { bytes, at: t.offset }
             }
             Work::Tile { tensor, row0, rows } => {
                 let t0 = Instant::now();
@@ -1009,7 +1019,7 @@ fn compute_stage<'a>(
                 };
                 // The tile goes where its bytes sit in their 4 KiB page of the shard, so the
                 // writer can hand the buffer to the disk without copying it.
-                let lead = lead_for(plan.shards[t.shard].header.len() as u64 + t.offset + skip);
+                let lead = lead_for(t.offset + skip);
                 // Waiting here for a buffer is the back-pressure from the disk. A tile larger
                 // than the plan's largest (never, by construction) gets its own.
                 let t_wait = Instant::now();
@@ -1028,7 +1038,12 @@ fn compute_stage<'a>(
                     (op, Some(dt)) => c.encoded(tensor, op, t.cols as usize, row0, rows, dt, out)?,
                     (_, None) => return Err(Error::Internal(format!("`{}`: no output dtype", t.name))),
                 };
-                let packed = Packed::Aligned { buf, lead, len };
+                let packed = Packed::Aligned {
+                    buf,
+                    lead,
+                    len,
+                    at: t.offset + skip,
+                };
                 if !finite && !cfg.allow_nonfinite {
                     return Err(Error::NonFinite { tensor: t.name.clone() });
                 }
@@ -1043,30 +1058,9 @@ fn compute_stage<'a>(
     Ok(busy)
 }
 
-/// The hashes a shard gets as its bytes go by: blake3 always, sha256 when pushing.
-struct Digests {
-    blake3: blake3::Hasher,
-    sha256: Option<sha2::Sha256>,
-}
-
-impl Digests {
-    fn new(sha256: bool) -> Self {
-        use sha2::Digest;
-        Digests {
-            blake3: blake3::Hasher::new(),
-            sha256: sha256.then(sha2::Sha256::new),
-        }
-    }
-
-    fn update(&mut self, data: &[u8]) {
-        use sha2::Digest;
-        self.blake3.update(data);
-        if let Some(s) = &mut self.sha256 {
-            s.update(data);
-        }
-    }
-}
-
+/// Writes every file the plan assigns, through the output-format seam: each planned file is
+/// begun with its head, gets every piece at its planned offset, and is finished (hashed,
+/// synced, checked against its planned length).
 fn pack_stage(
     plan: &Plan,
     dir: &Path,
@@ -1078,89 +1072,46 @@ fn pack_stage(
 ) -> Result<(Vec<ShardResult>, Duration)> {
     let mut busy = Duration::ZERO;
     let mut results = Vec::with_capacity(plan.shards.len());
-    let mut open: Option<(usize, ShardWriter, Digests, u64)> = None;
+    let mut open: Option<(usize, OutputFile)> = None;
+    let opts = OutputOptions {
+        sha256: cfg.sha256,
+        copy_file_range: cfg.copy_file_range,
+        progress,
+    };
+    let no_file = || Error::Internal("data before shard start".into());
     for p in rx {
         let t0 = Instant::now();
         match p {
             Packed::StartShard(i) => {
                 let sh = &plan.shards[i];
-                let path = dir.join(&sh.file_name);
-                let mut f = ShardWriter::create_with(&path, true, Some(pool.clone()))?;
-                f.set_clone(cfg.copy_file_range);
-                f.write(&sh.header)?;
-                let mut h = Digests::new(cfg.sha256);
-                h.update(&sh.header);
-                open = Some((i, f, h, sh.header.len() as u64));
+                let f = OutputFile::begin(dir, &sh.file_name, &sh.head, sh.file_len, pool.clone(), opts)?;
+                open = Some((i, f));
             }
-            Packed::Borrowed { data, file, abs } => {
-                let (_, f, h, n) = open
-                    .as_mut()
-                    .ok_or_else(|| Error::Internal("data before shard start".into()))?;
-                f.write_from(file.file(), abs as u64, data)?;
-                h.update(data);
-                *n += data.len() as u64;
-                if let Some(p) = progress {
-                    p.fetch_add(data.len() as u64, Ordering::Relaxed);
-                }
+            Packed::Borrowed { data, file, abs, at } => {
+                let (_, f) = open.as_mut().ok_or_else(no_file)?;
+                f.put_from(at, file.file(), abs as u64, data)?;
                 file.release(abs, abs + data.len());
             }
-            Packed::Owned(buf) => {
-                let (_, f, h, n) = open
-                    .as_mut()
-                    .ok_or_else(|| Error::Internal("data before shard start".into()))?;
-                f.write(&buf)?;
-                h.update(&buf);
-                *n += buf.len() as u64;
-                if let Some(p) = progress {
-                    p.fetch_add(buf.len() as u64, Ordering::Relaxed);
-                }
+            Packed::Owned { bytes, at } => {
+                let (_, f) = open.as_mut().ok_or_else(no_file)?;
+                f.put(at, &bytes)?;
             }
-            Packed::Aligned { buf, lead, len } => {
-                let (_, f, h, n) = open
-                    .as_mut()
-                    .ok_or_else(|| Error::Internal("data before shard start".into()))?;
-                h.update(&buf.as_slice()[lead..lead + len]);
-                *n += len as u64;
-                if let Some(p) = progress {
-                    p.fetch_add(len as u64, Ordering::Relaxed);
-                }
-                if let Some(back) = f.write_owned(buf, lead, len)? {
+            Packed::Aligned { buf, lead, len, at } => {
+                let (_, f) = open.as_mut().ok_or_else(no_file)?;
+                if let Some(back) = f.put_owned(at, buf, lead, len)? {
                     let _ = pool.try_send(back);
                 }
             }
             Packed::EndShard(i) => {
-                let (oi, f, h, n) = open
+                let (oi, f) = open
                     .take()
                     .ok_or_else(|| Error::Internal("shard end without start".into()))?;
-                let sh = &plan.shards[i];
-                let path = dir.join(&sh.file_name);
-                if oi != i || n != sh.file_len {
-                    return Err(Error::Internal(format!(
-                        "{}: wrote {n} bytes, planned {}",
-                        path.display(),
-                        sh.file_len
-                    )));
+                if oi != i {
+                    return Err(Error::Internal(format!("{}: ended out of order", plan.shards[i].file_name)));
                 }
-                let cloned_bytes = f.cloned_bytes();
-                let len = f.finish()?;
-                if len != n {
-                    return Err(Error::Internal(format!(
-                        "{}: file is {len} bytes, wrote {n}",
-                        path.display()
-                    )));
-                }
-                results.push(ShardResult {
-                    file: sh.file_name.clone(),
-                    bytes: n,
-                    blake3: h.blake3.finalize().to_hex().to_string(),
-                    sha256: h.sha256.map(|x| {
-                        use sha2::Digest;
-                        x.finalize().iter().map(|b| format!("{b:02x}")).collect()
-                    }),
-                    cloned_bytes,
-                });
+                results.push(f.finish()?);
                 if let (Some(cb), Some(r)) = (on_shard, results.last()) {
-                    cb(&path, r);
+                    cb(&dir.join(&plan.shards[i].file_name), r);
                 }
             }
         }

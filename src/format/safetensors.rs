@@ -318,6 +318,111 @@ pub fn parse_header(path: &Path, bytes: &[u8]) -> Result<Header> {
     })
 }
 
+/// One tensor of a file to lay out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayoutEntry<'a> {
+    /// Name.
+    pub name: &'a str,
+    /// Element type.
+    pub dtype: Dtype,
+    /// Shape.
+    pub shape: &'a [u64],
+    /// Bytes of data.
+    pub nbytes: u64,
+}
+
+/// The order the safetensors crate (`prepare`) writes tensors in: dtype descending, then name
+/// ascending. Returns indices into `entries`.
+pub fn file_order(entries: &[LayoutEntry<'_>]) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..entries.len()).collect();
+    idx.sort_by(|&a, &b| {
+        entries[b]
+            .dtype
+            .cmp(&entries[a].dtype)
+            .then_with(|| entries[a].name.cmp(entries[b].name))
+    });
+    idx
+}
+
+/// Lays out a file of `entries`, in the order given (see [`file_order`]), as the safetensors
+/// crate and transformers write it: `{"__metadata__":{"format":"pt"}` first, compact JSON,
+/// padded with spaces to a multiple of 8. Returns the head (8-byte length + JSON) and each
+/// tensor's absolute offset in the file; the file is `head.len() + sum(nbytes)` long.
+pub fn lay_out(entries: &[LayoutEntry<'_>]) -> (Vec<u8>, Vec<u64>) {
+    let mut off = 0u64;
+    let mut rel = Vec::with_capacity(entries.len());
+    let mut json = String::from(r#"{"__metadata__":{"format":"pt"}"#);
+    for e in entries {
+        let shape: Vec<String> = e.shape.iter().map(|d| d.to_string()).collect();
+        json.push(',');
+        json.push_str(&serde_json::to_string(e.name).unwrap_or_default());
+        json.push_str(&format!(
+            r#":{{"dtype":"{}","shape":[{}],"data_offsets":[{},{}]}}"#,
+            e.dtype.as_str(),
+            shape.join(","),
+            off,
+            off + e.nbytes
+        ));
+        rel.push(off);
+        off += e.nbytes;
+    }
+    json.push('}');
+    let padded = json.len().next_multiple_of(8);
+    let mut head = (padded as u64).to_le_bytes().to_vec();
+    head.extend_from_slice(json.as_bytes());
+    head.resize(8 + padded, b' ');
+    let start = head.len() as u64;
+    (head, rel.into_iter().map(|o| start + o).collect())
+}
+
+#[cfg(test)]
+mod layout_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const DTYPES: [Dtype; 4] = [Dtype::BF16, Dtype::F16, Dtype::F32, Dtype::U8];
+
+    proptest! {
+        /// Laying out, then parsing, gives back every name, dtype, shape and offset.
+        #[test]
+        fn layout_then_parse_round_trips(
+            specs in proptest::collection::btree_map("[a-z._0-9\\u{e9}\"]{1,24}", (0usize..4, proptest::collection::vec(0u64..5, 0..3)), 0..12)
+        ) {
+            let entries: Vec<(String, Dtype, Vec<u64>)> = specs
+                .into_iter()
+                .map(|(n, (d, shape))| (n, DTYPES[d], shape))
+                .collect();
+            let layout: Vec<LayoutEntry<'_>> = entries
+                .iter()
+                .map(|(n, d, shape)| LayoutEntry {
+                    name: n,
+                    dtype: *d,
+                    shape,
+                    nbytes: shape.iter().product::<u64>() * d.bits() / 8,
+                })
+                .collect();
+            let order = file_order(&layout);
+            let ordered: Vec<LayoutEntry<'_>> = order.iter().map(|&i| layout[i].clone()).collect();
+            let (head, offsets) = lay_out(&ordered);
+            prop_assert_eq!(head.len() % 8, 0);
+            let data: u64 = ordered.iter().map(|e| e.nbytes).sum();
+            let mut file = head.clone();
+            file.resize(head.len() + data as usize, 0);
+            let h = parse_header(Path::new("t"), &file).unwrap();
+            prop_assert_eq!(h.data_start, head.len() as u64);
+            prop_assert_eq!(h.tensors.len(), ordered.len());
+            for (e, off) in ordered.iter().zip(&offsets) {
+                let t = h.tensors.iter().find(|t| t.name == e.name).unwrap();
+                prop_assert_eq!(t.dtype, e.dtype);
+                prop_assert_eq!(&t.shape[..], e.shape);
+                prop_assert_eq!(h.data_start + t.offsets.0, *off);
+                prop_assert_eq!(t.nbytes(), e.nbytes);
+            }
+            prop_assert_eq!(h.metadata.get("format").map(String::as_str), Some("pt"));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

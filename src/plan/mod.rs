@@ -13,6 +13,7 @@ use crate::format::dtype::FloatDtype;
 use crate::format::dtype::{float_of, st_dtype};
 use crate::format::safetensors::{Dtype, TensorInfo};
 use crate::job::Job;
+use crate::writer::output::{FileFormat, Safetensors, TensorSpec};
 pub use crate::job::ShardOrder;
 
 /// Which mapped file a source tensor lives in.
@@ -251,7 +252,7 @@ pub struct OutTensor {
     pub params: u64,
     /// Shard index.
     pub shard: usize,
-    /// Offset in the shard's data section.
+    /// Absolute offset of its first byte in its file.
     pub offset: u64,
 }
 
@@ -262,8 +263,8 @@ pub struct ShardPlan {
     pub file_name: String,
     /// Tensor indices in file order.
     pub tensors: Vec<usize>,
-    /// The full header: 8-byte length + padded JSON.
-    pub header: Vec<u8>,
+    /// The bytes before the first tensor (safetensors: 8-byte length + padded JSON).
+    pub head: Vec<u8>,
     /// Total file bytes.
     pub file_len: u64,
     /// Already written and verified by an earlier, interrupted run: do not write again.
@@ -593,85 +594,38 @@ pub(crate) fn layout(
         ShardOrder::Natural => idx.sort_by(|&a, &b| natural_key(&tensors[a].name).cmp(&natural_key(&tensors[b].name))),
         ShardOrder::Module => idx.sort_by(|&a, &b| module_cmp(&tensors[a].name, &tensors[b].name)),
     }
-    // huggingface_hub `split_state_dict_into_shards_factory`: a tensor above the limit gets its
-    // own shard immediately; otherwise the current shard closes when it would overflow.
-    let mut groups: Vec<Vec<usize>> = Vec::new();
-    let mut cur: Vec<usize> = Vec::new();
-    let mut cur_size = 0u64;
-    for i in idx {
-        let size = tensors[i].nbytes;
-        if size > max_shard_size {
-            groups.push(vec![i]);
-            continue;
-        }
-        if cur_size + size > max_shard_size {
-            groups.push(std::mem::take(&mut cur));
-            cur_size = 0;
-        }
-        cur.push(i);
-        cur_size += size;
-    }
-    if !cur.is_empty() {
-        groups.push(cur);
-    }
-    if groups.is_empty() {
-        groups.push(Vec::new());
-    }
-    let n = groups.len();
-    let ext = "safetensors";
-    let base_name = match variant {
-        Some(v) => format!("{stem}.{v}"),
-        None => stem.to_string(),
+    // The output format decides which tensors share a file, the files' names and layout.
+    let format = Safetensors {
+        max_shard_size,
+        stem: stem.clone(),
+        variant: variant.map(str::to_string),
     };
-    let mut shards = Vec::with_capacity(n);
-    for (si, mut g) in groups.into_iter().enumerate() {
-        // safetensors `prepare`: dtype descending, then name ascending.
-        g.sort_by(|&a, &b| {
-            tensors[b]
-                .dtype
-                .cmp(&tensors[a].dtype)
-                .then_with(|| tensors[a].name.cmp(&tensors[b].name))
-        });
-        let mut off = 0u64;
-        let mut json = String::from(r#"{"__metadata__":{"format":"pt"}"#);
-        for &i in &g {
-            let t = &mut tensors[i];
-            t.shard = si;
-            t.offset = off;
-            let shape: Vec<String> = t.shape.iter().map(|d| d.to_string()).collect();
-            json.push(',');
-            json.push_str(&serde_json::to_string(&t.name).unwrap_or_default());
-            json.push_str(&format!(
-                r#":{{"dtype":"{}","shape":[{}],"data_offsets":[{},{}]}}"#,
-                t.dtype.as_str(),
-                shape.join(","),
-                off,
-                off + t.nbytes
-            ));
-            off += t.nbytes;
+    let specs: Vec<TensorSpec<'_>> = idx
+        .iter()
+        .map(|&i| TensorSpec {
+            name: &tensors[i].name,
+            dtype: tensors[i].dtype,
+            shape: &tensors[i].shape,
+            nbytes: tensors[i].nbytes,
+        })
+        .collect();
+    let files = format.files(&specs);
+    let index_name = format.index_name(files.len());
+    let mut shards = Vec::with_capacity(files.len());
+    for (si, (file_name, file)) in files.into_iter().enumerate() {
+        let members: Vec<usize> = file.tensors.iter().map(|&k| idx[k]).collect();
+        for (&i, &off) in members.iter().zip(&file.offsets) {
+            tensors[i].shard = si;
+            tensors[i].offset = off;
         }
-        json.push('}');
-        let padded = json.len().next_multiple_of(8);
-        let mut header = (padded as u64).to_le_bytes().to_vec();
-        header.extend_from_slice(json.as_bytes());
-        header.resize(8 + padded, b' ');
-        let file_name = if n == 1 {
-            format!("{base_name}.{ext}")
-        } else {
-            format!("{base_name}-{:05}-of-{n:05}.{ext}", si + 1)
-        };
         shards.push(ShardPlan {
             skip: false,
             file_name,
-            file_len: header.len() as u64 + off,
-            header,
-            tensors: g,
+            file_len: file.len,
+            head: file.head,
+            tensors: members,
         });
     }
-    let index_name = (n > 1).then(|| match variant {
-        Some(v) => format!("{stem}.safetensors.index.{v}.json"),
-        None => format!("{stem}.safetensors.index.json"),
-    });
     let total_size = tensors.iter().map(|t| t.nbytes).sum();
     let total_parameters = tensors.iter().map(|t| t.params).sum();
     Plan {
@@ -876,7 +830,7 @@ mod tests {
             None,
             PlanCounts::default(),
         );
-        let h = &p.shards[0].header;
+        let h = &p.shards[0].head;
         assert_eq!((h.len() - 8) % 8, 0);
         let mut file = h.clone();
         file.extend(std::iter::repeat_n(0, 7));

@@ -3,6 +3,7 @@
 
 pub mod existing;
 pub mod meta;
+pub mod output;
 pub mod resume;
 pub mod shard;
 pub mod staging;

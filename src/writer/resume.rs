@@ -123,7 +123,7 @@ fn manifest_value(run: &RunKey, plan: &Plan, done: &BTreeMap<String, ShardResult
             let d = done.get(&s.file_name);
             json!({
                 "file": s.file_name,
-                "header_blake3": blake3::hash(&s.header).to_hex().to_string(),
+                "header_blake3": blake3::hash(&s.head).to_hex().to_string(),
                 "bytes": s.file_len,
                 "blake3": d.map(|r| r.blake3.clone()),
                 "mtime_ns": d.and_then(|_| mtime_ns(&dir.join(&s.file_name))),
@@ -230,7 +230,7 @@ pub fn reusable(staging: &Path, run: &RunKey, plan: &Plan) -> Result<Vec<Option<
             .collect();
         for (i, s) in plan.shards.iter().enumerate() {
             let Some(e) = entries.get(&s.file_name) else { continue };
-            let header = blake3::hash(&s.header).to_hex().to_string();
+            let header = blake3::hash(&s.head).to_hex().to_string();
             let ok_entry = e.get("done").and_then(Value::as_bool) == Some(true)
                 && e.get("header_blake3").and_then(Value::as_str) == Some(header.as_str())
                 && e.get("bytes").and_then(Value::as_u64) == Some(s.file_len);
@@ -246,7 +246,7 @@ pub fn reusable(staging: &Path, run: &RunKey, plan: &Plan) -> Result<Vec<Option<
             let unchanged = recorded.is_some()
                 && recorded == mtime_ns(&path)
                 && std::fs::metadata(&path).is_ok_and(|m| m.len() == s.file_len)
-                && starts_with(&path, &s.header);
+                && starts_with(&path, &s.head);
             let verified = unchanged || {
                 let Ok(mf) = MappedFile::open(&path) else { continue };
                 mf.bytes().len() as u64 == s.file_len && blake3::hash(mf.bytes()).to_hex().as_str() == want
