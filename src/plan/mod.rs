@@ -13,7 +13,7 @@ use crate::format::dtype::FloatDtype;
 use crate::format::dtype::{float_of, st_dtype};
 use crate::format::safetensors::{Dtype, TensorInfo};
 use crate::job::Job;
-use crate::writer::output::{FileFormat, Safetensors, TensorSpec};
+use crate::writer::output::{FileFormat, PlannedFile, Safetensors, TensorSpec};
 pub use crate::job::ShardOrder;
 
 /// Which mapped file a source tensor lives in.
@@ -256,20 +256,6 @@ pub struct OutTensor {
     pub offset: u64,
 }
 
-/// One output file.
-#[derive(Debug, Clone)]
-pub struct ShardPlan {
-    /// File name.
-    pub file_name: String,
-    /// Tensor indices in file order.
-    pub tensors: Vec<usize>,
-    /// The bytes before the first tensor (safetensors: 8-byte length + padded JSON).
-    pub head: Vec<u8>,
-    /// Total file bytes.
-    pub file_len: u64,
-    /// Already written and verified by an earlier, interrupted run: do not write again.
-    pub skip: bool,
-}
 
 /// Counts of what the plan does.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -296,7 +282,7 @@ pub struct Plan {
     /// Output tensors.
     pub tensors: Vec<OutTensor>,
     /// Output files.
-    pub shards: Vec<ShardPlan>,
+    pub shards: Vec<PlannedFile>,
     /// Index file name when sharded.
     pub index_name: Option<String>,
     /// Sum of tensor data bytes (`total_size`).
@@ -618,7 +604,7 @@ pub(crate) fn layout(
             tensors[i].shard = si;
             tensors[i].offset = off;
         }
-        shards.push(ShardPlan {
+        shards.push(PlannedFile {
             skip: false,
             file_name,
             file_len: file.len,

@@ -39,7 +39,12 @@ pub(super) fn finish(
         }
         SaveMethod::Merged16bit | SaveMethod::Merged4bit => {
             if let Some(name) = &plan.index_name {
-                meta::write_file(dir, name, meta::index_json(plan).as_bytes())?;
+                let weight_map = plan
+                    .tensors
+                    .iter()
+                    .map(|t| (t.name.as_str(), plan.shards[t.shard].file_name.as_str()));
+                let index = meta::index_json(weight_map, plan.total_parameters, plan.total_size);
+                meta::write_file(dir, name, index.as_bytes())?;
                 files.push(name.clone());
             }
             if let Some(cfg) = ck.and_then(|c| c.config.as_ref()) {
@@ -86,7 +91,7 @@ pub(super) fn finish(
         "resumed_shards": report.resumed_shards,
         "warnings": report.warnings,
     });
-    resume::write_manifest(dir, &resume::final_manifest(run, plan, &done, dir, &files, recorded))?;
+    resume::write_manifest(dir, &resume::final_manifest(run, &plan.shards, &done, dir, &files, recorded))?;
     Ok(files)
 }
 

@@ -263,7 +263,7 @@ impl Run<'_> {
     fn execute(&self, staging: &mut Staging) -> Result<(Vec<ShardResult>, StageTimes, usize)> {
         let plan = self.plan;
         let dir = staging.path().to_path_buf();
-        let kept = resume::reusable(&dir, self.key, plan)?;
+        let kept = resume::reusable(&dir, self.key, &plan.shards)?;
         // The plan's copy for this run: kept shards are skipped.
         let mut plan = plan.clone();
         for (s, k) in plan.shards.iter_mut().zip(&kept) {
@@ -275,7 +275,7 @@ impl Run<'_> {
                 .map(|r| (r.file.clone(), r.clone()))
                 .collect::<BTreeMap<_, _>>(),
         );
-        let manifest = |d: &BTreeMap<String, ShardResult>| resume::manifest(self.key, &plan, d, &dir);
+        let manifest = |d: &BTreeMap<String, ShardResult>| resume::manifest(self.key, &plan.shards, d, &dir);
         let first = done
             .lock()
             .map_err(|_| Error::Internal("a lock was poisoned by a panicking thread".into()))?

@@ -10,7 +10,6 @@ use crate::error::{Error, Result};
 use crate::format::dtype::FloatDtype;
 use crate::format::pyjson::dumps_indent2;
 use crate::job::{PaddingSide, QuantSpec};
-use crate::plan::Plan;
 
 /// Writes `text` to `dir/name`.
 pub fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
@@ -26,13 +25,17 @@ pub fn copy_file(src: &Path, dir: &Path, name: &str) -> Result<()> {
 }
 
 /// `model.safetensors.index.json`: `json.dumps(index, indent=2, sort_keys=True) + "\n"`.
-pub fn index_json(plan: &Plan) -> String {
+pub fn index_json<'a>(
+    weight_map: impl Iterator<Item = (&'a str, &'a str)>,
+    total_parameters: u64,
+    total_size: u64,
+) -> String {
     let mut wm = Map::new();
-    for t in &plan.tensors {
-        wm.insert(t.name.clone(), Value::String(plan.shards[t.shard].file_name.clone()));
+    for (tensor, file) in weight_map {
+        wm.insert(tensor.to_string(), Value::String(file.to_string()));
     }
     let v = json!({
-        "metadata": {"total_parameters": plan.total_parameters, "total_size": plan.total_size},
+        "metadata": {"total_parameters": total_parameters, "total_size": total_size},
         "weight_map": Value::Object(wm),
     });
     dumps_indent2(&v, true) + "\n"

@@ -41,6 +41,21 @@ pub struct FileLayout {
     pub len: u64,
 }
 
+/// One output file.
+#[derive(Debug, Clone)]
+pub struct PlannedFile {
+    /// File name.
+    pub file_name: String,
+    /// Indices of its tensors (in the plan's list), in file order.
+    pub tensors: Vec<usize>,
+    /// The bytes before the first tensor (safetensors: 8-byte length + padded JSON).
+    pub head: Vec<u8>,
+    /// Total file bytes.
+    pub file_len: u64,
+    /// Already written and verified by an earlier, interrupted run: do not write again.
+    pub skip: bool,
+}
+
 /// An output file format.
 pub trait FileFormat {
     /// Groups the tensors (in the order given) into files, and lays each out; returns them

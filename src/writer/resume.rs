@@ -18,7 +18,7 @@ use super::shard::ShardResult;
 use crate::checkpoint::mmap::MappedFile;
 use crate::error::{Error, Result};
 use crate::format::pyjson::dumps_indent2;
-use crate::plan::Plan;
+use super::output::PlannedFile;
 
 /// The manifest's file name.
 pub const MANIFEST: &str = "loraweld-manifest.json";
@@ -79,8 +79,8 @@ impl RunKey {
 }
 
 /// The manifest for `plan` in `dir`, with `done` shards (by file name) marked finished.
-pub fn manifest(run: &RunKey, plan: &Plan, done: &BTreeMap<String, ShardResult>, dir: &Path) -> String {
-    dumps_indent2(&manifest_value(run, plan, done, dir), false) + "\n"
+pub fn manifest(run: &RunKey, files: &[PlannedFile], done: &BTreeMap<String, ShardResult>, dir: &Path) -> String {
+    dumps_indent2(&manifest_value(run, files, done, dir), false) + "\n"
 }
 
 /// The manifest of a finished save: also every file in the directory (the manifest itself
@@ -88,15 +88,15 @@ pub fn manifest(run: &RunKey, plan: &Plan, done: &BTreeMap<String, ShardResult>,
 /// the run's report, which an up-to-date re-run hands back.
 pub fn final_manifest(
     run: &RunKey,
-    plan: &Plan,
+    planned: &[PlannedFile],
     done: &BTreeMap<String, ShardResult>,
     dir: &Path,
     files: &[String],
     report: Value,
 ) -> String {
-    let mut v = manifest_value(run, plan, done, dir);
+    let mut v = manifest_value(run, planned, done, dir);
     let mut all: Vec<String> = files.to_vec();
-    all.extend(plan.shards.iter().map(|s| s.file_name.clone()));
+    all.extend(planned.iter().map(|s| s.file_name.clone()));
     all.push(MANIFEST.to_string());
     all.sort();
     all.dedup();
@@ -115,9 +115,8 @@ fn mtime_ns(path: &Path) -> Option<u64> {
     u64::try_from(t.as_nanos()).ok()
 }
 
-fn manifest_value(run: &RunKey, plan: &Plan, done: &BTreeMap<String, ShardResult>, dir: &Path) -> Value {
-    let shards: Vec<Value> = plan
-        .shards
+fn manifest_value(run: &RunKey, files: &[PlannedFile], done: &BTreeMap<String, ShardResult>, dir: &Path) -> Value {
+    let shards: Vec<Value> = files
         .iter()
         .map(|s| {
             let d = done.get(&s.file_name);
@@ -215,8 +214,8 @@ fn starts_with(path: &Path, head: &[u8]) -> bool {
 /// header, and a file whose size and mtime are those recorded when it was finished (and which
 /// starts with the planned header), or else whose size and blake3 match the manifest. Everything else in `staging`
 /// is removed. Returns one entry per planned shard.
-pub fn reusable(staging: &Path, run: &RunKey, plan: &Plan) -> Result<Vec<Option<ShardResult>>> {
-    let mut keep: Vec<Option<ShardResult>> = vec![None; plan.shards.len()];
+pub fn reusable(staging: &Path, run: &RunKey, files: &[PlannedFile]) -> Result<Vec<Option<ShardResult>>> {
+    let mut keep: Vec<Option<ShardResult>> = vec![None; files.len()];
     let m = read_manifest(staging);
     let same_run = m.as_ref().and_then(|m| m.get("run_key")).and_then(Value::as_str) == Some(run.key.as_str());
     if same_run {
@@ -228,7 +227,7 @@ pub fn reusable(staging: &Path, run: &RunKey, plan: &Plan) -> Result<Vec<Option<
             .flatten()
             .filter_map(|s| Some((s.get("file")?.as_str()?.to_string(), s)))
             .collect();
-        for (i, s) in plan.shards.iter().enumerate() {
+        for (i, s) in files.iter().enumerate() {
             let Some(e) = entries.get(&s.file_name) else { continue };
             let header = blake3::hash(&s.head).to_hex().to_string();
             let ok_entry = e.get("done").and_then(Value::as_bool) == Some(true)

@@ -1,0 +1,416 @@
+//! The compute stage and its engine, `Computer`: each tile becomes output bytes through a
+//! [`Backend`] (the fast path) or the general path, into buffers from the fixed pool, placed at
+//! the in-page offset their bytes have in the file.
+
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use rayon::prelude::*;
+
+use crate::compute::general::{self, DeltaRows, GeneralTile};
+use crate::compute::{Backend, BaseRows, LoraRows, MergeTile};
+use crate::error::{Error, Result};
+use crate::format::dtype::FloatDtype;
+use crate::format::dtype::{decode_into, encode_into, float_of, round_through};
+use crate::plan::{BaseSrc, Extra, FactorSrc, FileRef, LoraSrc, Op, Plan, Src};
+use crate::writer::shard::{lead_for, AlignedBuf};
+
+use super::read::{tile_ranges, Release};
+use super::items::{ExecConfig, Inputs, Packed, Work};
+
+/// Factors of the tensor being computed, decoded to f32 once per tensor.
+pub(super) enum Factors {
+    Fast { a: Vec<f32>, b: Vec<f32> },
+    General(GeneralFactors),
+    None,
+}
+
+/// One delta's factors as f32: coef, basis, r, scale, rounding.
+pub(super) type DeltaF32 = (Vec<f32>, Vec<f32>, usize, f32, Option<crate::options::FloatDtype>);
+
+/// Everything the general path needs for one tensor, as f32.
+pub(super) struct GeneralFactors {
+    deltas: Vec<DeltaF32>,
+    magnitude: Option<Vec<f32>>,
+    /// Sorted `(row, index)` pairs and the new rows.
+    replace: Option<RowsF32>,
+}
+
+pub(super) type RowsF32 = (Vec<(u64, usize)>, Vec<f32>);
+
+pub(super) fn adapter_f32(inputs: &Inputs<'_>, info: &crate::format::safetensors::TensorInfo, transpose: bool) -> Vec<f32> {
+    let dt = float_of(info.dtype).unwrap_or(crate::options::FloatDtype::F32);
+    let mut v = vec![0f32; info.numel() as usize];
+    let src = Src {
+        file: FileRef::Adapter,
+        info: info.clone(),
+    };
+    decode_into(inputs.data(&src), dt, &mut v);
+    // The factor now lives in `v`; drop its pages from our resident set.
+    let abs = inputs.abs(&src);
+    inputs.file(FileRef::Adapter).release(abs, abs + info.nbytes() as usize);
+    if !transpose || info.shape.len() != 2 {
+        return v;
+    }
+    let (r, c) = (info.shape[0] as usize, info.shape[1] as usize);
+    let mut t = vec![0f32; v.len()];
+    for i in 0..r {
+        for j in 0..c {
+            t[j * r + i] = v[i * c + j];
+        }
+    }
+    t
+}
+
+pub(super) fn load_general(inputs: &Inputs<'_>, x: &Extra) -> GeneralFactors {
+    let factor = |f: &FactorSrc| match f {
+        FactorSrc::Tensor { info, transpose, .. } => adapter_f32(inputs, info, *transpose),
+        FactorSrc::Ones => vec![1.0],
+    };
+    GeneralFactors {
+        deltas: x
+            .deltas
+            .iter()
+            .map(|d| (factor(&d.coef), factor(&d.basis), d.r, d.scale, d.round_delta))
+            .collect(),
+        magnitude: x.magnitude.as_ref().map(|m| adapter_f32(inputs, m, false)),
+        replace: x.rows.as_ref().map(|(idx, t)| {
+            let mut pairs: Vec<(u64, usize)> = idx.iter().enumerate().map(|(j, &r)| (r, j)).collect();
+            // PEFT's index_copy: with repeated indices the last row wins.
+            pairs.sort_by_key(|&(r, j)| (r, std::cmp::Reverse(j)));
+            pairs.dedup_by_key(|p| p.0);
+            (pairs, adapter_f32(inputs, t, false))
+        }),
+    }
+}
+
+/// Turns row ranges of an `Op::Compute` into values: the compute stage's engine, also used by
+/// the stats pass.
+pub(crate) struct Computer<'a, 'p> {
+    pub(super) plan: &'p Plan,
+    pub(super) inputs: Inputs<'a>,
+    pub(super) backend: &'p dyn Backend,
+    /// Cache key of the loaded factors (tensor index, or `tensors.len() + group`).
+    pub(super) key: Option<usize>,
+    pub(super) factors: Factors,
+    pub(super) bytes: Vec<u8>,
+    pub(super) f32s: Vec<f32>,
+    /// Block absmax values of the quant group whose codes were last produced.
+    pub(super) absmax: Option<(usize, Vec<f32>)>,
+    /// The op whose factors are loaded: all its input ranges are released when the next
+    /// tensor starts (catching pages faulted in around tile edges and by small helper tensors).
+    pub(super) prev: Option<&'p Op>,
+}
+
+impl<'a, 'p> Computer<'a, 'p> {
+    pub(crate) fn new(plan: &'p Plan, inputs: Inputs<'a>, backend: &'p dyn Backend) -> Self {
+        Computer {
+            plan,
+            inputs,
+            backend,
+            key: None,
+            factors: Factors::None,
+            bytes: Vec::new(),
+            f32s: Vec::new(),
+            absmax: None,
+            prev: None,
+        }
+    }
+
+    pub(super) fn load(&mut self, key: usize, op: &'p Op) {
+        if self.key == Some(key) {
+            return;
+        }
+        if let Some(prev) = self.prev.replace(op) {
+            self.release_all(prev);
+        }
+        self.factors = match op {
+            Op::Compute { lora: Some(l), .. } => Factors::Fast {
+                a: adapter_f32(&self.inputs, &l.a, false),
+                b: adapter_f32(&self.inputs, &l.b, false),
+            },
+            Op::Compute { extra: Some(x), .. } => Factors::General(load_general(&self.inputs, x)),
+            _ => Factors::None,
+        };
+        self.key = Some(key);
+    }
+
+    /// Releases every input range `op` read.
+    pub(super) fn release_all(&self, op: &Op) {
+        let Op::Compute { base, .. } = op else { return };
+        let whole = |src: &Src| {
+            let abs = self.inputs.abs(src);
+            self.inputs
+                .file(src.file)
+                .release(abs, abs + src.info.nbytes() as usize);
+        };
+        match base {
+            BaseSrc::Float(src, _) => whole(src),
+            BaseSrc::Bnb(q) => {
+                whole(&q.codes);
+                whole(&q.absmax);
+                whole(&q.quant_map);
+                if let Some((na, nm)) = &q.nested {
+                    whole(na);
+                    whole(nm);
+                }
+            }
+        }
+    }
+
+    pub(super) fn base_rows(&self, base: &'p BaseSrc, cols: usize, row0: u64, rows: usize) -> (BaseRows<'a>, Release<'a>) {
+        let inputs = &self.inputs;
+        let ranges = tile_ranges(inputs, base, cols, row0, rows);
+        match base {
+            BaseSrc::Float(src, dt) => {
+                let rb = cols * dt.size();
+                let s = row0 as usize * rb;
+                (
+                    BaseRows::Float {
+                        bytes: &inputs.data(src)[s..s + rows * rb],
+                        dtype: *dt,
+                    },
+                    ranges,
+                )
+            }
+            BaseSrc::Bnb(q) => (BaseRows::Bnb(inputs.quant_view(q)), ranges),
+        }
+    }
+
+    /// Rows `row0..row0+rows` of `op` rounded to `out_dtype`, into `buf`. Returns "all finite".
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn encoded(
+        &mut self,
+        key: usize,
+        op: &'p Op,
+        cols: usize,
+        row0: u64,
+        rows: usize,
+        out_dtype: FloatDtype,
+        buf: &mut [u8],
+    ) -> Result<bool> {
+        let Op::Compute { base, lora, extra } = op else {
+            return Err(Error::Internal("compute of a non-compute op".into()));
+        };
+        if buf.len() != rows * cols * out_dtype.size() {
+            return Err(Error::Internal("tile buffer has the wrong length".into()));
+        }
+        self.load(key, op);
+        let (base_rows, release) = self.base_rows(base, cols, row0, rows);
+        release.populate();
+        let finite = match (&self.factors, extra) {
+            (Factors::General(f), Some(x)) => {
+                general_rows(f, x, base_rows, cols, row0, rows, &mut self.f32s);
+                encode_into(&self.f32s, out_dtype, buf);
+                self.f32s.iter().all(|v| round_through(*v, out_dtype).is_finite())
+            }
+            (factors, _) => {
+                let tile = fast_tile(factors, lora.as_ref(), base_rows, cols, row0, rows, out_dtype);
+                self.backend.merge_tile(&tile, buf)?
+            }
+        };
+        release.run();
+        Ok(finite)
+    }
+
+    /// Rows of a general-path `op` (DoRA and friends) before any output rounding, rounded
+    /// through `pre_round` when given, into `self.f32s`. Returns "all finite".
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn general_values(
+        &mut self,
+        key: usize,
+        op: &'p Op,
+        x: &Extra,
+        cols: usize,
+        row0: u64,
+        rows: usize,
+        pre_round: Option<FloatDtype>,
+    ) -> Result<bool> {
+        let Op::Compute { base, .. } = op else {
+            return Err(Error::Internal("compute of a non-compute op".into()));
+        };
+        self.load(key, op);
+        let (base_rows, release) = self.base_rows(base, cols, row0, rows);
+        let Factors::General(f) = &self.factors else {
+            return Err(Error::Internal("general factors missing".into()));
+        };
+        general_rows(f, x, base_rows, cols, row0, rows, &mut self.f32s);
+        release.run();
+        let finite = self.f32s.iter().all(|v| v.is_finite());
+        if let Some(dt) = pre_round {
+            let f32s = &mut self.f32s;
+            on_pool(self.backend.host_pool(), move || {
+                f32s.par_chunks_mut(1 << 16)
+                    .for_each(|c| c.iter_mut().for_each(|v| *v = round_through(*v, dt)))
+            });
+        }
+        Ok(finite)
+    }
+}
+
+/// The fast path's tile (a plain LoRA or none) of rows `row0..row0+rows`, from the loaded
+/// factors: `lora_B`'s rows of the tile, `lora_A` whole.
+pub(super) fn fast_tile<'f>(
+    factors: &'f Factors,
+    lora: Option<&LoraSrc>,
+    base: BaseRows<'f>,
+    cols: usize,
+    row0: u64,
+    rows: usize,
+    out_dtype: FloatDtype,
+) -> MergeTile<'f> {
+    let lora = match (lora, factors) {
+        (Some(l), Factors::Fast { a, b }) => Some(LoraRows {
+            a: a.as_slice(),
+            b: &b[row0 as usize * l.r..(row0 as usize + rows) * l.r],
+            r: l.r,
+            scale: l.scale,
+            delta_dtype: l.dtype,
+        }),
+        _ => None,
+    };
+    MergeTile {
+        row0,
+        rows,
+        cols,
+        base,
+        lora,
+        out_dtype,
+    }
+}
+
+/// Runs `f` on `pool` (the backend's host pool, so rayon work inside it uses `--threads`
+/// threads), or on the calling thread's default pool when there is none.
+pub(super) fn on_pool<R: Send>(pool: Option<&rayon::ThreadPool>, f: impl FnOnce() -> R + Send) -> R {
+    match pool {
+        Some(p) => p.install(f),
+        None => f(),
+    }
+}
+
+pub(super) fn general_rows(
+    f: &GeneralFactors,
+    x: &Extra,
+    base: BaseRows<'_>,
+    cols: usize,
+    row0: u64,
+    rows: usize,
+    out: &mut Vec<f32>,
+) {
+    let deltas: Vec<DeltaRows> = f
+        .deltas
+        .iter()
+        .map(|(c, b, r, s, rd)| DeltaRows {
+            coef: c,
+            basis: b,
+            r: *r,
+            scale: *s,
+            round_delta: *rd,
+        })
+        .collect();
+    let gt = GeneralTile {
+        row0,
+        rows,
+        cols,
+        base,
+        deltas: &deltas,
+        magnitude: f.magnitude.as_deref(),
+        replace: f.replace.as_ref().map(|(i, r)| (&i[..], &r[..])),
+        work_dtype: x.work_dtype,
+    };
+    out.resize(rows * cols, 0.0);
+    general::compute(&gt, out);
+}
+
+pub(super) fn compute_stage<'a>(
+    plan: &Plan,
+    inputs: Inputs<'a>,
+    backend: &dyn Backend,
+    cfg: ExecConfig,
+    rx: Receiver<Work<'a>>,
+    tx: Sender<Packed<'a>>,
+    (pool, pool_cap): (Receiver<AlignedBuf>, usize),
+) -> Result<Duration> {
+    let mut busy = Duration::ZERO;
+    let mut c = Computer::new(plan, inputs, backend);
+    for w in rx {
+        let out = match w {
+            Work::StartShard(i) => Packed::StartShard(i),
+            Work::EndShard(i) => Packed::EndShard(i),
+            Work::Copy { data, file, abs, at } => Packed::Borrowed { data, file, abs, at },
+            Work::Part { tensor } => {
+                let t0 = Instant::now();
+                let t = &plan.tensors[tensor];
+                let Op::Quant { group, part } = t.op else {
+                    return Err(Error::Internal(format!("part item for `{}`", t.name)));
+                };
+                let bytes = c.quant_part(group, part, cfg.tile_bytes)?;
+                if bytes.len() as u64 != t.nbytes {
+                    return Err(Error::Internal(format!(
+                        "`{}`: made {} bytes, planned {}",
+                        t.name,
+                        bytes.len(),
+                        t.nbytes
+                    )));
+                }
+                busy += t0.elapsed();
+                Packed::Owned { bytes, at: t.offset }
+            }
+            Work::Tile { tensor, row0, rows } => {
+                let t0 = Instant::now();
+                let t = &plan.tensors[tensor];
+                // Where the tile's bytes start in the tensor, and how many: `merged_4bit`'s
+                // packed codes (two per byte; a tile starts on a block, so on a whole byte), or
+                // values of the output dtype.
+                let (out_dtype, skip, len) = match &t.op {
+                    Op::Quant { group, .. } => {
+                        let cols = plan.quant_groups[*group].shape[1];
+                        (None, row0 * cols / 2, (rows * cols as usize).div_ceil(2))
+                    }
+                    _ => {
+                        let dt = float_of(t.dtype)
+                            .ok_or_else(|| Error::Internal(format!("`{}` is not a float output", t.name)))?;
+                        let row_bytes = t.cols as usize * dt.size();
+                        (Some(dt), row0 * row_bytes as u64, rows * row_bytes)
+                    }
+                };
+                // The tile goes where its bytes sit in their 4 KiB page of the shard, so the
+                // writer can hand the buffer to the disk without copying it.
+                let lead = lead_for(t.offset + skip);
+                // Waiting here for a buffer is the back-pressure from the disk. A tile larger
+                // than the plan's largest (never, by construction) gets its own.
+                let t_wait = Instant::now();
+                let mut buf = if lead + len <= pool_cap {
+                    let Ok(b) = pool.recv() else {
+                        return Ok(busy);
+                    };
+                    b
+                } else {
+                    AlignedBuf::new(lead + len)
+                };
+                let waited = t_wait.elapsed();
+                let out = &mut buf.as_mut_slice()[lead..lead + len];
+                let finite = match (&t.op, out_dtype) {
+                    (Op::Quant { group, .. }, _) => c.quant_codes(*group, row0, rows, Some(out))?,
+                    (op, Some(dt)) => c.encoded(tensor, op, t.cols as usize, row0, rows, dt, out)?,
+                    (_, None) => return Err(Error::Internal(format!("`{}`: no output dtype", t.name))),
+                };
+                let packed = Packed::Aligned {
+                    buf,
+                    lead,
+                    len,
+                    at: t.offset + skip,
+                };
+                if !finite && !cfg.allow_nonfinite {
+                    return Err(Error::NonFinite { tensor: t.name.clone() });
+                }
+                busy += t0.elapsed().saturating_sub(waited);
+                packed
+            }
+        };
+        if tx.send(out).is_err() {
+            return Ok(busy);
+        }
+    }
+    Ok(busy)
+}
