@@ -1,6 +1,6 @@
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use crate::util::{assert_listed_error, assert_one_line_error, fixtures, LoraweldCommand, Workdir};
+use crate::util::{assert_listed_error, fixtures, SaveCase, Workdir};
 
 /// Writes `adapter_config.json` (copied from the plain LoRA) and the given f32 tensors.
 fn write_adapter(dir: &Path, tensors: &[(&str, Vec<usize>, Vec<f32>)]) {
@@ -27,37 +27,10 @@ fn write_adapter(dir: &Path, tensors: &[(&str, Vec<usize>, Vec<f32>)]) {
     safetensors::serialize_to_file(views, None, &dir.join("adapter_model.safetensors")).unwrap();
 }
 
-fn save_fails(w: &Workdir, adapter: &Path, base: Option<&Path>, needle: &str) -> String {
-    let err = save_fails_with(w, adapter, base);
-    assert_one_line_error(&err, needle);
-    err
-}
-
-/// A coverage failure: a summary line, then the offenders one per line.
-fn save_fails_listing(w: &Workdir, adapter: &Path, base: Option<&Path>, needle: &str) -> String {
-    let err = save_fails_with(w, adapter, base);
-    assert_listed_error(&err, needle);
-    err
-}
-
-fn save_fails_with(w: &Workdir, adapter: &Path, base: Option<&Path>) -> String {
-    let out = w.join("out");
-    let mut args: Vec<PathBuf> = vec![adapter.into(), out.clone()];
-    if let Some(b) = base {
-        args.push("--base".into());
-        args.push(b.into());
-    }
-    let before = w.listing();
-    let err = LoraweldCommand::save(args).fails_with(2);
-    assert!(!out.exists(), "a failed run must not create OUT");
-    assert_eq!(w.listing(), before, "a failed run must leave nothing behind");
-    err
-}
-
 #[test]
 fn missing_adapter() {
     let w = Workdir::new();
-    save_fails(&w, &w.join("nope"), None, "nope: file not found");
+    SaveCase::new(w.join("nope")).assert_refused(&w, &["nope: file not found"]);
 }
 
 #[test]
@@ -89,12 +62,9 @@ fn adapter_tensor_that_matches_nothing_is_listed() {
             ),
         ],
     );
-    let err = save_fails_listing(
-        &w,
-        &ad,
-        Some(&fixtures().join("base_bf16")),
-        "adapter does not fit base",
-    );
+    // A coverage failure: a summary line, then the offenders one per line.
+    let err = SaveCase::new(&ad).base(fixtures().join("base_bf16")).refused(&w);
+    assert_listed_error(&err, "adapter does not fit base");
     assert!(err.contains("2 problem(s) in 2 adapter module(s); first 2:"), "{err}");
     assert!(
         err.contains("base has no tensor `model.layers.7.self_attn.q_proj.weight`"),
@@ -125,12 +95,8 @@ fn lora_ranks_that_disagree() {
             ),
         ],
     );
-    let err = save_fails_listing(
-        &w,
-        &ad,
-        Some(&fixtures().join("base_bf16")),
-        "1 problem(s) in 1 adapter module(s)",
-    );
+    let err = SaveCase::new(&ad).base(fixtures().join("base_bf16")).refused(&w);
+    assert_listed_error(&err, "1 problem(s) in 1 adapter module(s)");
     assert!(err.contains("lora_A [4, 256] and lora_B [128, 8]"), "{err}");
 }
 
@@ -146,11 +112,9 @@ fn truncated_base_shard() {
         .unwrap()
         .set_len(len - 100)
         .unwrap();
-    save_fails(
+    SaveCase::new(fixtures().join("lora")).base(&base).assert_refused(
         &w,
-        &fixtures().join("lora"),
-        Some(&base),
-        "model-00002-of-00003.safetensors: invalid safetensors: data section",
+        &["model-00002-of-00003.safetensors: invalid safetensors: data section"],
     );
 }
 
@@ -171,12 +135,9 @@ fn header_offsets_out_of_range() {
     out.extend_from_slice(text.as_bytes());
     out.extend_from_slice(&bytes[8 + n..]);
     std::fs::write(&shard, out).unwrap();
-    save_fails(
-        &w,
-        &fixtures().join("lora"),
-        Some(&base),
-        "tensor `lm_head.weight`: data_offsets span",
-    );
+    SaveCase::new(fixtures().join("lora"))
+        .base(&base)
+        .assert_refused(&w, &["tensor `lm_head.weight`: data_offsets span"]);
 }
 
 #[test]
@@ -190,11 +151,9 @@ fn pickle_adapter_is_refused() {
     )
     .unwrap();
     std::fs::write(ad.join("adapter_model.bin"), b"\x80\x02").unwrap();
-    save_fails(
+    SaveCase::new(&ad).assert_refused(
         &w,
-        &ad,
-        None,
-        "not supported: pickle `.bin` adapter: convert to safetensors first",
+        &["not supported: pickle `.bin` adapter: convert to safetensors first"],
     );
 }
 
@@ -202,11 +161,10 @@ fn pickle_adapter_is_refused() {
 fn output_inside_an_input_is_refused() {
     let w = Workdir::new();
     let base = w.copy_fixture("base_bf16");
-    let out = base.join("merged");
-    let err =
-        LoraweldCommand::save([fixtures().join("lora"), out.clone(), "--base".into(), base.clone()]).fails_with(2);
-    assert_one_line_error(&err, "output overlaps input");
-    assert!(!out.exists());
+    SaveCase::new(fixtures().join("lora"))
+        .base(&base)
+        .out(base.join("merged"))
+        .assert_refused(&w, &["output overlaps input"]);
 }
 
 #[test]
@@ -230,33 +188,19 @@ fn non_finite_merge_names_the_tensor() {
             ),
         ],
     );
-    save_fails(
+    SaveCase::new(&ad).base(fixtures().join("base_bf16")).assert_refused(
         &w,
-        &ad,
-        Some(&fixtures().join("base_bf16")),
-        "tensor `model.layers.0.self_attn.k_proj.weight`: merge produced a non-finite value",
+        &["tensor `model.layers.0.self_attn.k_proj.weight`: merge produced a non-finite value"],
     );
 }
 
 #[test]
 fn bad_flag_values_are_usage_errors() {
     let w = Workdir::new();
-    let out = w.join("out");
-    let err = LoraweldCommand::save([
-        fixtures().join("lora"),
-        out.clone(),
-        "--max-shard-size".into(),
-        "1GiB".into(),
-    ])
-    .fails_with(2);
-    assert_one_line_error(&err, "--max-shard-size 1GiB");
-    let err = LoraweldCommand::save([
-        fixtures().join("lora"),
-        out.clone(),
-        "--save-method".into(),
-        "gguf".into(),
-    ])
-    .fails_with(2);
-    assert_one_line_error(&err, "--save-method");
-    assert!(!out.exists());
+    SaveCase::new(fixtures().join("lora"))
+        .args(["--max-shard-size", "1GiB"])
+        .assert_refused(&w, &["--max-shard-size 1GiB"]);
+    SaveCase::new(fixtures().join("lora"))
+        .args(["--save-method", "gguf"])
+        .assert_refused(&w, &["--save-method"]);
 }

@@ -7,12 +7,14 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::util::{assert_same_output, weights_diff, SHARDED_MODEL_FILES};
+
 use loraweld::compute::cpu::CpuBackend;
 use loraweld::compute::cuda::CudaBackend;
 use loraweld::compute::{Backend, BaseRows, LoraRows, MergeTile, QuantSpec};
 use loraweld::format::bnb::{AbsmaxRef, QuantType, QuantView, NF4};
 use loraweld::format::encode;
-use loraweld::{DeviceChoice, FloatDtype, MemoryBudget, SaveMethod, SaveOptions, ShardOrder};
+use loraweld::{DeviceChoice, FloatDtype, MemoryBudget, SaveMethod, SaveOptions, SaveReport, ShardOrder};
 
 /// The fixtures, found from the working directory first so that a test binary built elsewhere
 /// runs from a checkout on the GPU machine.
@@ -35,6 +37,125 @@ fn gpu(test: &str) -> Option<CudaBackend> {
             println!("{test}: SKIPPED, no usable GPU: {e}");
             None
         }
+    }
+}
+
+/// Runs the enclosing test's cases on every backend: the CPU backend (the spec) and the CUDA
+/// backend, comparing their bytes. The closure gets `b: &mut Backends`, whose `merge`,
+/// `merge_with`, `merge_tile`, `requant` and `save` each run one case on both and count it,
+/// recording how it differs if it does (`b.cpu` and `b.gpu` are there for the rest); after it,
+/// the test fails listing every case that differed. Without a usable GPU (no device, or a build
+/// without the `cuda` feature) it prints `TEST: SKIPPED, no usable GPU: …` and runs nothing.
+/// The test's name, for those lines, is the enclosing function's.
+macro_rules! on_every_backend {
+    (|$b:ident| $body:block) => {{
+        fn here() {}
+        let path = std::any::type_name_of_val(&here).trim_end_matches("::here");
+        let test = path.rsplit("::").next().unwrap();
+        if let Some(mut backends) = Backends::start(test) {
+            (|$b: &mut Backends| $body)(&mut backends);
+            backends.assert_none_differ();
+        }
+    }};
+}
+
+/// The backends of one test and the cases run on them so far.
+struct Backends {
+    test: &'static str,
+    cpu: CpuBackend,
+    gpu: CudaBackend,
+    cases: usize,
+    failures: Vec<String>,
+    /// Cases already passed by [`Backends::assert_none_differ`].
+    reported: usize,
+}
+
+impl Backends {
+    /// Both backends, or `None` after printing why the test is skipped (see [`gpu`]).
+    fn start(test: &'static str) -> Option<Self> {
+        let gpu = gpu(test)?;
+        Some(Backends {
+            test,
+            cpu: CpuBackend::new(None).unwrap(),
+            gpu,
+            cases: 0,
+            failures: Vec::new(),
+            reported: 0,
+        })
+    }
+
+    /// Counts one case and records its failure, if it failed.
+    fn check<T>(&mut self, res: Result<T, String>) -> Option<T> {
+        self.cases += 1;
+        res.map_err(|e| self.failures.push(e)).ok()
+    }
+
+    /// Records a failure of a case already counted.
+    fn fail(&mut self, e: String) {
+        self.failures.push(e);
+    }
+
+    /// Merges case `c` on both backends ([`compare_with`]); `Some(the tile is finite)` when
+    /// they agree.
+    fn merge(&mut self, c: &Case) -> Option<bool> {
+        self.merge_with(c, |_| {})
+    }
+
+    /// [`Backends::merge`] with the case's inputs changed by `edit`.
+    fn merge_with(&mut self, c: &Case, edit: impl FnOnce(&mut Inputs)) -> Option<bool> {
+        let res = compare_with(&self.gpu, &self.cpu, c, edit);
+        self.check(res)
+    }
+
+    /// Merges tile `t` on both backends ([`compare_tile`]).
+    fn merge_tile(&mut self, t: &MergeTile<'_>, what: &str) -> Option<bool> {
+        let res = compare_tile(&self.gpu, &self.cpu, t, what);
+        self.check(res)
+    }
+
+    /// Requantizes tile `t` on `gpu` (this test's or another instance) and on the host
+    /// ([`compare_requant`]).
+    fn requant(&mut self, gpu: Option<&CudaBackend>, t: &MergeTile<'_>, q: &QuantSpec, what: &str) {
+        let res = compare_requant(gpu.unwrap_or(&self.gpu), &self.cpu, t, q, what);
+        self.check(res);
+    }
+
+    /// Saves `o` with `--device cpu` and with `--device cuda` (OUT suffixed `-Cpu` and `-Cuda`),
+    /// hands each report to `report`, and compares the two outputs' weights byte for byte (one
+    /// case). Returns the two folders, CPU's first.
+    fn save(&mut self, o: &SaveOptions, report: impl Fn(DeviceChoice, &SaveReport)) -> [PathBuf; 2] {
+        let outs = [DeviceChoice::Cpu, DeviceChoice::Cuda].map(|device| {
+            let mut o = o.clone();
+            o.out = PathBuf::from(format!("{}-{device:?}", o.out.display()));
+            o.device = device;
+            let rep = loraweld::save(&o).unwrap_or_else(|e| panic!("{}: {device:?}: {e}", o.out.display()));
+            report(device, &rep);
+            o.out
+        });
+        let res = match weights_diff(&outs[1], &outs[0]) {
+            Ok(0) => Err("no weights".to_string()),
+            Ok(_) => Ok(()),
+            Err(e) => Err(e),
+        };
+        self.check(res.map_err(|e| format!("{}: gpu vs cpu: {e}", o.out.display())));
+        outs
+    }
+
+    /// Prints how many cases ran and how many differ, and fails the test, listing them, if any
+    /// did.
+    fn assert_none_differ(&mut self) {
+        let (test, n, failures) = (self.test, self.cases, &self.failures);
+        if n == self.reported {
+            return;
+        }
+        self.reported = n;
+        println!("{test}: {n} cases, {} differ", failures.len());
+        assert!(
+            failures.is_empty(),
+            "{} of {n} cases differ:\n{}",
+            failures.len(),
+            failures.join("\n")
+        );
     }
 }
 
@@ -66,17 +187,6 @@ fn map_f32(bytes: &mut Vec<u8>, f: impl Fn(usize, f32) -> f32) {
         .map(|(i, b)| f(i, f32::from_le_bytes([b[0], b[1], b[2], b[3]])))
         .collect();
     *bytes = le(&v);
-}
-
-/// Prints how many of `n` cases differ and fails the test, listing them, if any did.
-fn assert_none_differ(test: &str, n: usize, failures: &[String]) {
-    println!("{test}: {n} cases, {} differ", failures.len());
-    assert!(
-        failures.is_empty(),
-        "{} of {n} cases differ:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
 }
 
 fn encode(v: &[f32], dt: FloatDtype) -> Vec<u8> {
@@ -229,86 +339,73 @@ fn tile<'a>(c: &Case, x: &'a Inputs) -> MergeTile<'a> {
     }
 }
 
-/// Runs one case on both backends; `Err` names the first differing byte.
-fn compare(gpu: &CudaBackend, cpu: &CpuBackend, c: &Case) -> Result<bool, String> {
-    compare_with(gpu, cpu, c, |_| {})
-}
-
 const DTS: [FloatDtype; 3] = [FloatDtype::Bf16, FloatDtype::F16, FloatDtype::F32];
 
 #[test]
 fn gpu_tiles_equal_cpu_bytes() {
-    let Some(gpu) = gpu("gpu_tiles_equal_cpu_bytes") else {
-        return;
-    };
-    let cpu = CpuBackend::new(None).unwrap();
-    let mut g = Rng(5);
-    let ranks = [
-        0usize, 1, 2, 3, 4, 5, 7, 8, 12, 16, 17, 31, 32, 33, 63, 64, 65, 100, 127, 128, 129, 160,
-    ];
-    let shapes = [
-        (1, 8),
-        (3, 67),
-        (17, 130),
-        (64, 256),
-        (65, 688),
-        (5, 63),
-        (33, 1),
-        (7, 8),
-        (130, 264),
-        (2, 4104),
-    ];
-    let mut n = 0;
-    let mut failures = Vec::new();
-    for (i, &r) in ranks.iter().enumerate() {
-        for (j, &(rows, cols)) in shapes.iter().enumerate() {
-            let blocksize = [32u64, 64, 128, 256][(i + j) % 4];
-            let qdt = DTS[(i + 2 * j) % 3];
-            let base = match (i + j) % 6 {
-                0 => Base::Nf4 {
-                    nested: true,
-                    blocksize,
-                    qdt,
-                },
-                1 => Base::Nf4 {
-                    nested: false,
-                    blocksize,
-                    qdt,
-                },
-                2 => Base::Fp4 {
-                    nested: true,
-                    blocksize,
-                    qdt,
-                    neg_zero: j % 2 == 0,
-                },
-                3 => Base::Fp4 {
-                    nested: false,
-                    blocksize,
-                    qdt,
-                    neg_zero: j % 2 == 1,
-                },
-                k => Base::Float(DTS[(k + j) % 3]),
-            };
-            let row0 = [0usize, 1, 3, 64][j % 4];
-            let c = Case {
-                base,
-                total_rows: row0 + rows + (j % 3),
-                row0,
-                rows,
-                cols,
-                r,
-                scale: [2.0, 0.5, std::f32::consts::SQRT_2, 16.0][i % 4],
-                delta: if i % 5 == 0 { DTS[j % 3] } else { FloatDtype::F32 },
-                out: DTS[(i + j) % 3],
-                seed: g.next(),
-            };
-            n += 1;
-            if let Err(e) = compare(&gpu, &cpu, &c) {
-                failures.push(e);
+    on_every_backend!(|b| {
+        let mut g = Rng(5);
+        let ranks = [
+            0usize, 1, 2, 3, 4, 5, 7, 8, 12, 16, 17, 31, 32, 33, 63, 64, 65, 100, 127, 128, 129, 160,
+        ];
+        let shapes = [
+            (1, 8),
+            (3, 67),
+            (17, 130),
+            (64, 256),
+            (65, 688),
+            (5, 63),
+            (33, 1),
+            (7, 8),
+            (130, 264),
+            (2, 4104),
+        ];
+        for (i, &r) in ranks.iter().enumerate() {
+            for (j, &(rows, cols)) in shapes.iter().enumerate() {
+                let blocksize = [32u64, 64, 128, 256][(i + j) % 4];
+                let qdt = DTS[(i + 2 * j) % 3];
+                let base = match (i + j) % 6 {
+                    0 => Base::Nf4 {
+                        nested: true,
+                        blocksize,
+                        qdt,
+                    },
+                    1 => Base::Nf4 {
+                        nested: false,
+                        blocksize,
+                        qdt,
+                    },
+                    2 => Base::Fp4 {
+                        nested: true,
+                        blocksize,
+                        qdt,
+                        neg_zero: j % 2 == 0,
+                    },
+                    3 => Base::Fp4 {
+                        nested: false,
+                        blocksize,
+                        qdt,
+                        neg_zero: j % 2 == 1,
+                    },
+                    k => Base::Float(DTS[(k + j) % 3]),
+                };
+                let row0 = [0usize, 1, 3, 64][j % 4];
+                let c = Case {
+                    base,
+                    total_rows: row0 + rows + (j % 3),
+                    row0,
+                    rows,
+                    cols,
+                    r,
+                    scale: [2.0, 0.5, std::f32::consts::SQRT_2, 16.0][i % 4],
+                    delta: if i % 5 == 0 { DTS[j % 3] } else { FloatDtype::F32 },
+                    out: DTS[(i + j) % 3],
+                    seed: g.next(),
+                };
+                b.merge(&c);
             }
         }
-    }
-    assert_none_differ("gpu_tiles_equal_cpu_bytes", n, &failures);
+    });
 }
 
 /// Whether `w` (one element of dtype `dt`) is a NaN whose payload the kernels need not match:
@@ -326,14 +423,20 @@ fn nan_with_free_payload(dt: FloatDtype, w: &[u8]) -> bool {
 fn compare_with(gpu: &CudaBackend, cpu: &CpuBackend, c: &Case, edit: impl FnOnce(&mut Inputs)) -> Result<bool, String> {
     let mut x = inputs(c);
     edit(&mut x);
-    let t = tile(c, &x);
+    compare_tile(gpu, cpu, &tile(c, &x), &format!("{c:?}"))
+}
+
+/// Merges `t` on both backends (into outputs filled differently, so a byte left unwritten
+/// shows); Ok(the tile is finite) when every byte and the finite flag agree, else `Err`
+/// naming `what` and the first differing element.
+fn compare_tile(gpu: &CudaBackend, cpu: &CpuBackend, t: &MergeTile<'_>, what: &str) -> Result<bool, String> {
     let mut want = vec![0x5Au8; t.out_len()];
     let mut got = vec![0xA5u8; t.out_len()];
-    let wf = cpu.merge_tile(&t, &mut want).map_err(|e| e.to_string())?;
-    let gf = gpu.merge_tile(&t, &mut got).map_err(|e| format!("{c:?}: {e}"))?;
+    let wf = cpu.merge_tile(t, &mut want).map_err(|e| format!("{what}: cpu: {e}"))?;
+    let gf = gpu.merge_tile(t, &mut got).map_err(|e| format!("{what}: {e}"))?;
     // fp16/f32 NaN payloads are not specified (kernels/README.md): a NaN matches any NaN there.
-    let sz = c.out.size();
-    let nan = |w: &[u8]| nan_with_free_payload(c.out, w);
+    let sz = t.out_dtype.size();
+    let nan = |w: &[u8]| nan_with_free_payload(t.out_dtype, w);
     let differs = |e: usize| {
         let (g, w) = (&got[e * sz..(e + 1) * sz], &want[e * sz..(e + 1) * sz]);
         g != w && !(nan(g) && nan(w))
@@ -341,15 +444,15 @@ fn compare_with(gpu: &CudaBackend, cpu: &CpuBackend, c: &Case, edit: impl FnOnce
     if let Some(e) = (0..got.len() / sz).find(|&e| differs(e)) {
         let i = e * sz;
         return Err(format!(
-            "{c:?}: first differing byte {i} (element {e}, row {}, col {}): gpu {:02x?} cpu {:02x?}",
-            e / c.cols,
-            e % c.cols,
+            "{what}: first differing byte {i} (element {e}, row {}, col {}): gpu {:02x?} cpu {:02x?}",
+            e / t.cols,
+            e % t.cols,
             &got[e * sz..(e + 1) * sz],
             &want[e * sz..(e + 1) * sz]
         ));
     }
     if gf != wf {
-        return Err(format!("{c:?}: finite flag gpu {gf} cpu {wf}"));
+        return Err(format!("{what}: finite flag gpu {gf} cpu {wf}"));
     }
     Ok(wf)
 }
@@ -361,262 +464,239 @@ fn compare_with(gpu: &CudaBackend, cpu: &CpuBackend, c: &Case, edit: impl FnOnce
 /// subnormals, or are NaN.
 #[test]
 fn gpu_lean_tiles_equal_cpu_bytes() {
-    let Some(gpu) = gpu("gpu_lean_tiles_equal_cpu_bytes") else {
-        return;
-    };
-    let cpu = CpuBackend::new(None).unwrap();
-    let mut g = Rng(11);
-    let ranks = [1usize, 2, 3, 15, 16, 17, 31, 32, 33, 64, 100, 128];
-    let shapes = [
-        (1, 64),
-        (7, 192),
-        (64, 128),
-        (65, 320),
-        (130, 4160),
-        (9, 576),
-        (200, 640),
-    ];
-    let mut n = 0;
-    let mut failures = Vec::new();
-    for (i, &r) in ranks.iter().enumerate() {
-        for (j, &(rows, cols)) in shapes.iter().enumerate() {
-            for out in [FloatDtype::Bf16, FloatDtype::F16] {
-                for delta in [out, FloatDtype::F32] {
-                    let k = i * 7 + j;
-                    let nested = k % 2 == 0;
-                    let base = if k % 3 == 0 {
-                        Base::Fp4 {
-                            nested,
-                            blocksize: 64,
-                            qdt: out,
-                            neg_zero: k % 4 == 0,
-                        }
-                    } else {
-                        Base::Nf4 {
-                            nested,
-                            blocksize: 64,
-                            qdt: out,
-                        }
-                    };
-                    let row0 = [0usize, 5, 64][k % 3];
-                    // 0: plain; 1: deltas that overflow the output dtype; 2: tiny absmax and
-                    // deltas (subnormal results; plain absmax only); 3: a NaN in A.
-                    let mode = k % 4;
-                    let scale = match mode {
-                        1 => 3e37,
-                        2 => 1e-3,
-                        _ => [2.0, 0.5, std::f32::consts::SQRT_2][k % 3],
-                    };
-                    let c = Case {
-                        base,
-                        total_rows: row0 + rows + (k % 2),
-                        row0,
-                        rows,
-                        cols,
-                        r,
-                        scale,
-                        delta,
-                        out,
-                        seed: g.next(),
-                    };
-                    n += 1;
-                    let res = compare_with(&gpu, &cpu, &c, |x| {
-                        if mode == 2 && !nested {
-                            let tiny = if out == FloatDtype::F16 { 1e-6 } else { 1e-37 };
-                            map_f32(&mut x.absmax, |_, v| v * tiny);
-                            for a in &mut x.a {
-                                *a *= tiny;
+    on_every_backend!(|b| {
+        let mut g = Rng(11);
+        let ranks = [1usize, 2, 3, 15, 16, 17, 31, 32, 33, 64, 100, 128];
+        let shapes = [
+            (1, 64),
+            (7, 192),
+            (64, 128),
+            (65, 320),
+            (130, 4160),
+            (9, 576),
+            (200, 640),
+        ];
+        for (i, &r) in ranks.iter().enumerate() {
+            for (j, &(rows, cols)) in shapes.iter().enumerate() {
+                for out in [FloatDtype::Bf16, FloatDtype::F16] {
+                    for delta in [out, FloatDtype::F32] {
+                        let k = i * 7 + j;
+                        let nested = k % 2 == 0;
+                        let base = if k % 3 == 0 {
+                            Base::Fp4 {
+                                nested,
+                                blocksize: 64,
+                                qdt: out,
+                                neg_zero: k % 4 == 0,
                             }
-                        }
-                        if mode == 3 {
-                            let at = (r / 2) * cols + (cols / 3);
-                            x.a[at] = f32::NAN;
+                        } else {
+                            Base::Nf4 {
+                                nested,
+                                blocksize: 64,
+                                qdt: out,
+                            }
+                        };
+                        let row0 = [0usize, 5, 64][k % 3];
+                        // 0: plain; 1: deltas that overflow the output dtype; 2: tiny absmax and
+                        // deltas (subnormal results; plain absmax only); 3: a NaN in A.
+                        let mode = k % 4;
+                        let scale = match mode {
+                            1 => 3e37,
+                            2 => 1e-3,
+                            _ => [2.0, 0.5, std::f32::consts::SQRT_2][k % 3],
+                        };
+                        let c = Case {
+                            base,
+                            total_rows: row0 + rows + (k % 2),
+                            row0,
+                            rows,
+                            cols,
+                            r,
+                            scale,
+                            delta,
+                            out,
+                            seed: g.next(),
+                        };
+                        b.merge_with(&c, |x| {
+                            if mode == 2 && !nested {
+                                let tiny = if out == FloatDtype::F16 { 1e-6 } else { 1e-37 };
+                                map_f32(&mut x.absmax, |_, v| v * tiny);
+                                for a in &mut x.a {
+                                    *a *= tiny;
+                                }
+                            }
+                            if mode == 3 {
+                                let at = (r / 2) * cols + (cols / 3);
+                                x.a[at] = f32::NAN;
+                            }
+                        });
+                    }
+                }
+            }
+        }
+        // Large but finite outputs (|w| up to about 2e29 in bf16, 2e3 in fp16): their pairwise
+        // products overflow, which sends the kernel's cheap not-finite check to its exact recheck;
+        // that must leave the bytes alone and the tile flagged finite.
+        // An NF4 tile of 130 rows (the lean kernel's case) with an f32 delta.
+        let nf4_tile = |out, nested, cols, r, scale, seed| Case {
+            base: Base::Nf4 {
+                nested,
+                blocksize: 64,
+                qdt: out,
+            },
+            total_rows: 130,
+            row0: 0,
+            rows: 130,
+            cols,
+            r,
+            scale,
+            delta: FloatDtype::F32,
+            out,
+            seed,
+        };
+        for out in [FloatDtype::Bf16, FloatDtype::F16] {
+            for nested in [false, true] {
+                for r in [1usize, 16, 64] {
+                    let c = nf4_tile(out, nested, 4160, r, 2.0, g.next());
+                    let big = if out == FloatDtype::F16 { 1e4f32 } else { 1e30 };
+                    let res = b.merge_with(&c, |x| {
+                        let f = if nested { &mut x.nested_absmax } else { &mut x.absmax };
+                        map_f32(f, |_, v| v * big);
+                    });
+                    if res == Some(false) {
+                        b.fail(format!("{c:?}: meant to be finite, but the CPU flags it"));
+                    }
+                }
+            }
+        }
+        // Scales that are powers of two with deltas that overflow f32, absmax that makes w huge (or
+        // Inf in fp16), and both at once, in a few blocks of an otherwise ordinary tile. (A variant
+        // that folded such scales into one FMA was checked on these and not kept: kernels/README.md.)
+        for out in [FloatDtype::Bf16, FloatDtype::F16] {
+            for nested in [false, true] {
+                let huge = if out == FloatDtype::F16 { 1e6f32 } else { 2f32.powi(102) };
+                for (scale, big_a, big_absmax) in [
+                    (2f32.powi(127), 100f32, 1f32),
+                    (2.0, 1.0, huge),
+                    (2f32.powi(127), 100.0, huge),
+                ] {
+                    let c = nf4_tile(out, nested, 640, 16, scale, g.next());
+                    b.merge_with(&c, |x| {
+                        // a few blocks only: the rest of the tile stays ordinary
+                        let f = if nested { &mut x.nested_absmax } else { &mut x.absmax };
+                        map_f32(f, |i, v| if i % 7 == 3 { v * big_absmax } else { v });
+                        for a in &mut x.a {
+                            *a *= big_a;
                         }
                     });
-                    if let Err(e) = res {
-                        failures.push(e);
-                    }
                 }
             }
         }
-    }
-    // Large but finite outputs (|w| up to about 2e29 in bf16, 2e3 in fp16): their pairwise
-    // products overflow, which sends the kernel's cheap not-finite check to its exact recheck;
-    // that must leave the bytes alone and the tile flagged finite.
-    // An NF4 tile of 130 rows (the lean kernel's case) with an f32 delta.
-    let nf4_tile = |out, nested, cols, r, scale, seed| Case {
-        base: Base::Nf4 {
-            nested,
-            blocksize: 64,
-            qdt: out,
-        },
-        total_rows: 130,
-        row0: 0,
-        rows: 130,
-        cols,
-        r,
-        scale,
-        delta: FloatDtype::F32,
-        out,
-        seed,
-    };
-    for out in [FloatDtype::Bf16, FloatDtype::F16] {
-        for nested in [false, true] {
-            for r in [1usize, 16, 64] {
-                let c = nf4_tile(out, nested, 4160, r, 2.0, g.next());
-                n += 1;
-                let big = if out == FloatDtype::F16 { 1e4f32 } else { 1e30 };
-                let res = compare_with(&gpu, &cpu, &c, |x| {
-                    let f = if nested { &mut x.nested_absmax } else { &mut x.absmax };
-                    map_f32(f, |_, v| v * big);
-                });
-                match res {
-                    Ok(true) => {}
-                    Ok(false) => failures.push(format!("{c:?}: meant to be finite, but the CPU flags it")),
-                    Err(e) => failures.push(e),
-                }
-            }
-        }
-    }
-    // Scales that are powers of two with deltas that overflow f32, absmax that makes w huge (or
-    // Inf in fp16), and both at once, in a few blocks of an otherwise ordinary tile. (A variant
-    // that folded such scales into one FMA was checked on these and not kept: kernels/README.md.)
-    for out in [FloatDtype::Bf16, FloatDtype::F16] {
-        for nested in [false, true] {
-            let huge = if out == FloatDtype::F16 { 1e6f32 } else { 2f32.powi(102) };
-            for (scale, big_a, big_absmax) in [
-                (2f32.powi(127), 100f32, 1f32),
-                (2.0, 1.0, huge),
-                (2f32.powi(127), 100.0, huge),
-            ] {
-                let c = nf4_tile(out, nested, 640, 16, scale, g.next());
-                n += 1;
-                let res = compare_with(&gpu, &cpu, &c, |x| {
-                    // a few blocks only: the rest of the tile stays ordinary
-                    let f = if nested { &mut x.nested_absmax } else { &mut x.absmax };
-                    map_f32(f, |i, v| if i % 7 == 3 { v * big_absmax } else { v });
-                    for a in &mut x.a {
-                        *a *= big_a;
-                    }
-                });
-                if let Err(e) = res {
-                    failures.push(e);
-                }
-            }
-        }
-    }
-    assert_none_differ("gpu_lean_tiles_equal_cpu_bytes", n, &failures);
+    });
 }
 
 #[test]
 fn gpu_big_tensors_equal_cpu_bytes() {
-    let Some(gpu) = gpu("gpu_big_tensors_equal_cpu_bytes") else {
-        return;
-    };
-    let cpu = CpuBackend::new(None).unwrap();
-    let bf = FloatDtype::Bf16;
-    let f32_ = FloatDtype::F32;
-    let cases = [
-        (
-            Base::Nf4 {
-                nested: true,
-                blocksize: 64,
-                qdt: bf,
-            },
-            4096,
-            4096,
-            64,
-            bf,
-        ),
-        (
-            Base::Nf4 {
-                nested: true,
-                blocksize: 64,
-                qdt: bf,
-            },
-            14336,
-            4096,
-            16,
-            bf,
-        ),
-        (
-            Base::Fp4 {
-                nested: false,
-                blocksize: 64,
-                qdt: bf,
-                neg_zero: false,
-            },
-            4096,
-            14336,
-            128,
-            bf,
-        ),
-        (
-            Base::Fp4 {
-                nested: true,
-                blocksize: 128,
-                qdt: FloatDtype::F16,
-                neg_zero: false,
-            },
-            1024,
-            4096,
-            1,
-            FloatDtype::F16,
-        ),
-        (
-            Base::Nf4 {
-                nested: false,
-                blocksize: 64,
-                qdt: bf,
-            },
-            3001,
-            4104,
-            33,
-            f32_,
-        ),
-        (Base::Float(bf), 8192, 8192, 64, bf),
-        (Base::Float(FloatDtype::F16), 4096, 4100, 16, FloatDtype::F16),
-    ];
-    let out_bytes: u64 = cases.iter().map(|c| (c.1 * c.2 * c.4.size()) as u64).sum();
-    let mut failures = Vec::new();
-    for (k, (base, rows, cols, r, out)) in cases.into_iter().enumerate() {
-        let c = Case {
-            base,
-            total_rows: rows,
-            row0: 0,
-            rows,
-            cols,
-            r,
-            scale: 2.0,
-            delta: FloatDtype::F32,
-            out,
-            seed: 100 + k as u64,
-        };
-        let t0 = std::time::Instant::now();
-        let res = compare(&gpu, &cpu, &c);
-        println!(
-            "  {rows}x{cols} r={r} {base:?} -> {out:?}: {:?} in {:.2}s",
-            res.is_ok(),
-            t0.elapsed().as_secs_f64()
-        );
-        if let Err(e) = res {
-            failures.push(e);
+    on_every_backend!(|b| {
+        let bf = FloatDtype::Bf16;
+        let f32_ = FloatDtype::F32;
+        let cases = [
+            (
+                Base::Nf4 {
+                    nested: true,
+                    blocksize: 64,
+                    qdt: bf,
+                },
+                4096,
+                4096,
+                64,
+                bf,
+            ),
+            (
+                Base::Nf4 {
+                    nested: true,
+                    blocksize: 64,
+                    qdt: bf,
+                },
+                14336,
+                4096,
+                16,
+                bf,
+            ),
+            (
+                Base::Fp4 {
+                    nested: false,
+                    blocksize: 64,
+                    qdt: bf,
+                    neg_zero: false,
+                },
+                4096,
+                14336,
+                128,
+                bf,
+            ),
+            (
+                Base::Fp4 {
+                    nested: true,
+                    blocksize: 128,
+                    qdt: FloatDtype::F16,
+                    neg_zero: false,
+                },
+                1024,
+                4096,
+                1,
+                FloatDtype::F16,
+            ),
+            (
+                Base::Nf4 {
+                    nested: false,
+                    blocksize: 64,
+                    qdt: bf,
+                },
+                3001,
+                4104,
+                33,
+                f32_,
+            ),
+            (Base::Float(bf), 8192, 8192, 64, bf),
+            (Base::Float(FloatDtype::F16), 4096, 4100, 16, FloatDtype::F16),
+        ];
+        let out_bytes: u64 = cases.iter().map(|c| (c.1 * c.2 * c.4.size()) as u64).sum();
+        for (k, (base, rows, cols, r, out)) in cases.into_iter().enumerate() {
+            let c = Case {
+                base,
+                total_rows: rows,
+                row0: 0,
+                rows,
+                cols,
+                r,
+                scale: 2.0,
+                delta: FloatDtype::F32,
+                out,
+                seed: 100 + k as u64,
+            };
+            let t0 = std::time::Instant::now();
+            let ok = b.merge(&c).is_some();
+            println!(
+                "  {rows}x{cols} r={r} {base:?} -> {out:?}: {ok:?} in {:.2}s",
+                t0.elapsed().as_secs_f64()
+            );
         }
-    }
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
-    // The backend's account of where its time went (`--json` stages.gpu): every one of these
-    // tensors ran on the GPU, so every output byte, plus each chunk's 4-byte flag word, came back
-    // through it; and two streams can at most double the busy time.
-    let t = gpu.gpu_times().expect("the cuda backend reports its times");
-    println!("  {t:?}");
-    assert_eq!(t.d2h_bytes, out_bytes + 4 * t.chunks);
-    assert!(t.chunks >= 7 && t.h2d_bytes > 0);
-    assert!(t.h2d_s > 0.0 && t.kernel_s > 0.0 && t.d2h_s > 0.0 && t.stage_in_s > 0.0 && t.copy_out_s > 0.0);
-    let sum = t.h2d_s + t.kernel_s + t.d2h_s;
-    assert!(
-        t.gpu_busy_s <= sum * 1.0001 && t.gpu_busy_s >= sum / 2.0 * 0.9999,
-        "{t:?}"
-    );
+        b.assert_none_differ();
+        // The backend's account of where its time went (`--json` stages.gpu): every one of these
+        // tensors ran on the GPU, so every output byte, plus each chunk's 4-byte flag word, came back
+        // through it; and two streams can at most double the busy time.
+        let t = b.gpu.gpu_times().expect("the cuda backend reports its times");
+        println!("  {t:?}");
+        assert_eq!(t.d2h_bytes, out_bytes + 4 * t.chunks);
+        assert!(t.chunks >= 7 && t.h2d_bytes > 0);
+        assert!(t.h2d_s > 0.0 && t.kernel_s > 0.0 && t.d2h_s > 0.0 && t.stage_in_s > 0.0 && t.copy_out_s > 0.0);
+        let sum = t.h2d_s + t.kernel_s + t.d2h_s;
+        assert!(
+            t.gpu_busy_s <= sum * 1.0001 && t.gpu_busy_s >= sum / 2.0 * 0.9999,
+            "{t:?}"
+        );
+    });
 }
 
 /// A page-locked output (what the pipeline's buffers are once `pin_output` registered them):
@@ -624,69 +704,68 @@ fn gpu_big_tensors_equal_cpu_bytes() {
 /// the bytes are the CPU's. After the release the same buffer goes through the staging again.
 #[test]
 fn gpu_merges_into_a_pinned_output_equal_cpu_bytes() {
-    let Some(gpu) = gpu("gpu_merges_into_a_pinned_output_equal_cpu_bytes") else {
-        return;
-    };
-    let cpu = CpuBackend::new(None).unwrap();
-    let c = Case {
-        base: Base::Nf4 {
-            nested: true,
-            blocksize: 64,
-            qdt: FloatDtype::Bf16,
-        },
-        total_rows: 3000,
-        row0: 0,
-        rows: 3000,
-        cols: 4096,
-        r: 16,
-        scale: 2.0,
-        delta: FloatDtype::F32,
-        out: FloatDtype::Bf16,
-        seed: 77,
-    };
-    let x = inputs(&c);
-    let t = tile(&c, &x);
-    let len = t.out_len();
-    let mut want = vec![0u8; len];
-    cpu.merge_tile(&t, &mut want).unwrap();
-    // The tile sits 4096 + 16 bytes into a larger buffer, as in the pipeline's (a page lead).
-    let lead = 4096 + 16;
-    let mut buf = vec![0xA5u8; lead + len + 4096];
-    let release = gpu
-        .pin_output(&mut buf)
-        .expect("the cuda backend pins an output buffer");
-    let before = gpu.gpu_times().unwrap();
-    gpu.merge_tile(&t, &mut buf[lead..lead + len]).unwrap();
-    let after = gpu.gpu_times().unwrap();
-    assert!(
-        buf[lead..lead + len] == want[..],
-        "pinned output differs from the CPU's"
-    );
-    assert!(
-        buf[..lead].iter().chain(&buf[lead + len..]).all(|&b| b == 0xA5),
-        "bytes outside the tile changed"
-    );
-    assert!(after.chunks > before.chunks);
-    assert_eq!(
-        after.d2h_bytes - before.d2h_bytes,
-        len as u64 + 4 * (after.chunks - before.chunks)
-    );
-    assert_eq!(
-        after.copy_out_s, before.copy_out_s,
-        "a pinned output needs no copy out of staging"
-    );
-    release();
-    buf.fill(0xA5);
-    gpu.merge_tile(&t, &mut buf[lead..lead + len]).unwrap();
-    let again = gpu.gpu_times().unwrap();
-    assert!(
-        buf[lead..lead + len] == want[..],
-        "output after the release differs from the CPU's"
-    );
-    assert!(
-        again.copy_out_s > after.copy_out_s,
-        "after the release the output goes through staging"
-    );
+    on_every_backend!(|b| {
+        let c = Case {
+            base: Base::Nf4 {
+                nested: true,
+                blocksize: 64,
+                qdt: FloatDtype::Bf16,
+            },
+            total_rows: 3000,
+            row0: 0,
+            rows: 3000,
+            cols: 4096,
+            r: 16,
+            scale: 2.0,
+            delta: FloatDtype::F32,
+            out: FloatDtype::Bf16,
+            seed: 77,
+        };
+        let x = inputs(&c);
+        let t = tile(&c, &x);
+        let len = t.out_len();
+        let mut want = vec![0u8; len];
+        let gpu = &b.gpu;
+        b.cpu.merge_tile(&t, &mut want).unwrap();
+        // The tile sits 4096 + 16 bytes into a larger buffer, as in the pipeline's (a page lead).
+        let lead = 4096 + 16;
+        let mut buf = vec![0xA5u8; lead + len + 4096];
+        let release = gpu
+            .pin_output(&mut buf)
+            .expect("the cuda backend pins an output buffer");
+        let before = gpu.gpu_times().unwrap();
+        gpu.merge_tile(&t, &mut buf[lead..lead + len]).unwrap();
+        let after = gpu.gpu_times().unwrap();
+        assert!(
+            buf[lead..lead + len] == want[..],
+            "pinned output differs from the CPU's"
+        );
+        assert!(
+            buf[..lead].iter().chain(&buf[lead + len..]).all(|&b| b == 0xA5),
+            "bytes outside the tile changed"
+        );
+        assert!(after.chunks > before.chunks);
+        assert_eq!(
+            after.d2h_bytes - before.d2h_bytes,
+            len as u64 + 4 * (after.chunks - before.chunks)
+        );
+        assert_eq!(
+            after.copy_out_s, before.copy_out_s,
+            "a pinned output needs no copy out of staging"
+        );
+        release();
+        buf.fill(0xA5);
+        gpu.merge_tile(&t, &mut buf[lead..lead + len]).unwrap();
+        let again = gpu.gpu_times().unwrap();
+        assert!(
+            buf[lead..lead + len] == want[..],
+            "output after the release differs from the CPU's"
+        );
+        assert!(
+            again.copy_out_s > after.copy_out_s,
+            "after the release the output goes through staging"
+        );
+    });
 }
 
 /// NaN, infinities, subnormals and values that overflow the output dtype. Non-NaN outputs and
@@ -694,85 +773,63 @@ fn gpu_merges_into_a_pinned_output_equal_cpu_bytes() {
 /// specified (the CPU's own scalar and SIMD paths need not agree on it), only that it is NaN.
 #[test]
 fn gpu_special_values_equal_cpu() {
-    let Some(gpu) = gpu("gpu_special_values_equal_cpu") else {
-        return;
-    };
-    let cpu = CpuBackend::new(None).unwrap();
-    let specials = [
-        f32::NAN,
-        -f32::NAN,
-        f32::from_bits(0x7F81_2345),
-        f32::INFINITY,
-        f32::NEG_INFINITY,
-        f32::MAX,
-        -f32::MAX,
-        f32::from_bits(0x7F7F_8000),
-        f32::from_bits(0x7F7F_7FFF),
-        65504.0,
-        65520.0,
-        65519.99,
-        f32::from_bits(1),
-        -f32::from_bits(0x0040_0000),
-        f32::MIN_POSITIVE,
-        1e-40,
-        6e-8,
-        3e-8,
-        0.0,
-        -0.0,
-        1.0 + 1.0 / 256.0,
-        1.0 + 3.0 / 256.0,
-        1.0 + 1.0 / 2048.0,
-    ];
-    let (rows, cols) = (4, specials.len() * 8);
-    let mut base = Vec::new();
-    for i in 0..rows * cols {
-        base.push(specials[(i * 7 + i / cols) % specials.len()]);
-    }
-    let mut failures = 0;
-    for (r, scale) in [(0usize, 1.0f32), (4, 1.0), (4, 1e30), (8, f32::INFINITY)] {
-        let a: Vec<f32> = (0..r * cols).map(|i| [0.5f32, -0.25, 1e-3, 3.0][i % 4]).collect();
-        let b: Vec<f32> = (0..rows * r).map(|i| [1.0f32, -1.0, 0.125][i % 3]).collect();
-        for out in DTS {
-            let bytes = le(&base);
-            let t = MergeTile {
-                row0: 0,
-                rows,
-                cols,
-                base: BaseRows::Float {
-                    bytes: &bytes,
-                    dtype: FloatDtype::F32,
-                },
-                lora: (r > 0).then(|| LoraRows {
-                    a: &a,
-                    b: &b,
-                    r,
-                    scale,
-                    delta_dtype: FloatDtype::F32,
-                }),
-                out_dtype: out,
-            };
-            let mut want = vec![0u8; t.out_len()];
-            let mut got = vec![0u8; t.out_len()];
-            let wf = cpu.merge_tile(&t, &mut want).unwrap();
-            let gf = gpu.merge_tile(&t, &mut got).unwrap();
-            assert_eq!(gf, wf, "finite flag, r {r} scale {scale} out {out:?}");
-            let sz = out.size();
-            for (e, (gw, ww)) in got.chunks_exact(sz).zip(want.chunks_exact(sz)).enumerate() {
-                let is_nan = |w: &[u8]| nan_with_free_payload(out, w);
-                let same = gw == ww || (is_nan(gw) && is_nan(ww));
-                if !same {
-                    failures += 1;
-                    if failures < 10 {
-                        println!(
-                            "  r {r} scale {scale} out {out:?} element {e} (base {:e}): gpu {gw:02x?} cpu {ww:02x?}",
-                            base[e]
-                        );
-                    }
-                }
+    on_every_backend!(|backends| {
+        let specials = [
+            f32::NAN,
+            -f32::NAN,
+            f32::from_bits(0x7F81_2345),
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::MAX,
+            -f32::MAX,
+            f32::from_bits(0x7F7F_8000),
+            f32::from_bits(0x7F7F_7FFF),
+            65504.0,
+            65520.0,
+            65519.99,
+            f32::from_bits(1),
+            -f32::from_bits(0x0040_0000),
+            f32::MIN_POSITIVE,
+            1e-40,
+            6e-8,
+            3e-8,
+            0.0,
+            -0.0,
+            1.0 + 1.0 / 256.0,
+            1.0 + 3.0 / 256.0,
+            1.0 + 1.0 / 2048.0,
+        ];
+        let (rows, cols) = (4, specials.len() * 8);
+        let mut base = Vec::new();
+        for i in 0..rows * cols {
+            base.push(specials[(i * 7 + i / cols) % specials.len()]);
+        }
+        for (r, scale) in [(0usize, 1.0f32), (4, 1.0), (4, 1e30), (8, f32::INFINITY)] {
+            let a: Vec<f32> = (0..r * cols).map(|i| [0.5f32, -0.25, 1e-3, 3.0][i % 4]).collect();
+            let b: Vec<f32> = (0..rows * r).map(|i| [1.0f32, -1.0, 0.125][i % 3]).collect();
+            for out in DTS {
+                let bytes = le(&base);
+                let t = MergeTile {
+                    row0: 0,
+                    rows,
+                    cols,
+                    base: BaseRows::Float {
+                        bytes: &bytes,
+                        dtype: FloatDtype::F32,
+                    },
+                    lora: (r > 0).then(|| LoraRows {
+                        a: &a,
+                        b: &b,
+                        r,
+                        scale,
+                        delta_dtype: FloatDtype::F32,
+                    }),
+                    out_dtype: out,
+                };
+                backends.merge_tile(&t, &format!("special values, r {r} scale {scale} out {out:?}"));
             }
         }
-    }
-    assert_eq!(failures, 0, "special values differ");
+    });
 }
 
 /// `merged_4bit`'s requantization as the host does it (src/pipeline.rs, `host_quant`): the
@@ -849,138 +906,129 @@ fn compare_requant(
 /// an odd element count, tiles that start mid-weight, and chunks cut by a small device budget.
 #[test]
 fn gpu_requantization_equals_cpu_bytes() {
-    let Some(gpu) = gpu("gpu_requantization_equals_cpu_bytes") else {
-        return;
-    };
-    // 8 MiB of device memory: 1 MiB chunks, so the larger tiles cross several chunk edges.
-    let small = CudaBackend::new(MemoryBudget::Bytes(8 << 20), None).unwrap();
-    let cpu = CpuBackend::new(None).unwrap();
-    let mut g = Rng(77);
-    let qts = [QuantType::Nf4, QuantType::Fp4];
-    let shapes = [
-        (64usize, 256usize),
-        (33, 67),
-        (7, 9),
-        (128, 4096),
-        (1, 8),
-        (640, 1000),
-        (17, 4104),
-        (2048, 520),
-    ];
-    let mut n = 0;
-    let mut failures = Vec::new();
-    for (i, &(rows, cols)) in shapes.iter().enumerate() {
-        for (j, bs) in [64usize, 32, 128, 256, 8, 512, 4096, 1024].into_iter().enumerate() {
-            let qt = qts[(i + j) % 2];
-            let pre = DTS[(i + 2 * j) % 3];
-            let r = [16usize, 0, 1, 64, 7, 128, 33, 2][(i + j) % 8];
-            let base = match (i + j) % 4 {
-                0 => Base::Nf4 {
-                    nested: true,
-                    blocksize: 64,
-                    qdt: FloatDtype::Bf16,
-                },
-                1 => Base::Fp4 {
-                    nested: false,
-                    blocksize: 128,
-                    qdt: pre,
-                    neg_zero: false,
-                },
-                2 => Base::Float(DTS[j % 3]),
-                _ => Base::Nf4 {
-                    nested: false,
-                    blocksize: 64,
-                    qdt: pre,
-                },
-            };
-            // A tile that starts mid-weight, on a block boundary, and one that ends it.
-            let step = bs / gcd(cols, bs);
-            let row0 = if j % 2 == 1 { step } else { 0 };
-            let total_rows = row0 + rows;
-            let c = Case {
-                base,
-                total_rows,
-                row0,
-                rows,
-                cols,
-                r,
-                scale: [2.0, 0.5, std::f32::consts::SQRT_2][j % 3],
-                delta: FloatDtype::F32,
-                out: pre,
-                seed: g.next(),
-            };
-            let x = inputs(&c);
-            let t = tile(&c, &x);
-            let q = QuantSpec {
-                quant_type: qt,
-                blocksize: bs,
-                numel: (total_rows * cols) as u64,
-            };
-            let backend = if (i + j) % 3 == 0 { &small } else { &gpu };
-            n += 1;
-            if let Err(e) = compare_requant(backend, &cpu, &t, &q, &format!("{c:?} bs {bs} {qt:?}")) {
-                failures.push(e);
+    on_every_backend!(|b| {
+        // 8 MiB of device memory: 1 MiB chunks, so the larger tiles cross several chunk edges.
+        let small = CudaBackend::new(MemoryBudget::Bytes(8 << 20), None).unwrap();
+        let mut g = Rng(77);
+        let qts = [QuantType::Nf4, QuantType::Fp4];
+        let shapes = [
+            (64usize, 256usize),
+            (33, 67),
+            (7, 9),
+            (128, 4096),
+            (1, 8),
+            (640, 1000),
+            (17, 4104),
+            (2048, 520),
+        ];
+        for (i, &(rows, cols)) in shapes.iter().enumerate() {
+            for (j, bs) in [64usize, 32, 128, 256, 8, 512, 4096, 1024].into_iter().enumerate() {
+                let qt = qts[(i + j) % 2];
+                let pre = DTS[(i + 2 * j) % 3];
+                let r = [16usize, 0, 1, 64, 7, 128, 33, 2][(i + j) % 8];
+                let base = match (i + j) % 4 {
+                    0 => Base::Nf4 {
+                        nested: true,
+                        blocksize: 64,
+                        qdt: FloatDtype::Bf16,
+                    },
+                    1 => Base::Fp4 {
+                        nested: false,
+                        blocksize: 128,
+                        qdt: pre,
+                        neg_zero: false,
+                    },
+                    2 => Base::Float(DTS[j % 3]),
+                    _ => Base::Nf4 {
+                        nested: false,
+                        blocksize: 64,
+                        qdt: pre,
+                    },
+                };
+                // A tile that starts mid-weight, on a block boundary, and one that ends it.
+                let step = bs / gcd(cols, bs);
+                let row0 = if j % 2 == 1 { step } else { 0 };
+                let total_rows = row0 + rows;
+                let c = Case {
+                    base,
+                    total_rows,
+                    row0,
+                    rows,
+                    cols,
+                    r,
+                    scale: [2.0, 0.5, std::f32::consts::SQRT_2][j % 3],
+                    delta: FloatDtype::F32,
+                    out: pre,
+                    seed: g.next(),
+                };
+                let x = inputs(&c);
+                let t = tile(&c, &x);
+                let q = QuantSpec {
+                    quant_type: qt,
+                    blocksize: bs,
+                    numel: (total_rows * cols) as u64,
+                };
+                let backend = ((i + j) % 3 == 0).then_some(&small);
+                b.requant(backend, &t, &q, &format!("{c:?} bs {bs} {qt:?}"));
             }
         }
-    }
-    assert_none_differ("gpu_requantization_equals_cpu_bytes", n, &failures);
+    });
 }
 
 /// Requantized codes downloaded straight into a page-locked output (the pipeline's pool
 /// buffers are) equal the host's, and nothing around the tile changes.
 #[test]
 fn gpu_requantizes_into_a_pinned_output_equal_cpu_bytes() {
-    let Some(gpu) = gpu("gpu_requantizes_into_a_pinned_output_equal_cpu_bytes") else {
-        return;
-    };
-    let cpu = CpuBackend::new(None).unwrap();
-    let c = Case {
-        base: Base::Nf4 {
-            nested: true,
+    on_every_backend!(|b| {
+        let c = Case {
+            base: Base::Nf4 {
+                nested: true,
+                blocksize: 64,
+                qdt: FloatDtype::Bf16,
+            },
+            total_rows: 3001,
+            row0: 0,
+            rows: 3001,
+            cols: 4096,
+            r: 16,
+            scale: 2.0,
+            delta: FloatDtype::F32,
+            out: FloatDtype::Bf16,
+            seed: 78,
+        };
+        let x = inputs(&c);
+        let t = tile(&c, &x);
+        let q = QuantSpec {
+            quant_type: QuantType::Nf4,
             blocksize: 64,
-            qdt: FloatDtype::Bf16,
-        },
-        total_rows: 3001,
-        row0: 0,
-        rows: 3001,
-        cols: 4096,
-        r: 16,
-        scale: 2.0,
-        delta: FloatDtype::F32,
-        out: FloatDtype::Bf16,
-        seed: 78,
-    };
-    let x = inputs(&c);
-    let t = tile(&c, &x);
-    let q = QuantSpec {
-        quant_type: QuantType::Nf4,
-        blocksize: 64,
-        numel: (c.total_rows * c.cols) as u64,
-    };
-    let (want_codes, want_am, _) = host_requant(&cpu, &t, &q);
-    let len = want_codes.len();
-    let lead = 4096 + 16;
-    let mut buf = vec![0xA5u8; lead + len + 4096];
-    let release = gpu
-        .pin_output(&mut buf)
-        .expect("the cuda backend pins an output buffer");
-    let mut am = vec![0f32; want_am.len()];
-    gpu.quant_tile(&t, &q, Some(&mut buf[lead..lead + len]), &mut am)
-        .unwrap()
-        .expect("the GPU requantizes");
-    assert!(
-        buf[lead..lead + len] == want_codes[..],
-        "pinned codes differ from the CPU's"
-    );
-    assert!(
-        buf[..lead].iter().chain(&buf[lead + len..]).all(|&b| b == 0xA5),
-        "bytes outside the tile changed"
-    );
-    assert!(
-        am.iter().map(|a| a.to_bits()).eq(want_am.iter().copied()),
-        "absmax differs"
-    );
-    release();
+            numel: (c.total_rows * c.cols) as u64,
+        };
+        let (want_codes, want_am, _) = host_requant(&b.cpu, &t, &q);
+        let gpu = &b.gpu;
+        let len = want_codes.len();
+        let lead = 4096 + 16;
+        let mut buf = vec![0xA5u8; lead + len + 4096];
+        let release = gpu
+            .pin_output(&mut buf)
+            .expect("the cuda backend pins an output buffer");
+        let mut am = vec![0f32; want_am.len()];
+        gpu.quant_tile(&t, &q, Some(&mut buf[lead..lead + len]), &mut am)
+            .unwrap()
+            .expect("the GPU requantizes");
+        assert!(
+            buf[lead..lead + len] == want_codes[..],
+            "pinned codes differ from the CPU's"
+        );
+        assert!(
+            buf[..lead].iter().chain(&buf[lead + len..]).all(|&b| b == 0xA5),
+            "bytes outside the tile changed"
+        );
+        assert!(
+            am.iter().map(|a| a.to_bits()).eq(want_am.iter().copied()),
+            "absmax differs"
+        );
+        release();
+    });
 }
 
 /// The requantization of special values: NaN (skipped by the max, no bound below it), +-Inf
@@ -988,71 +1036,61 @@ fn gpu_requantizes_into_a_pinned_output_equal_cpu_bytes() {
 /// partial last block, through f32 and bf16 values.
 #[test]
 fn gpu_requantization_of_special_values_equals_cpu() {
-    let Some(gpu) = gpu("gpu_requantization_of_special_values_equals_cpu") else {
-        return;
-    };
-    let cpu = CpuBackend::new(None).unwrap();
-    let specials = [
-        f32::NAN,
-        f32::INFINITY,
-        f32::NEG_INFINITY,
-        f32::MAX,
-        f32::from_bits(1),
-        -f32::from_bits(0x0040_0000),
-        1e-38,
-        1e-39,
-        f32::MIN_POSITIVE,
-        0.0,
-        -0.0,
-        0.5,
-        -0.75,
-        0.33,
-    ];
-    let mut failures = Vec::new();
-    let mut n = 0;
-    for (rows, cols) in [(12usize, 64usize), (5, 77)] {
-        // Blocks of specials at stride 7, then runs of zeros and of tiny values alone.
-        let mut base = Vec::new();
-        for i in 0..rows * cols {
-            let v = match (i / 64) % 4 {
-                0 => specials[(i * 7) % specials.len()],
-                1 => 0.0,
-                2 => specials[4 + i % 5],
-                _ => specials[9 + i % 5] * (1.0 + i as f32 / 1000.0),
-            };
-            base.push(v);
-        }
-        let bytes = le(&base);
-        for out in [FloatDtype::F32, FloatDtype::Bf16] {
-            for qt in [QuantType::Nf4, QuantType::Fp4] {
-                for bs in [64usize, 32] {
-                    let t = MergeTile {
-                        row0: 0,
-                        rows,
-                        cols,
-                        base: BaseRows::Float {
-                            bytes: &bytes,
-                            dtype: FloatDtype::F32,
-                        },
-                        lora: None,
-                        out_dtype: out,
-                    };
-                    let q = QuantSpec {
-                        quant_type: qt,
-                        blocksize: bs,
-                        numel: (rows * cols) as u64,
-                    };
-                    n += 1;
-                    if let Err(e) =
-                        compare_requant(&gpu, &cpu, &t, &q, &format!("{rows}x{cols} {out:?} {qt:?} bs {bs}"))
-                    {
-                        failures.push(e);
+    on_every_backend!(|b| {
+        let specials = [
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::MAX,
+            f32::from_bits(1),
+            -f32::from_bits(0x0040_0000),
+            1e-38,
+            1e-39,
+            f32::MIN_POSITIVE,
+            0.0,
+            -0.0,
+            0.5,
+            -0.75,
+            0.33,
+        ];
+        for (rows, cols) in [(12usize, 64usize), (5, 77)] {
+            // Blocks of specials at stride 7, then runs of zeros and of tiny values alone.
+            let mut base = Vec::new();
+            for i in 0..rows * cols {
+                let v = match (i / 64) % 4 {
+                    0 => specials[(i * 7) % specials.len()],
+                    1 => 0.0,
+                    2 => specials[4 + i % 5],
+                    _ => specials[9 + i % 5] * (1.0 + i as f32 / 1000.0),
+                };
+                base.push(v);
+            }
+            let bytes = le(&base);
+            for out in [FloatDtype::F32, FloatDtype::Bf16] {
+                for qt in [QuantType::Nf4, QuantType::Fp4] {
+                    for bs in [64usize, 32] {
+                        let t = MergeTile {
+                            row0: 0,
+                            rows,
+                            cols,
+                            base: BaseRows::Float {
+                                bytes: &bytes,
+                                dtype: FloatDtype::F32,
+                            },
+                            lora: None,
+                            out_dtype: out,
+                        };
+                        let q = QuantSpec {
+                            quant_type: qt,
+                            blocksize: bs,
+                            numel: (rows * cols) as u64,
+                        };
+                        b.requant(None, &t, &q, &format!("{rows}x{cols} {out:?} {qt:?} bs {bs}"));
                     }
                 }
             }
         }
-    }
-    assert_none_differ("gpu_requantization_of_special_values_equals_cpu", n, &failures);
+    });
 }
 
 fn gcd(a: usize, b: usize) -> usize {
@@ -1063,69 +1101,38 @@ fn gcd(a: usize, b: usize) -> usize {
     }
 }
 
-/// Compares every `.safetensors` file of `want` with the same name in `got`.
-fn files_equal(got: &Path, want: &Path) -> Result<usize, String> {
-    let (a, b) = (got, want);
-    let mut names: Vec<_> = std::fs::read_dir(b)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .filter(|n| n.to_string_lossy().ends_with(".safetensors"))
-        .collect();
-    names.sort();
-    for n in &names {
-        let (x, y) = (std::fs::read(a.join(n)).unwrap(), std::fs::read(b.join(n)).unwrap());
-        if x != y {
-            let i = x
-                .iter()
-                .zip(&y)
-                .position(|(p, q)| p != q)
-                .unwrap_or(x.len().min(y.len()));
-            return Err(format!("{}: first differing byte {i}", n.to_string_lossy()));
-        }
-    }
-    Ok(names.len())
-}
-
 #[test]
 fn gpu_fixture_merges_equal_cpu() {
-    if gpu("gpu_fixture_merges_equal_cpu").is_none() {
-        return;
-    }
-    let fx = fixtures();
-    let tmp = tempfile::tempdir().unwrap();
-    let refs = [
-        ("lora", None, "ref_merged_16bit"),
-        ("lora_on_nf4", None, "ref_merged_16bit_from_nf4"),
-        ("lora_on_nf4", Some("base_fp4"), "ref_merged_16bit_from_fp4"),
-    ];
-    for (adapter, base, reference) in refs {
-        let mut outs = Vec::new();
-        for device in [DeviceChoice::Cpu, DeviceChoice::Cuda] {
-            let out = tmp
-                .path()
-                .join(format!("{adapter}-{}-{device:?}", base.unwrap_or("default")));
+    on_every_backend!(|b| {
+        let fx = fixtures();
+        let tmp = tempfile::tempdir().unwrap();
+        let refs = [
+            ("lora", None, "ref_merged_16bit"),
+            ("lora_on_nf4", None, "ref_merged_16bit_from_nf4"),
+            ("lora_on_nf4", Some("base_fp4"), "ref_merged_16bit_from_fp4"),
+        ];
+        for (adapter, base, reference) in refs {
+            let out = tmp.path().join(format!("{adapter}-{}", base.unwrap_or("default")));
             let mut o = SaveOptions::new(fx.join(adapter), &out);
             o.base = base.map(|b| fx.join(b));
-            o.device = device;
             o.max_shard_size = 2_000_000;
             o.shard_order = ShardOrder::Module;
-            let rep = loraweld::save(&o).unwrap();
-            println!("  {adapter} base {base:?}: {} in {:.3}s", rep.backend, rep.seconds);
-            // The report says where a GPU run's compute time went, and only for a GPU run.
-            match (device, &rep.stages.gpu) {
-                (DeviceChoice::Cuda, Some(g)) => assert!(g.chunks > 0 && g.d2h_bytes > 0, "{g:?}"),
-                (DeviceChoice::Cpu, None) => {}
-                (d, g) => panic!("{d:?} run reported stages.gpu = {g:?}"),
+            let [_, gpu_out] = b.save(&o, |device, rep| {
+                println!("  {adapter} base {base:?}: {} in {:.3}s", rep.backend, rep.seconds);
+                // The report says where a GPU run's compute time went, and only for a GPU run.
+                match (device, &rep.stages.gpu) {
+                    (DeviceChoice::Cuda, Some(g)) => assert!(g.chunks > 0 && g.d2h_bytes > 0, "{g:?}"),
+                    (DeviceChoice::Cpu, None) => {}
+                    (d, g) => panic!("{d:?} run reported stages.gpu = {g:?}"),
+                }
+            });
+            // The PEFT-made reference too, where its shard layout is module order.
+            if adapter == "lora_on_nf4" {
+                let res = weights_diff(&gpu_out, &fx.join(reference));
+                b.check(res.map_err(|e| format!("{adapter}: gpu vs {reference}: {e}")));
             }
-            outs.push(out);
         }
-        let n = files_equal(&outs[1], &outs[0]).unwrap_or_else(|e| panic!("{adapter} base {base:?}: gpu vs cpu: {e}"));
-        assert!(n > 0);
-        // The PEFT-made reference too, where its shard layout is module order.
-        if adapter == "lora_on_nf4" {
-            files_equal(&outs[1], &fx.join(reference)).unwrap_or_else(|e| panic!("{adapter}: gpu vs {reference}: {e}"));
-        }
-    }
+    });
 }
 
 /// What a CUDA build does on a machine with no usable GPU (CI runs this against the stub driver).
@@ -1133,37 +1140,27 @@ fn gpu_fixture_merges_equal_cpu() {
 /// quant statistics included) gives the CPU's files, byte for byte.
 #[test]
 fn gpu_fixture_merged_4bit_equals_cpu() {
-    if gpu("gpu_fixture_merged_4bit_equals_cpu").is_none() {
-        return;
-    }
-    let fx = fixtures();
-    let tmp = tempfile::tempdir().unwrap();
-    for (adapter, base) in [("lora_on_nf4", None), ("lora_on_nf4", Some("base_fp4")), ("lora", None)] {
-        let mut outs = Vec::new();
-        for device in [DeviceChoice::Cpu, DeviceChoice::Cuda] {
-            let out = tmp
-                .path()
-                .join(format!("q4-{adapter}-{}-{device:?}", base.unwrap_or("default")));
+    on_every_backend!(|b| {
+        let fx = fixtures();
+        let tmp = tempfile::tempdir().unwrap();
+        for (adapter, base) in [("lora_on_nf4", None), ("lora_on_nf4", Some("base_fp4")), ("lora", None)] {
+            let out = tmp.path().join(format!("q4-{adapter}-{}", base.unwrap_or("default")));
             let mut o = SaveOptions::new(fx.join(adapter), &out);
             o.base = base.map(|b| fx.join(b));
-            o.device = device;
             o.save_method = SaveMethod::Merged4bit;
             o.max_shard_size = 2_000_000;
-            let rep = loraweld::save(&o).unwrap();
-            println!(
-                "  merged_4bit {adapter} base {base:?}: {} in {:.3}s",
-                rep.backend, rep.seconds
-            );
-            if device == DeviceChoice::Cuda {
-                let g = rep.stages.gpu.expect("a GPU run reports stages.gpu");
-                assert!(g.chunks > 0, "{g:?}");
-            }
-            outs.push(out);
+            b.save(&o, |device, rep| {
+                println!(
+                    "  merged_4bit {adapter} base {base:?}: {} in {:.3}s",
+                    rep.backend, rep.seconds
+                );
+                if device == DeviceChoice::Cuda {
+                    let g = rep.stages.gpu.as_ref().expect("a GPU run reports stages.gpu");
+                    assert!(g.chunks > 0, "{g:?}");
+                }
+            });
         }
-        let n = files_equal(&outs[1], &outs[0])
-            .unwrap_or_else(|e| panic!("merged_4bit {adapter} base {base:?}: gpu vs cpu: {e}"));
-        assert!(n > 0);
-    }
+    });
 }
 
 #[test]
@@ -1197,8 +1194,8 @@ fn no_gpu_auto_falls_back_with_one_notice_and_cuda_fails_clearly() {
             "a build without cuda has nothing to fall back from: {stderr}"
         );
     }
-    let want = fx.join("ref_merged_16bit_from_nf4");
-    files_equal(&out, &want).unwrap();
+    // What the CPU writes: PEFT's merge, in its layout.
+    assert_same_output(&out, &fx.join("ref_merged_16bit_from_nf4"), SHARDED_MODEL_FILES);
 
     let o = Command::new(bin)
         .args([

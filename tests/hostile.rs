@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::util::{assert_one_line_error, fixtures, LoraweldCommand, Workdir};
+use crate::util::{assert_one_line_error, fixtures, SaveCase, Workdir};
 
 /// A base copy whose `model-00003-of-00003.safetensors` is replaced by `bytes`.
 fn base_with_shard3(w: &Workdir, bytes: Vec<u8>) -> PathBuf {
@@ -31,24 +31,13 @@ fn edited_shard3(edit: impl FnOnce(&mut String)) -> Vec<u8> {
     out
 }
 
-/// Runs a merge of the plain LoRA onto `base`; asserts the exit code, the one-line message,
-/// and that nothing was left in the work dir but the inputs.
-fn merge_fails(w: &Workdir, base: &Path, code: i32, needles: &[&str]) -> String {
-    let out = w.join("out");
-    let before = w.listing();
-    let err = LoraweldCommand::save([
-        fixtures().join("lora"),
-        out.clone(),
-        "--base".into(),
-        base.to_path_buf(),
-    ])
-    .fails_with(code);
-    for n in needles {
-        assert_one_line_error(&err, n);
-    }
-    assert!(!out.exists(), "a failed run must not create OUT");
-    assert_eq!(w.listing(), before, "nothing may be left behind");
-    err
+/// Asserts a merge of the plain LoRA onto `base` is refused (see [`SaveCase::assert_refused`]):
+/// exit code 2, one line containing each of `needles`, and nothing left in the work dir but
+/// the inputs.
+fn merge_fails(w: &Workdir, base: &Path, needles: &[&str]) -> String {
+    SaveCase::new(fixtures().join("lora"))
+        .base(base)
+        .assert_refused(w, needles)
 }
 
 #[test]
@@ -60,7 +49,6 @@ fn header_length_larger_than_the_file() {
     merge_fails(
         &w,
         &base,
-        2,
         &["model-00003-of-00003.safetensors: invalid safetensors: header length 5000 runs past the end"],
     );
 }
@@ -74,7 +62,6 @@ fn header_length_above_the_cap() {
     merge_fails(
         &w,
         &base,
-        2,
         &["header length 200000000 is above the 100000000-byte limit"],
     );
 }
@@ -86,7 +73,7 @@ fn overlapping_data_offsets() {
         *t = t.replacen("\"data_offsets\":[512000,", "\"data_offsets\":[511998,", 1);
     });
     let base = base_with_shard3(&w, b);
-    merge_fails(&w, &base, 2, &["model-00003-of-00003.safetensors", "data_offsets"]);
+    merge_fails(&w, &base, &["model-00003-of-00003.safetensors", "data_offsets"]);
 }
 
 #[test]
@@ -103,7 +90,6 @@ fn offsets_that_disagree_with_dtype_and_shape() {
     merge_fails(
         &w,
         &base,
-        2,
         &["tensor `lm_head.weight`: data_offsets span 512000 bytes, expected 510000"],
     );
 }
@@ -119,7 +105,7 @@ fn unknown_dtype() {
         );
     });
     let base = base_with_shard3(&w, b);
-    merge_fails(&w, &base, 2, &["tensor `lm_head.weight`: unknown dtype `Q4_K`"]);
+    merge_fails(&w, &base, &["tensor `lm_head.weight`: unknown dtype `Q4_K`"]);
 }
 
 #[test]
@@ -133,7 +119,6 @@ fn duplicate_tensor_names() {
     merge_fails(
         &w,
         &base,
-        2,
         &[
             "model-00003-of-00003.safetensors",
             "tensor `lm_head.weight` appears twice",
@@ -150,7 +135,6 @@ fn non_utf8_header() {
     merge_fails(
         &w,
         &base,
-        2,
         &["model-00003-of-00003.safetensors: invalid safetensors: header is not valid UTF-8"],
     );
 }
@@ -173,7 +157,6 @@ fn index_names_a_parent_path() {
     merge_fails(
         &w,
         &base,
-        2,
         &[
             "model.safetensors.index.json",
             "`../evil.safetensors`, which is outside the model directory",
@@ -185,7 +168,7 @@ fn index_names_a_parent_path() {
 fn index_names_an_absolute_path() {
     let w = Workdir::new();
     let base = base_with_index_entry(&w, "/etc/passwd");
-    merge_fails(&w, &base, 2, &["`/etc/passwd`, which is outside the model directory"]);
+    merge_fails(&w, &base, &["`/etc/passwd`, which is outside the model directory"]);
 }
 
 #[test]
@@ -198,7 +181,6 @@ fn index_names_a_symlink_that_escapes() {
     merge_fails(
         &w,
         &base,
-        2,
         &["`escape.safetensors`, a symlink that escapes the model directory"],
     );
 }
@@ -239,11 +221,7 @@ fn nf4_with_state(w: &Workdir, json: &str) -> PathBuf {
 fn quant_state_json_malformed() {
     let w = Workdir::new();
     let base = nf4_with_state(&w, r#"{"quant_type": "nf4", "blocksize": 64,"#);
-    merge_fails(
-        &w,
-        &base,
-        2,
-        &["model-00001-of-00002.safetensors: tensor `model.layers.0.self_attn.q_proj.weight`: invalid 4-bit quant state: json"],
+    merge_fails(&w, &base, &["model-00001-of-00002.safetensors: tensor `model.layers.0.self_attn.q_proj.weight`: invalid 4-bit quant state: json"],
     );
 }
 
@@ -257,7 +235,6 @@ fn quant_state_disagrees_with_tensor_sizes() {
     merge_fails(
         &w,
         &base,
-        2,
         &[
             "tensor `model.layers.0.self_attn.q_proj.weight`: invalid 4-bit quant state",
             "packed bytes for 131072 elements",
@@ -290,16 +267,13 @@ fn nonfinite_passes_only_with_allow_nonfinite() {
         ),
     ];
     safetensors::serialize_to_file(views, None, &ad.join("adapter_model.safetensors")).unwrap();
-    let out = w.join("out");
     let base = fixtures().join("base_bf16");
-    let err = LoraweldCommand::save([ad.clone(), out.clone(), "--base".into(), base.clone()]).fails_with(2);
-    assert_one_line_error(
-        &err,
-        "tensor `model.layers.0.self_attn.k_proj.weight`: merge produced a non-finite value",
+    SaveCase::new(&ad).base(&base).assert_refused(
+        &w,
+        &["tensor `model.layers.0.self_attn.k_proj.weight`: merge produced a non-finite value"],
     );
-    assert!(!out.exists());
-    LoraweldCommand::save([ad, out.clone(), "--base".into(), base, "--allow-nonfinite".into()]).ok();
-    assert!(out.join("model.safetensors").is_file());
+    let s = SaveCase::new(&ad).base(&base).args(["--allow-nonfinite"]).run();
+    assert!(s.out.join("model.safetensors").is_file());
 }
 
 #[test]
@@ -307,15 +281,11 @@ fn output_equal_to_an_input_is_refused() {
     let w = Workdir::new();
     let base = w.copy_fixture("base_bf16");
     let before = std::fs::read(base.join("model-00001-of-00003.safetensors")).unwrap();
-    let err = LoraweldCommand::save([
-        fixtures().join("lora"),
-        base.clone(),
-        "--base".into(),
-        base.clone(),
-        "--force".into(),
-    ])
-    .fails_with(2);
-    assert_one_line_error(&err, "output overlaps input");
+    SaveCase::new(fixtures().join("lora"))
+        .base(&base)
+        .out(&base)
+        .args(["--force"])
+        .assert_refused(&w, &["output overlaps input"]);
     assert_eq!(
         std::fs::read(base.join("model-00001-of-00003.safetensors")).unwrap(),
         before,

@@ -1,24 +1,16 @@
-use crate::util::{fixtures, LoraweldCommand, Workdir};
+use crate::util::{fixtures, SaveCase};
+
+/// `loraweld save ADAPTER OUT --save-method lora`.
+fn lora_method(adapter: &str) -> SaveCase {
+    SaveCase::new(fixtures().join(adapter)).args(["--save-method", "lora"])
+}
 
 #[test]
 fn lora_method_writes_the_adapter_unchanged() {
-    let w = Workdir::new();
-    let out = w.join("adapter");
     let f = fixtures();
-    LoraweldCommand::save([
-        f.join("lora").as_os_str(),
-        out.as_os_str(),
-        "--save-method".as_ref(),
-        "lora".as_ref(),
-    ])
-    .ok();
-    for name in ["adapter_model.safetensors", "adapter_config.json", "README.md"] {
-        assert_eq!(
-            std::fs::read(out.join(name)).unwrap(),
-            std::fs::read(f.join("lora").join(name)).unwrap(),
-            "{name}"
-        );
-    }
+    // The adapter itself is the reference: its weights, config and card.
+    let s = lora_method("lora").run_and_compare(&f.join("lora"), &["adapter_config.json", "README.md"]);
+    let out = &s.out;
     // Tokenizer files come from the base when the adapter has none.
     assert!(out.join("tokenizer.json").is_file());
     let t: serde_json::Value =
@@ -31,24 +23,15 @@ fn pass_through_bytes_cloned_with_copy_file_range_are_the_same_bytes() {
     // Forced on any filesystem (ext4 and others copy inside the kernel; btrfs/XFS clone): the
     // adapter's tensors sit at the same in-block offsets in input and output, so whole blocks
     // go by copy_file_range and the partial ones at each end through the writer.
-    let w = Workdir::new();
-    let out = w.join("adapter");
-    let f = fixtures();
-    let json = LoraweldCommand::save([
-        f.join("lora").as_os_str(),
-        out.as_os_str(),
-        "--save-method".as_ref(),
-        "lora".as_ref(),
-        "--json".as_ref(),
-    ])
-    .env("LORAWELD_COPY_FILE_RANGE", "always")
-    .ok();
-    let got = std::fs::read(out.join("adapter_model.safetensors")).unwrap();
-    assert!(got == std::fs::read(f.join("lora").join("adapter_model.safetensors")).unwrap());
-    let report: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let s = lora_method("lora")
+        .args(["--json"])
+        .env("LORAWELD_COPY_FILE_RANGE", "always")
+        .run_and_compare(&fixtures().join("lora"), &[]);
+    let json = &s.stdout;
+    let report: serde_json::Value = serde_json::from_str(json).unwrap();
     let cloned = report["shards"][0]["cloned_bytes"].as_u64().unwrap_or(0);
     // Where O_DIRECT is refused (tmpfs) the writer is buffered and never clones.
-    if loraweld_direct_io_works(&out) {
+    if loraweld_direct_io_works(&s.out) {
         assert!(cloned > 100_000, "cloned {cloned} bytes: {json}");
     }
 }
@@ -70,20 +53,11 @@ fn loraweld_direct_io_works(dir: &std::path::Path) -> bool {
 
 #[test]
 fn lora_method_casts_with_dtype() {
-    let w = Workdir::new();
-    let out = w.join("adapter");
     let f = fixtures();
-    LoraweldCommand::save([
-        f.join("lora").as_os_str(),
-        out.as_os_str(),
-        "--save-method".as_ref(),
-        "lora".as_ref(),
-        "--dtype".as_ref(),
-        "bf16".as_ref(),
-        "--padding-side".as_ref(),
-        "keep".as_ref(),
-    ])
-    .ok();
+    let s = lora_method("lora")
+        .args(["--dtype", "bf16", "--padding-side", "keep"])
+        .run();
+    let out = &s.out;
     let got = std::fs::read(out.join("adapter_model.safetensors")).unwrap();
     let want = std::fs::read(f.join("lora/adapter_model.safetensors")).unwrap();
     let g = safetensors::SafeTensors::deserialize(&got).unwrap();

@@ -9,23 +9,13 @@ use std::path::Path;
 use loraweld::format::bnb::{AbsmaxRef, QuantState, QuantView};
 use loraweld::options::FloatDtype;
 
-use crate::util::{fixtures, LoraweldCommand, Workdir};
+use crate::util::{all_tensors, fixtures, SaveCase, Saved, Workdir};
 
 type Tensors = BTreeMap<String, (String, Vec<usize>, Vec<u8>)>;
 
-fn read_all(dir: &Path) -> Tensors {
-    let mut m = BTreeMap::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.extension().is_some_and(|x| x == "safetensors") {
-            let bytes = std::fs::read(&p).unwrap();
-            let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-            for (n, t) in st.tensors() {
-                m.insert(n, (format!("{:?}", t.dtype()), t.shape().to_vec(), t.data().to_vec()));
-            }
-        }
-    }
-    m
+/// `loraweld save ADAPTER OUT --save-method merged_4bit ARGS…`.
+fn merged_4bit(case: SaveCase) -> Saved {
+    case.args(["--save-method", "merged_4bit"]).run()
 }
 
 /// Dequantizes `P` of a checkpoint with our decoder; returns values and per-element absmax.
@@ -61,8 +51,8 @@ fn dequant(t: &Tensors, p: &str) -> (Vec<f32>, Vec<f32>, QuantState) {
 }
 
 fn compare(ours: &Path, reference: &Path, quant: &str) {
-    let a = read_all(ours);
-    let b = read_all(reference);
+    let a = all_tensors(ours);
+    let b = all_tensors(reference);
     let mut names: Vec<&String> = b.keys().collect();
     names.sort();
     let ours_names: Vec<&String> = a.keys().collect();
@@ -122,51 +112,25 @@ fn compare(ours: &Path, reference: &Path, quant: &str) {
 
 #[test]
 fn nf4_double_quant_matches_peft_merge_into_linear4bit() {
-    let w = Workdir::new();
-    let out = w.join("m4");
-    LoraweldCommand::save([
-        fixtures().join("lora_on_nf4").as_os_str(),
-        out.as_os_str(),
-        "--save-method".as_ref(),
-        "merged_4bit".as_ref(),
-    ])
-    .ok();
-    compare(&out, &fixtures().join("ref_merged_4bit"), "nf4");
-    let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+    let s = merged_4bit(SaveCase::new(fixtures().join("lora_on_nf4")));
+    compare(&s.out, &fixtures().join("ref_merged_4bit"), "nf4");
+    let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(s.out.join("config.json")).unwrap()).unwrap();
     assert_eq!(cfg["quantization_config"]["bnb_4bit_quant_type"], "nf4");
 }
 
 #[test]
 fn fp4_matches_peft_merge_into_linear4bit() {
-    let w = Workdir::new();
-    let out = w.join("m4");
-    LoraweldCommand::save([
-        fixtures().join("lora_on_nf4").as_os_str(),
-        out.as_os_str(),
-        "--base".as_ref(),
-        fixtures().join("base_fp4").as_os_str(),
-        "--save-method".as_ref(),
-        "merged_4bit".as_ref(),
-    ])
-    .ok();
-    compare(&out, &fixtures().join("ref_merged_4bit_fp4"), "fp4");
+    let s = merged_4bit(SaveCase::new(fixtures().join("lora_on_nf4")).base(fixtures().join("base_fp4")));
+    compare(&s.out, &fixtures().join("ref_merged_4bit_fp4"), "fp4");
 }
 
 /// From a 16-bit base, every Linear weight is quantized (NF4 + double quant by default) and
 /// the head and embeddings stay 16-bit; dequantizing gives back the 16-bit merge within a step.
 #[test]
 fn from_bf16_base_quantizes_linears_and_keeps_the_head() {
-    let w = Workdir::new();
-    let out = w.join("m4");
-    LoraweldCommand::save([
-        fixtures().join("lora").as_os_str(),
-        out.as_os_str(),
-        "--save-method".as_ref(),
-        "merged_4bit".as_ref(),
-    ])
-    .ok();
-    let q = read_all(&out);
-    let m16 = read_all(&fixtures().join("ref_merged_16bit"));
+    let s = merged_4bit(SaveCase::new(fixtures().join("lora")));
+    let q = all_tensors(&s.out);
+    let m16 = all_tensors(&fixtures().join("ref_merged_16bit"));
     for k in ["lm_head.weight", "model.embed_tokens.weight", "model.norm.weight"] {
         assert_eq!(q[k], m16[k], "`{k}` stays 16-bit and unchanged");
     }
@@ -183,7 +147,7 @@ fn from_bf16_base_quantizes_linears_and_keeps_the_head() {
         // itself rounded, so allow one whole step.
         assert!((u - v).abs() <= 0.3039 * a, "{u} vs {v} absmax {a}");
     }
-    let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+    let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(s.out.join("config.json")).unwrap()).unwrap();
     assert_eq!(cfg["quantization_config"]["bnb_4bit_use_double_quant"], true);
 }
 

@@ -1,7 +1,6 @@
 //! The one integration-test binary. It runs the real `loraweld` binary on copies of the golden
 //! fixtures made by transformers + PEFT + bitsandbytes (tests/fixtures/llama, see its README).
 
-#[macro_use]
 mod util;
 
 /// Bad input: one clear line, exit code 2, nothing written.

@@ -4,29 +4,23 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::util::{assert_one_line_error, LoraweldCommand, Workdir};
+use crate::util::{SaveCase, Saved, Workdir};
 
 fn variants() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/variants")
 }
 
-fn merge_case(name: &str, extra: &[&str]) -> (Workdir, PathBuf) {
-    let w = Workdir::new();
-    let out = w.join("merged");
-    let mut args: Vec<std::ffi::OsString> = vec![variants().join(name).join("adapter").into(), out.clone().into()];
-    args.extend(extra.iter().map(Into::into));
-    LoraweldCommand::save(args).ok();
-    (w, out)
+/// `loraweld save CASE/adapter OUT EXTRA…`.
+fn merge_case(name: &str, extra: &[&str]) -> Saved {
+    SaveCase::new(variants().join(name).join("adapter")).args(extra).run()
 }
 
+/// The case's output is its `ref`: `model.safetensors` byte for byte, `config.json` and
+/// `generation_config.json`.
 fn check_case(name: &str) {
-    let (_w, out) = merge_case(name, &[]);
-    let reference = variants().join(name).join("ref");
-    assert_bytes_eq!(out.join("model.safetensors"), reference.join("model.safetensors"));
-    assert_eq!(
-        std::fs::read_to_string(out.join("config.json")).unwrap(),
-        std::fs::read_to_string(reference.join("config.json")).unwrap(),
-        "{name}: config.json"
+    SaveCase::new(variants().join(name).join("adapter")).run_and_compare(
+        &variants().join(name).join("ref"),
+        &["config.json", "generation_config.json"],
     );
 }
 
@@ -102,8 +96,8 @@ fn tied_head_warns() {
 /// embedding stays as it was, and the config unties them.
 #[test]
 fn untie_embeddings_keeps_the_input_embedding() {
-    let (_w, out) = merge_case("qwen2_tied_head", &["--untie-embeddings"]);
-    let got = std::fs::read(out.join("model.safetensors")).unwrap();
+    let s = merge_case("qwen2_tied_head", &["--untie-embeddings"]);
+    let got = std::fs::read(s.out.join("model.safetensors")).unwrap();
     let got = safetensors::SafeTensors::deserialize(&got).unwrap();
     let base = std::fs::read(variants().join("base_qwen2/model.safetensors")).unwrap();
     let base = safetensors::SafeTensors::deserialize(&base).unwrap();
@@ -120,7 +114,7 @@ fn untie_embeddings_keeps_the_input_embedding() {
         got.tensor("lm_head.weight").unwrap().data(),
         pefts.tensor(emb).unwrap().data()
     );
-    let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+    let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(s.out.join("config.json")).unwrap()).unwrap();
     assert_eq!(cfg["tie_word_embeddings"], false);
 }
 
@@ -141,10 +135,9 @@ fn moe_target_parameters_are_refused() {
     cfg["target_parameters"] = serde_json::json!(["mlp.experts.gate_up_proj"]);
     cfg["base_model_name_or_path"] = variants().join("base_qwen2moe").to_string_lossy().into();
     std::fs::write(ad.join("adapter_config.json"), cfg.to_string()).unwrap();
-    let err = LoraweldCommand::save([ad.clone(), w.join("out")]).fails_with(2);
-    assert_one_line_error(
-        &err,
-        "target_parameters (LoRA on raw parameters, e.g. fused 3-D MoE experts) is not supported",
+    SaveCase::new(ad).assert_refused(
+        &w,
+        &["target_parameters (LoRA on raw parameters, e.g. fused 3-D MoE experts) is not supported"],
     );
 }
 
@@ -152,12 +145,12 @@ fn moe_target_parameters_are_refused() {
 /// `--dtype f32` output) to the asked dtype; with no `--dtype` it is PEFT's fp16 merge (above).
 #[test]
 fn dtype_on_an_fp16_base_rounds_the_f32_merge_once() {
-    let (_w32, out32) = merge_case("llama_fp16_base", &["--dtype", "f32"]);
-    let f32s = std::fs::read(out32.join("model.safetensors")).unwrap();
+    let s32 = merge_case("llama_fp16_base", &["--dtype", "f32"]);
+    let f32s = std::fs::read(s32.out.join("model.safetensors")).unwrap();
     let f32s = safetensors::SafeTensors::deserialize(&f32s).unwrap();
     for (flag, st_dtype) in [("bf16", safetensors::Dtype::BF16), ("fp16", safetensors::Dtype::F16)] {
-        let (_w, out) = merge_case("llama_fp16_base", &["--dtype", flag]);
-        let got = std::fs::read(out.join("model.safetensors")).unwrap();
+        let s = merge_case("llama_fp16_base", &["--dtype", flag]);
+        let got = std::fs::read(s.out.join("model.safetensors")).unwrap();
         let got = safetensors::SafeTensors::deserialize(&got).unwrap();
         for (name, t) in got.tensors() {
             assert_eq!(t.dtype(), st_dtype, "{name}");
@@ -176,7 +169,8 @@ fn dtype_on_an_fp16_base_rounds_the_f32_merge_once() {
                 .collect();
             assert!(t.data() == &want[..], "`{name}` with --dtype {flag}");
         }
-        let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+        let cfg: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(s.out.join("config.json")).unwrap()).unwrap();
         assert_eq!(cfg["dtype"], if flag == "bf16" { "bfloat16" } else { "float16" });
     }
 }
@@ -217,12 +211,11 @@ fn f16_adapter_rounds_the_delta_to_f16() {
         })
         .collect();
     safetensors::serialize_to_file(views, None, &ad.join("adapter_model.safetensors")).unwrap();
-    let out = w.join("merged");
-    LoraweldCommand::save([ad.clone(), out.clone()]).ok();
+    let s = SaveCase::new(&ad).run();
     // Recompute one weight by the rule: W' = RN_bf16(W + RN_f16(fl32(fma-chain(B, A)) * s)).
     let base = std::fs::read(variants().join("base_llama/model.safetensors")).unwrap();
     let base = safetensors::SafeTensors::deserialize(&base).unwrap();
-    let merged = std::fs::read(out.join("model.safetensors")).unwrap();
+    let merged = std::fs::read(s.out.join("model.safetensors")).unwrap();
     let merged = safetensors::SafeTensors::deserialize(&merged).unwrap();
     let m = "model.layers.1.self_attn.q_proj";
     let get = |n: &str| conv.iter().find(|(k, _, _)| k == n).unwrap();
