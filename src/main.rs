@@ -352,6 +352,9 @@ fn run(cli: Cli) -> Result<(), Error> {
         Command::Save(args) => {
             let opts = args.options()?;
             let report = loraweld::save(&opts)?;
+            for n in &report.notices {
+                eprintln!("loraweld: notice: {n}");
+            }
             for w in &report.warnings {
                 eprintln!("loraweld: warning: {w}");
             }
@@ -641,6 +644,7 @@ mod tests {
             seconds: 12345.678,
             peak_rss: None,
             warnings: Vec::new(),
+            notices: Vec::new(),
             up_to_date: false,
             resumed_shards: 29,
             earlier_seconds: None,

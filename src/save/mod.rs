@@ -59,7 +59,7 @@ pub fn save(opts: &SaveOptions) -> Result<SaveReport> {
     let (backend, notice) = compute::start(&job.backend, &job.budget)?;
     let backend_start_s = t_backend.elapsed().as_secs_f64();
     report.backend = backend.name();
-    report.warnings.extend(notice);
+    report.notices.extend(notice);
     // Pushing: token, username, repo and branch are settled before any heavy work.
     let session = match &opts.push_to_hub {
         Some(p) => Some(Session::start(p, &opts.hub)?),

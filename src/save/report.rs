@@ -45,6 +45,9 @@ pub struct SaveReport {
     pub peak_rss: Option<u64>,
     /// One-line warnings (e.g. a LoRA merged into tied embeddings).
     pub warnings: Vec<String>,
+    /// One-line notices: what the run chose for itself (the CPU, when `--device auto` found no
+    /// usable GPU).
+    pub notices: Vec<String>,
     /// OUT was already a finished save of the same inputs and options: nothing was done.
     pub up_to_date: bool,
     /// Shards kept from an interrupted earlier run.
@@ -86,6 +89,7 @@ impl SaveReport {
             seconds: 0.0,
             peak_rss: None,
             warnings: plan.warnings.clone(),
+            notices: Vec::new(),
             up_to_date: false,
             resumed_shards: 0,
             earlier_seconds: None,
