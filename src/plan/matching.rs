@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::op::{factor, Recipe};
 use super::quantized::find_quantized;
-use super::{DeltaSrc, FactorSrc, QuantSrc};
+use super::types::{DeltaSrc, FactorSrc, QuantSrc};
 use crate::checkpoint::adapter::{parse_key, AdapterTensorKind};
 use crate::checkpoint::{Adapter, Checkpoint};
 use crate::error::{Error, Result};

@@ -17,8 +17,10 @@ use std::collections::HashSet;
 
 use super::matching::{match_adapter, Base, Matched};
 use super::op::{build_op, Recipe};
-use super::{
-    is_quant_helper, layout, rows_cols, BaseSrc, LayoutArgs, Op, OutTensor, Plan, PlanCounts, QuantGroup, QuantPart,
+use super::layout::layout;
+use super::quantized::is_quant_helper;
+use super::types::{
+    rows_cols, BaseSrc, LayoutArgs, Op, OutTensor, Plan, PlanCounts, QuantGroup, QuantPart,
     QuantSrc, Src,
 };
 use crate::checkpoint::{Adapter, Checkpoint};

@@ -2,7 +2,7 @@
 //! `Backend`), or the general path (chains of deltas with PEFT's rounding per kind, DoRA,
 //! replaced rows); and the counts of each.
 
-use super::{BaseSrc, DeltaSrc, Extra, FactorSrc, FileRef, LoraSrc, Op, PlanCounts, Src};
+use super::types::{BaseSrc, DeltaSrc, Extra, FactorSrc, FileRef, LoraSrc, Op, PlanCounts, Src};
 use crate::format::dtype::{float_of, st_dtype, FloatDtype};
 use crate::format::safetensors::{Dtype, TensorInfo};
 

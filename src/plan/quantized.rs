@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{QuantSrc, Src};
+use super::types::{QuantSrc, Src};
 use crate::checkpoint::{Checkpoint, TensorLoc};
 use crate::error::{Error, Result};
 use crate::format::bnb::QuantState;
