@@ -10,16 +10,42 @@
 //!
 //! Without the `cuda` feature the same names exist and [`CudaBackend::new`] returns
 //! [`Error::CudaNotCompiled`], so callers carry no `cfg` (candle's `dummy_cuda_backend.rs`).
+//!
+//! The `cust` side is split by job; each file imports only from those listed before it:
+//! `device` (driver errors, device 0), `module` (loading the PTX or its cubin), `kernels` (which
+//! entry point takes a tile, its arguments, its launch shape), `slots` (streams, pinned and
+//! device staging), `launch` (the row-chunk launcher), `backend` ([`CudaBackend`]). `bench`, the
+//! kernel timing harness of examples/gpu-bench.rs, is built only with the `internals` feature.
 
 #[cfg(feature = "cuda")]
 #[expect(unsafe_code)]
-mod driver;
+mod device;
 
 #[cfg(feature = "cuda")]
-pub use driver::CudaBackend;
+mod module;
+
+#[cfg(feature = "cuda")]
+mod kernels;
+
+#[cfg(feature = "cuda")]
+#[expect(unsafe_code)]
+mod slots;
+
+#[cfg(feature = "cuda")]
+#[expect(unsafe_code)]
+mod launch;
+
+#[cfg(feature = "cuda")]
+#[expect(unsafe_code)]
+mod backend;
+
 // The kernel timing harness, for examples/gpu-bench.rs only.
 #[cfg(all(feature = "cuda", feature = "internals"))]
-pub use driver::bench;
+#[expect(unsafe_code)]
+pub mod bench;
+
+#[cfg(feature = "cuda")]
+pub use backend::CudaBackend;
 
 #[cfg(not(feature = "cuda"))]
 pub use stub::CudaBackend;
