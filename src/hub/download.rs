@@ -27,7 +27,8 @@ use std::time::Duration;
 use ureq::http::HeaderMap;
 
 use super::http::{resolve_location, same_origin, strip_query, Client};
-use super::{encode_segment, protocol, HubConfig, RepoRef};
+use super::config::{encode_segment, HubConfig, RepoRef};
+use super::protocol;
 use crate::checkpoint::model::weight_files;
 use crate::error::{Error, Result};
 use crate::writer::meta::is_tokenizer_file;
@@ -641,7 +642,7 @@ mod tests {
 
     #[test]
     fn a_failed_file_download_names_the_repo_and_file() {
-        use super::super::fake::{ok, serve};
+        use super::super::config::fake::{ok, serve};
         let sha = "b".repeat(40);
         // The revision lists a file whose resolve answers without an ETag.
         let url = serve(vec![

@@ -10,7 +10,7 @@ use std::time::Duration;
 use ureq::http::Response;
 use ureq::{Agent, Body};
 
-use super::{HubConfig, Token};
+use super::config::{HubConfig, Token};
 use crate::error::{Error, Result};
 
 /// The first wait; doubled each retry.

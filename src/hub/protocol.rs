@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::http::Client;
-use super::{encode_segment, RepoRef};
+use super::config::{encode_segment, RepoRef};
 use crate::error::Result;
 
 /// The answer of `GET /api/models/{repo}/revision/{rev}` that we use.

@@ -20,7 +20,7 @@ use std::sync::Mutex;
 use super::http::Client;
 use super::lfs::{self, LfsObject, Transferred};
 use super::protocol::{self, CommitOp, PreuploadFile};
-use super::{HubConfig, RepoRef};
+use super::config::{HubConfig, RepoRef};
 use crate::error::{Error, Result};
 use crate::writer::staging::Staging;
 
@@ -475,17 +475,17 @@ mod tests {
 
     #[test]
     fn a_malformed_answer_is_a_protocol_error() {
-        let url = super::super::fake::serve(vec![("/api/whoami-v2", super::super::fake::ok("not json", ""))]);
+        let url = super::super::config::fake::serve(vec![("/api/whoami-v2", super::super::config::fake::ok("not json", ""))]);
         let e = Session::start(&PushOptions::new("me/model"), &hub_at(url))
             .err()
             .unwrap();
         assert!(matches!(e, Error::HubProtocol { op: "whoami", .. }), "{e}");
-        let url = super::super::fake::serve(vec![
-            ("/api/whoami-v2", super::super::fake::ok(r#"{"name":"me"}"#, "")),
-            ("/api/repos/create", super::super::fake::ok("{}", "")),
+        let url = super::super::config::fake::serve(vec![
+            ("/api/whoami-v2", super::super::config::fake::ok(r#"{"name":"me"}"#, "")),
+            ("/api/repos/create", super::super::config::fake::ok("{}", "")),
             (
                 "/api/models/me/model/preupload/main",
-                super::super::fake::ok(r#"{"files":[{"path":"a","uploadMode":"xet"}]}"#, ""),
+                super::super::config::fake::ok(r#"{"files":[{"path":"a","uploadMode":"xet"}]}"#, ""),
             ),
         ]);
         let d = tempfile::tempdir().unwrap();

@@ -51,12 +51,12 @@ pub fn save(opts: &SaveOptions) -> Result<SaveReport> {
     }
     preflight(opts, &job, &plan, free)?;
     if opts.dry_run {
-        report.backend = compute::describe_choice(&job.backend);
+        report.backend = compute::start::describe_choice(&job.backend);
         return Ok(report.done(t0));
     }
 
     let t_backend = Instant::now();
-    let (backend, notice) = compute::start(&job.backend, &job.budget)?;
+    let (backend, notice) = compute::start::start(&job.backend, &job.budget)?;
     let backend_start_s = t_backend.elapsed().as_secs_f64();
     report.backend = backend.name();
     report.notices.extend(notice);
