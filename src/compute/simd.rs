@@ -10,6 +10,9 @@ use crate::format::dtype::{f32_to_bf16, f32_to_f16, round_through};
 
 /// Adds the LoRA delta of one output row to `w` (f32, `cols` long) and encodes it into `out`.
 /// `acc` is scratch of `cols` f32. Returns whether all outputs are finite.
+// The hot row kernel: its operands (slices and scalars) stay separate arguments across the three
+// target-feature copies; bundling them into a struct is left until it can be timed against
+// this (benches/kernels.rs), since it sits on the inner loop of every CPU merge.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn row_body<const N: usize>(
@@ -104,7 +107,8 @@ fn row_body<const N: usize>(
 macro_rules! row_for {
     ($name:ident, $features:literal, $block:literal) => {
         #[target_feature(enable = $features)]
-        #[allow(clippy::too_many_arguments)]
+        #[allow(clippy::too_many_arguments)] // as `row_body`: the kernel's operands
+
         unsafe fn $name(
             w: &mut [f32],
             acc: &mut [f32],
@@ -205,7 +209,7 @@ fn has_avx2_fma() -> bool {
 /// segment of `w.len()` columns; `a` starts at the segment's first column of `A`'s row 0 and
 /// `a_stride` is `A`'s row length; `panel` holds the segment's whole blocks of
 /// [`Isa::block`] columns of A packed by [`pack_panel`] (starting at the segment's first block).
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments)] // as `row_body`: the kernel's operands
 pub fn row(
     w: &mut [f32],
     acc: &mut [f32],

@@ -16,7 +16,7 @@ use crate::plan::{BaseSrc, Extra, FactorSrc, FileRef, LoraSrc, Op, Plan, Src};
 use crate::writer::shard::{lead_for, AlignedBuf};
 
 use super::read::{tile_ranges, Release};
-use super::items::{ExecConfig, Inputs, Packed, Work};
+use super::items::{TileRows, ExecConfig, Inputs, Packed, Work};
 
 /// Factors of the tensor being computed, decoded to f32 once per tensor.
 pub(super) enum Factors {
@@ -177,18 +177,16 @@ impl<'a, 'p> Computer<'a, 'p> {
         }
     }
 
-    /// Rows `row0..row0+rows` of `op` rounded to `out_dtype`, into `buf`. Returns "all finite".
-    #[allow(clippy::too_many_arguments)]
+    /// The tile's rows of `op` rounded to `out_dtype`, into `buf`. Returns "all finite".
     pub(super) fn encoded(
         &mut self,
         key: usize,
         op: &'p Op,
-        cols: usize,
-        row0: u64,
-        rows: usize,
+        tile: TileRows,
         out_dtype: FloatDtype,
         buf: &mut [u8],
     ) -> Result<bool> {
+        let TileRows { cols, row0, rows } = tile;
         let Op::Compute { base, lora, extra } = op else {
             return Err(Error::Internal("compute of a non-compute op".into()));
         };
@@ -215,17 +213,15 @@ impl<'a, 'p> Computer<'a, 'p> {
 
     /// Rows of a general-path `op` (DoRA and friends) before any output rounding, rounded
     /// through `pre_round` when given, into `self.f32s`. Returns "all finite".
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn general_values(
         &mut self,
         key: usize,
         op: &'p Op,
         x: &Extra,
-        cols: usize,
-        row0: u64,
-        rows: usize,
+        tile: TileRows,
         pre_round: Option<FloatDtype>,
     ) -> Result<bool> {
+        let TileRows { cols, row0, rows } = tile;
         let Op::Compute { base, .. } = op else {
             return Err(Error::Internal("compute of a non-compute op".into()));
         };
@@ -392,7 +388,14 @@ pub(super) fn compute_stage<'a>(
                 let out = &mut buf.as_mut_slice()[lead..lead + len];
                 let finite = match (&t.op, out_dtype) {
                     (Op::Quant { group, .. }, _) => c.quant_codes(*group, row0, rows, Some(out))?,
-                    (op, Some(dt)) => c.encoded(tensor, op, t.cols as usize, row0, rows, dt, out)?,
+                    (op, Some(dt)) => {
+                        let rows_of = TileRows {
+                            cols: t.cols as usize,
+                            row0,
+                            rows,
+                        };
+                        c.encoded(tensor, op, rows_of, dt, out)?
+                    }
                     (_, None) => return Err(Error::Internal(format!("`{}`: no output dtype", t.name))),
                 };
                 let packed = Packed::Aligned {

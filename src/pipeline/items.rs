@@ -127,6 +127,14 @@ pub struct StageTimes {
     pub gpu: Option<crate::compute::GpuTimes>,
 }
 
+/// Rows `row0..row0 + rows` of a `cols`-wide tensor: one tile.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct TileRows {
+    pub cols: usize,
+    pub row0: u64,
+    pub rows: usize,
+}
+
 /// Row tiles of about `tile_bytes` of f32 scratch, each a multiple of `step` rows.
 pub(super) fn tiles(rows: u64, cols: u64, step: u64, tile_bytes: usize) -> Vec<(u64, u64)> {
     let row_bytes = (cols as usize * 4).max(1);

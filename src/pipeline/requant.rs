@@ -13,7 +13,7 @@ use crate::format::encode;
 use crate::plan::{Op, Plan, QuantPart, QuantStats};
 
 use super::compute::{fast_tile, on_pool, Computer};
-use super::items::{tiles, ExecConfig, Inputs};
+use super::items::{TileRows, tiles, ExecConfig, Inputs};
 
 impl<'a, 'p> Computer<'a, 'p> {
     /// Packed codes of a quant group's tile into `buf`, or with `buf = None` only the block
@@ -86,7 +86,7 @@ impl<'a, 'p> Computer<'a, 'p> {
                 finite
             }
             Op::Compute { extra: Some(x), .. } => {
-                let finite = self.general_values(key, op, x, cols, row0, rows, pre_round)?;
+                let finite = self.general_values(key, op, x, TileRows { cols, row0, rows }, pre_round)?;
                 self.host_quant(&spec, k0, len, buf, &mut am);
                 finite
             }

@@ -16,19 +16,30 @@ use crate::plan::Plan;
 use crate::writer::meta;
 use crate::writer::resume::{self, RunKey};
 
+/// What the files around the shards are made from.
+#[derive(Clone, Copy)]
+pub(super) struct Around<'a> {
+    pub run: &'a RunKey,
+    pub adapter: &'a Adapter,
+    pub base: Option<&'a Checkpoint>,
+    pub base_dir: Option<&'a Path>,
+    pub plan: &'a Plan,
+    pub shards: &'a [ShardResult],
+    /// The staging directory.
+    pub dir: &'a Path,
+}
+
 /// Writes everything around the shards into the staging dir; returns the file names.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn finish(
-    run: &RunKey,
-    adapter: &Adapter,
-    ck: Option<&Checkpoint>,
-    base_dir: Option<&Path>,
-    plan: &Plan,
-    shards: &[ShardResult],
-    dir: &Path,
-    report: &SaveReport,
-    t0: Instant,
-) -> Result<Vec<String>> {
+pub(super) fn finish(around: &Around<'_>, report: &SaveReport, t0: Instant) -> Result<Vec<String>> {
+    let Around {
+        run,
+        adapter,
+        base: ck,
+        base_dir,
+        plan,
+        shards,
+        dir,
+    } = *around;
     let job = &plan.job;
     let mut files = Vec::new();
     let base_name = adapter.config.base_model_name_or_path.clone();

@@ -104,17 +104,16 @@ pub fn save(opts: &SaveOptions) -> Result<SaveReport> {
         gpu: backend.gpu_times(),
         ..stages
     };
-    let files = finish::finish(
-        &run,
-        &found.adapter,
-        found.base.as_ref(),
-        found.base_dir.as_deref(),
-        &plan,
-        &shards,
-        staging.path(),
-        &report,
-        t0,
-    )?;
+    let around = finish::Around {
+        run: &run,
+        adapter: &found.adapter,
+        base: found.base.as_ref(),
+        base_dir: found.base_dir.as_deref(),
+        plan: &plan,
+        shards: &shards,
+        dir: staging.path(),
+    };
+    let files = finish::finish(&around, &report, t0)?;
     if let Some(p) = &opts.push_to_hub {
         let card = staging.path().join("README.md");
         let text = std::fs::read_to_string(&card).map_err(|e| Error::io(&card, e))?;
@@ -292,17 +291,15 @@ impl Run<'_> {
         let total: u64 = plan.shards.iter().filter(|s| !s.skip).map(|s| s.file_len).sum();
         let resumed = kept.iter().flatten().count();
         let (written, stages) = progress::while_drawing(self.progress, total, resumed, &written_bytes, || {
-            upload::execute_and_upload(
-                &plan,
-                self.inputs,
-                self.backend,
-                &dir,
-                self.cfg,
-                self.session,
-                &record,
-                &kept_paths,
-                Some(&written_bytes),
-            )
+            let execution = upload::Execution {
+                plan: &plan,
+                inputs: self.inputs,
+                backend: self.backend,
+                dir: &dir,
+                cfg: self.cfg,
+                progress: Some(&written_bytes),
+            };
+            upload::execute_and_upload(&execution, self.session, &record, &kept_paths)
         })?;
         // Every planned shard, in plan order: kept ones from the earlier run, the rest just written.
         let mut by_file: BTreeMap<String, ShardResult> = written.into_iter().map(|r| (r.file.clone(), r)).collect();

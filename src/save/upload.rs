@@ -10,21 +10,35 @@ use crate::hub::push::Session;
 use crate::pipeline::{execute, ExecConfig, Inputs, OnShard, ShardResult, StageTimes};
 use crate::plan::Plan;
 
+/// What one execution of the pipeline needs.
+#[derive(Clone, Copy)]
+pub(super) struct Execution<'a> {
+    pub plan: &'a Plan,
+    pub inputs: Inputs<'a>,
+    pub backend: &'a dyn Backend,
+    pub dir: &'a Path,
+    pub cfg: ExecConfig,
+    /// Bytes written so far, for the progress bar.
+    pub progress: Option<&'a AtomicU64>,
+}
+
 /// [`execute`], with each shard handed to the Hub session as soon as the packer closes it: an
 /// uploader thread takes finished shard paths from a channel and sends them through LFS while
 /// the pipeline goes on. The first error wins, the pipeline's before the uploader's.
-#[allow(clippy::too_many_arguments)]
 pub(super) fn execute_and_upload(
-    plan: &Plan,
-    inputs: Inputs<'_>,
-    backend: &dyn Backend,
-    dir: &Path,
-    cfg: ExecConfig,
+    run: &Execution<'_>,
     session: Option<&Session>,
     record: &OnShard<'_>,
     already_done: &[PathBuf],
-    progress: Option<&AtomicU64>,
 ) -> Result<(Vec<ShardResult>, StageTimes)> {
+    let Execution {
+        plan,
+        inputs,
+        backend,
+        dir,
+        cfg,
+        progress,
+    } = *run;
     let Some(session) = session else {
         return execute(plan, inputs, backend, dir, cfg, Some(record), progress);
     };
