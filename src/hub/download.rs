@@ -24,7 +24,8 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ureq::http::HeaderMap;
+use ureq::http::{HeaderMap, Response};
+use ureq::Body;
 
 use super::http::{resolve_location, same_origin, strip_query, Client};
 use super::config::{encode_segment, HubConfig, RepoRef};
@@ -297,37 +298,66 @@ impl Downloader<'_> {
                 return self.link(file, &etag).map_err(Stop::Fail);
             }
         }
-        let headers = r.headers().clone();
-        let header = |k: &str| headers.get(k).and_then(|v| v.to_str().ok());
-        // 206 continues the `.incomplete` file; anything else is the whole file from byte 0.
-        let start = if r.status().as_u16() == 206 && from > 0 {
-            let at = header("content-range")
-                .and_then(|v| v.strip_prefix("bytes "))
-                .and_then(|v| v.split('-').next())
-                .and_then(|v| v.trim().parse::<u64>().ok());
-            if at != Some(from) {
-                return Err(c
-                    .protocol(
-                        "download",
-                        format!("`{file}`: asked for bytes from {from}, got Content-Range {at:?}"),
-                    )
-                    .into());
-            }
-            from
-        } else {
-            0
-        };
-        let length = header("content-length").and_then(|v| v.parse::<u64>().ok());
+        let start = self.resume_offset(file, &r, from)?;
+        let length = r
+            .headers()
+            .get("content-length")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
         let total = meta.size.or(length.map(|n| start + n));
         std::fs::create_dir_all(&blobs).map_err(|e| Error::io(&blobs, e))?;
         let part = blobs.join(format!("{etag}.incomplete"));
+        self.stream(&mut r, &part, start, total, file, &url)?;
+        let got = std::fs::metadata(&part).map_err(|e| Error::io(&part, e))?.len();
+        self.finish(file, &etag, got, total)?;
+        drop(lock);
+        Ok(())
+    }
+
+    /// Where the answer's body starts in the file: a 206 continues the `.incomplete` file from
+    /// `from` (its Content-Range must say so); anything else is the whole file from byte 0.
+    fn resume_offset(&self, file: &str, r: &Response<Body>, from: u64) -> std::result::Result<u64, Stop> {
+        if r.status().as_u16() != 206 || from == 0 {
+            return Ok(0);
+        }
+        let at = r
+            .headers()
+            .get("content-range")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("bytes "))
+            .and_then(|v| v.split('-').next())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if at != Some(from) {
+            return Err(self
+                .client
+                .protocol(
+                    "download",
+                    format!("`{file}`: asked for bytes from {from}, got Content-Range {at:?}"),
+                )
+                .into());
+        }
+        Ok(from)
+    }
+
+    /// Streams the body into `part` from `start` (appending when resuming), with a progress bar
+    /// on a terminal, and syncs it. A broken connection is worth another try: what came so far
+    /// stays in `part`, where the next try resumes.
+    fn stream(
+        &self,
+        r: &mut Response<Body>,
+        part: &Path,
+        start: u64,
+        total: Option<u64>,
+        file: &str,
+        url: &str,
+    ) -> std::result::Result<(), Stop> {
         let mut out = OpenOptions::new()
             .create(true)
             .write(true)
             .append(start > 0)
             .truncate(start == 0)
-            .open(&part)
-            .map_err(|e| Error::io(&part, e))?;
+            .open(part)
+            .map_err(|e| Error::io(part, e))?;
         let bar = self.cfg.progress.then(|| download_bar(file, total, start));
         let mut body = r.body_mut().as_reader();
         let mut buf = vec![0u8; 1 << 20];
@@ -337,29 +367,24 @@ impl Downloader<'_> {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    // What came so far stays in `.incomplete`: the next try resumes there.
                     let _ = out.sync_all();
                     return Err(Stop::Again(Error::HubUnreachable {
                         repo: self.repo.id.clone(),
                         op: "download",
-                        url: strip_query(&url),
+                        url: strip_query(url),
                         source: Box::new(ureq::Error::Io(e)),
                     }));
                 }
             };
-            out.write_all(&buf[..n]).map_err(|e| Error::io(&part, e))?;
+            out.write_all(&buf[..n]).map_err(|e| Error::io(part, e))?;
             if let Some(b) = &bar {
                 b.inc(n as u64);
             }
         }
-        out.sync_all().map_err(|e| Error::io(&part, e))?;
-        drop(out);
+        out.sync_all().map_err(|e| Error::io(part, e))?;
         if let Some(b) = bar {
             b.finish_and_clear();
         }
-        let got = std::fs::metadata(&part).map_err(|e| Error::io(&part, e))?.len();
-        self.finish(file, &etag, got, total)?;
-        drop(lock);
         Ok(())
     }
 

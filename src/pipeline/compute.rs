@@ -26,7 +26,7 @@ pub(super) enum Factors {
 }
 
 /// One delta's factors as f32: coef, basis, r, scale, rounding.
-pub(super) type DeltaF32 = (Vec<f32>, Vec<f32>, usize, f32, Option<crate::options::FloatDtype>);
+pub(super) type DeltaF32 = (Vec<f32>, Vec<f32>, usize, f32, Option<FloatDtype>);
 
 /// Everything the general path needs for one tensor, as f32.
 pub(super) struct GeneralFactors {
@@ -39,7 +39,7 @@ pub(super) struct GeneralFactors {
 pub(super) type RowsF32 = (Vec<(u64, usize)>, Vec<f32>);
 
 pub(super) fn adapter_f32(inputs: &Inputs<'_>, info: &crate::format::safetensors::TensorInfo, transpose: bool) -> Vec<f32> {
-    let dt = float_of(info.dtype).unwrap_or(crate::options::FloatDtype::F32);
+    let dt = float_of(info.dtype).unwrap_or(FloatDtype::F32);
     let mut v = vec![0f32; info.numel() as usize];
     let src = Src {
         file: FileRef::Adapter,
