@@ -29,6 +29,7 @@ pub struct ReadmeDoctests;
 pub mod error;
 pub mod inspect;
 pub mod options;
+pub mod progress;
 pub mod verify;
 
 pub use compute::GpuTimes;
@@ -38,6 +39,7 @@ pub use inspect::{inspect, InspectReport};
 pub use options::{DeviceChoice, FloatDtype, MemoryBudget, PaddingSide, SaveMethod, SaveOptions, ShardOrder};
 pub use pipeline::StageTimes;
 pub use plan::PlanCounts;
+pub use progress::{Progress, ProgressHook};
 pub use save::{save, SaveReport};
 pub use sys::install_sigint_handler;
 pub use verify::{verify, VerifyReport};

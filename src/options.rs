@@ -10,6 +10,7 @@ pub use crate::format::dtype::FloatDtype;
 use crate::hub::{HubConfig, PushOptions};
 use crate::job::{BackendChoice, Budget, Hooks, Job, OutputFormat, QuantSpec};
 pub use crate::job::{DeviceChoice, PaddingSide, SaveMethod, ShardOrder};
+use crate::progress::ProgressHook;
 pub use crate::sys::MemoryBudget;
 
 impl SaveMethod {
@@ -290,8 +291,8 @@ pub struct SaveOptions {
     pub force: bool,
     /// With tied embeddings, keep the input embedding and write a separate merged head.
     pub untie_embeddings: bool,
-    /// Draw a progress bar on stderr (the CLI sets this when stderr is a terminal).
-    pub progress: bool,
+    /// Where progress goes (the CLI draws bars on a terminal); `None`: nowhere.
+    pub progress: Option<ProgressHook>,
     /// `merged_4bit` from a 16-bit base: quant type.
     pub quant_type: crate::format::bnb::QuantType,
     /// `merged_4bit` from a 16-bit base: block size.
@@ -325,7 +326,7 @@ impl SaveOptions {
             allow_nonfinite: false,
             force: false,
             untie_embeddings: false,
-            progress: false,
+            progress: None,
             quant_type: crate::format::bnb::QuantType::Nf4,
             blocksize: 64,
             double_quant: true,

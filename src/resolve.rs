@@ -106,7 +106,7 @@ mod tests {
             cache_dir: cache.to_path_buf(),
             token: None,
             offline: true,
-            progress: false,
+            progress: None,
             tries: 1,
         }
     }

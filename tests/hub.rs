@@ -136,7 +136,7 @@ fn push_a_merge_then_download_it_by_repo_id_byte_for_byte() {
         cache_dir: home.join("hub"),
         token: loraweld::hub::Token::new(TOKEN),
         offline: false,
-        progress: false,
+        progress: None,
         tries: 5,
     };
     let repo = loraweld::hub::RepoRef::parse("mock-user/merged").unwrap();
@@ -518,7 +518,7 @@ fn downloads_send_the_token_to_the_hub_only_and_resume() {
         cache_dir: home.join("hub"),
         token: loraweld::hub::Token::new(TOKEN),
         offline: false,
-        progress: false,
+        progress: None,
         tries: 2,
     };
     let repo = loraweld::hub::RepoRef::parse("mock-user/lora").unwrap();

@@ -6,8 +6,8 @@ use clap::builder::{PossibleValue, PossibleValuesParser};
 use clap::{Parser, Subcommand, ValueHint};
 use loraweld::options::parse_size;
 use loraweld::{
-    DeviceChoice, Error, FloatDtype, HubConfig, MemoryBudget, PaddingSide, PushOptions, SaveMethod, SaveOptions,
-    ShardOrder,
+    DeviceChoice, Error, FloatDtype, HubConfig, MemoryBudget, PaddingSide, ProgressHook, PushOptions, SaveMethod,
+    SaveOptions, ShardOrder,
 };
 
 const AFTER_HELP: &str = "\
@@ -171,6 +171,11 @@ pub struct PushArgs {
     pub json: bool,
 }
 
+/// Progress bars only for a person watching: stderr is a terminal and no JSON is wanted.
+pub fn bars(json: bool) -> Option<ProgressHook> {
+    (std::io::IsTerminal::is_terminal(&std::io::stderr()) && !json).then(super::progress::stderr_bars)
+}
+
 /// A clap parser over a fixed list of names (shell completions offer them); `hidden` are other
 /// spellings that parse but are not offered.
 fn choices(names: &'static [&'static str], hidden: &'static [&'static str]) -> PossibleValuesParser {
@@ -308,8 +313,7 @@ impl SaveArgs {
         o.allow_nonfinite = self.allow_nonfinite;
         o.force = self.force;
         o.untie_embeddings = self.untie_embeddings;
-        // Progress bars only for a person watching: stderr is a terminal and no JSON is wanted.
-        o.progress = std::io::IsTerminal::is_terminal(&std::io::stderr()) && !self.json;
+        o.progress = bars(self.json);
         // The 4-bit settings mean something only when the output is quantized: refuse them
         // elsewhere rather than ignore them.
         if o.save_method != SaveMethod::Merged4bit {
@@ -333,6 +337,7 @@ impl SaveArgs {
         }
         o.double_quant = !self.no_double_quant;
         o.hub = HubConfig::from_env(self.hub.token.as_deref());
+        o.hub.progress = o.progress.clone();
         match &self.push_to_hub {
             Some(repo) => o.push_to_hub = Some(self.hub.push_options(repo)),
             None => {

@@ -3,6 +3,7 @@
 
 pub mod args;
 pub mod print;
+pub mod progress;
 
 use args::{Cli, Command, InspectArgs, PushArgs, SaveArgs, VerifyArgs};
 use loraweld::{Error, HubConfig};
@@ -36,7 +37,8 @@ fn save(args: &SaveArgs) -> Result<(), Error> {
 }
 
 fn push(args: &PushArgs) -> Result<(), Error> {
-    let hub = HubConfig::from_env(args.hub.token.as_deref());
+    let mut hub = HubConfig::from_env(args.hub.token.as_deref());
+    hub.progress = args::bars(args.json);
     let opts = args.hub.push_options(&args.repo);
     let report = loraweld::push(&args.dir, &opts, &hub, args.temporary_location.as_deref())?;
     if args.json {

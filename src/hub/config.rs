@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use crate::error::{Error, Result};
+use crate::progress::ProgressHook;
 
 /// Tries per request, as `http_backoff(max_retries=5)` counts them (the first try included).
 pub const DEFAULT_TRIES: u32 = 5;
@@ -46,8 +47,8 @@ pub struct HubConfig {
     pub token: Option<Token>,
     /// `HF_HUB_OFFLINE=1`: use the cache only.
     pub offline: bool,
-    /// Draw download progress bars (stderr is a terminal).
-    pub progress: bool,
+    /// Where download and upload progress goes (the CLI draws bars on a terminal).
+    pub progress: Option<ProgressHook>,
     /// Tries per request when the answer is 408, 429, 5xx or a transport error.
     pub tries: u32,
 }
@@ -56,10 +57,7 @@ impl HubConfig {
     /// Reads the environment, the one place the Hub settings come from. `explicit_token` is
     /// `--token`, which wins over `HF_TOKEN` and the token file.
     pub fn from_env(explicit_token: Option<&str>) -> Self {
-        use std::io::IsTerminal;
-        let mut c = Self::from_vars(explicit_token, |k| std::env::var(k).ok().filter(|v| !v.is_empty()));
-        c.progress = std::io::stderr().is_terminal();
-        c
+        Self::from_vars(explicit_token, |k| std::env::var(k).ok().filter(|v| !v.is_empty()))
     }
 
     /// [`HubConfig::from_env`] over any variable lookup (for tests). Paths follow
@@ -100,7 +98,7 @@ impl HubConfig {
             cache_dir,
             token,
             offline,
-            progress: false,
+            progress: None,
             tries: DEFAULT_TRIES,
         }
     }

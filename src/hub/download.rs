@@ -32,6 +32,7 @@ use super::config::{encode_segment, HubConfig, RepoRef};
 use super::protocol;
 use crate::checkpoint::model::weight_files;
 use crate::error::{Error, Result};
+use crate::progress::Progress;
 use crate::writer::meta::is_tokenizer_file;
 
 /// The weight index transformers writes.
@@ -358,7 +359,8 @@ impl Downloader<'_> {
             .truncate(start == 0)
             .open(part)
             .map_err(|e| Error::io(part, e))?;
-        let bar = self.cfg.progress.then(|| download_bar(file, total, start));
+        let hook = self.cfg.progress.as_ref();
+        let mut done = start;
         let mut body = r.body_mut().as_reader();
         let mut buf = vec![0u8; 1 << 20];
         loop {
@@ -377,13 +379,14 @@ impl Downloader<'_> {
                 }
             };
             out.write_all(&buf[..n]).map_err(|e| Error::io(part, e))?;
-            if let Some(b) = &bar {
-                b.inc(n as u64);
+            done += n as u64;
+            if let Some(h) = hook {
+                h.report(Progress::Downloading { file, done, total });
             }
         }
         out.sync_all().map_err(|e| Error::io(part, e))?;
-        if let Some(b) = bar {
-            b.finish_and_clear();
+        if let Some(h) = hook {
+            h.report(Progress::Finished);
         }
         Ok(())
     }
@@ -450,18 +453,6 @@ fn lock_blob(cfg: &HubConfig, id: &str, etag: &str) -> Result<File> {
     Ok(f)
 }
 
-/// The download bar: bytes of one file, starting where a resume starts.
-fn download_bar(file: &str, total: Option<u64>, start: u64) -> indicatif::ProgressBar {
-    let pb = indicatif::ProgressBar::new(total.unwrap_or(0));
-    pb.set_style(
-        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
-    pb.set_message(format!("loraweld: downloading {file}"));
-    pb.set_position(start);
-    pb
-}
 
 /// `HF_HUB_OFFLINE=1`: the snapshot the ref points at, if everything needed is there.
 fn fetch_offline(cfg: &HubConfig, repo: &RepoRef, need: Need) -> Result<PathBuf> {
@@ -688,7 +679,7 @@ mod tests {
             cache_dir: d.path().to_path_buf(),
             token: None,
             offline: false,
-            progress: false,
+            progress: None,
             tries: 1,
         };
         let e = fetch(&cfg, &RepoRef::parse("me/base").unwrap(), Need::Base(None)).unwrap_err();
@@ -707,7 +698,7 @@ mod tests {
             cache_dir: d.path().to_path_buf(),
             token: None,
             offline: true,
-            progress: false,
+            progress: None,
             tries: 1,
         };
         let repo = RepoRef::parse("me/base").unwrap();

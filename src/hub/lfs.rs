@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use indicatif::ProgressBar;
+use crate::progress::{Progress, ProgressHook};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -87,18 +87,61 @@ struct BatchError {
     message: String,
 }
 
-/// The upload bar: bytes sent of the bytes to send so far (its length grows as batches name
-/// what the server lacks).
-pub fn upload_bar() -> ProgressBar {
-    let pb = ProgressBar::new(0);
-    pb.set_style(
-        indicatif::ProgressStyle::with_template(
-            "loraweld: uploading [{bar:30}] {decimal_bytes}/{decimal_total_bytes} {decimal_bytes_per_sec}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-        .progress_chars("=> "),
-    );
-    pb
+/// Upload progress: bytes sent of the bytes to send so far (the total grows as batches name
+/// what the server lacks), reported to the caller's hook.
+pub struct UploadMeter {
+    hook: ProgressHook,
+    done: AtomicU64,
+    total: AtomicU64,
+}
+
+impl UploadMeter {
+    /// A meter reporting to `hook`.
+    pub fn new(hook: ProgressHook) -> Self {
+        UploadMeter {
+            hook,
+            done: AtomicU64::new(0),
+            total: AtomicU64::new(0),
+        }
+    }
+
+    fn report(&self) {
+        self.hook.report(Progress::Uploading {
+            done: self.done.load(Ordering::Relaxed),
+            total: self.total.load(Ordering::Relaxed),
+        });
+    }
+
+    /// More bytes to send.
+    pub fn grow(&self, n: u64) {
+        self.total.fetch_add(n, Ordering::Relaxed);
+        self.report();
+    }
+
+    /// Bytes sent.
+    pub fn inc(&self, n: u64) {
+        self.done.fetch_add(n, Ordering::Relaxed);
+        self.report();
+    }
+
+    /// Bytes of a failed try, to be sent again.
+    pub fn take_back(&self, n: u64) {
+        let _ = self
+            .done
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| Some(d.saturating_sub(n)));
+        self.report();
+    }
+
+    /// The upload is over.
+    pub fn finish(&self) {
+        self.hook.report(Progress::Finished);
+    }
+
+    /// Bytes sent so far.
+    #[cfg(test)]
+    fn done(&self) -> u64 {
+        self.done.load(Ordering::Relaxed)
+    }
 }
 
 /// A request body that counts its bytes as the HTTP client reads them: into `sent` (this try's
@@ -106,11 +149,11 @@ pub fn upload_bar() -> ProgressBar {
 pub(crate) struct Counting<'a, R> {
     inner: R,
     sent: &'a AtomicU64,
-    bar: Option<&'a ProgressBar>,
+    bar: Option<&'a UploadMeter>,
 }
 
 impl<'a, R> Counting<'a, R> {
-    pub fn new(inner: R, sent: &'a AtomicU64, bar: Option<&'a ProgressBar>) -> Self {
+    pub fn new(inner: R, sent: &'a AtomicU64, bar: Option<&'a UploadMeter>) -> Self {
         Counting { inner, sent, bar }
     }
 }
@@ -134,7 +177,7 @@ pub fn upload(
     id: &str,
     revision: Option<&str>,
     objects: &[LfsObject],
-    bar: Option<&ProgressBar>,
+    bar: Option<&UploadMeter>,
 ) -> Result<Transferred> {
     let url = format!("{}/{id}.git/info/lfs/objects/batch", c.endpoint);
     let mut done = Transferred::default();
@@ -161,7 +204,7 @@ pub fn upload(
                 })
                 .map(|o| o.size)
                 .sum();
-            b.inc_length(to_send);
+            b.grow(to_send);
         }
         for obj in chunk {
             let Some(a) = answer.objects.iter().find(|a| a.oid == obj.oid) else {
@@ -196,7 +239,7 @@ pub fn upload(
 }
 
 /// Sends one object: multipart when the action carries `chunk_size`, else one PUT.
-fn transfer(c: &Client, obj: &LfsObject, up: &Action, bar: Option<&ProgressBar>) -> Result<()> {
+fn transfer(c: &Client, obj: &LfsObject, up: &Action, bar: Option<&UploadMeter>) -> Result<()> {
     let Some(chunk) = up.header.get("chunk_size") else {
         put_range(c, &up.href, &obj.local, 0, obj.size, bar)?;
         return Ok(());
@@ -304,7 +347,7 @@ fn put_range(
     path: &Path,
     start: u64,
     len: u64,
-    bar: Option<&ProgressBar>,
+    bar: Option<&UploadMeter>,
 ) -> Result<Option<String>> {
     let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
     let sent = AtomicU64::new(0);
@@ -312,7 +355,7 @@ fn put_range(
         // A retry sends the range again: take the failed try's bytes back off the bar.
         let before = sent.swap(0, Ordering::Relaxed);
         if let (Some(b), true) = (bar, before > 0) {
-            b.dec(before);
+            b.take_back(before);
         }
         f.seek(SeekFrom::Start(start)).map_err(ureq::Error::Io)?;
         let mut body = Counting::new((&f).take(len), &sent, bar);
@@ -385,8 +428,8 @@ mod tests {
         let bytes: Vec<u8> = (0..3_000_001u32).map(|i| (i % 251) as u8).collect();
         std::fs::write(&p, &bytes).unwrap();
         let sent = AtomicU64::new(0);
-        let bar = ProgressBar::hidden();
-        bar.set_length(bytes.len() as u64);
+        let bar = UploadMeter::new(ProgressHook::new(|_| {}));
+        bar.grow(bytes.len() as u64);
         let f = File::open(&p).unwrap();
         let mut r = Counting::new(&f, &sent, Some(&bar));
         // Small reads, as the HTTP client makes them: every byte counted once.
@@ -401,7 +444,9 @@ mod tests {
         }
         assert_eq!(got, bytes);
         assert_eq!(sent.load(Ordering::Relaxed), bytes.len() as u64);
-        assert_eq!(bar.position(), bytes.len() as u64);
+        assert_eq!(bar.done(), bytes.len() as u64);
+        bar.take_back(100);
+        assert_eq!(bar.done(), bytes.len() as u64 - 100, "a failed try's bytes come off");
         // A range of the file (a multipart part) counts only its own bytes.
         let sent = AtomicU64::new(0);
         let mut f = File::open(&p).unwrap();

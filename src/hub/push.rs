@@ -120,16 +120,15 @@ pub struct Session {
     hashed: Mutex<HashMap<String, (String, u64)>>,
     /// Transfers made by `upload_early`.
     early: Mutex<Transferred>,
-    /// The upload bar, when [`HubConfig::progress`] is set: every LFS byte of the push, early
-    /// or not.
-    bar: Option<indicatif::ProgressBar>,
+    /// Upload progress, when the caller asked for it: every LFS byte of the push, early or not.
+    bar: Option<lfs::UploadMeter>,
 }
 
 impl Drop for Session {
     fn drop(&mut self) {
         // A push that failed leaves no half-drawn bar above its error line.
         if let Some(b) = &self.bar {
-            b.finish_and_clear();
+            b.finish();
         }
     }
 }
@@ -165,7 +164,7 @@ impl Session {
             username,
             hashed: Mutex::new(HashMap::new()),
             early: Mutex::new(Transferred::default()),
-            bar: hub.progress.then(lfs::upload_bar),
+            bar: hub.progress.clone().map(lfs::UploadMeter::new),
         })
     }
 
@@ -314,7 +313,7 @@ impl Session {
             self.bar.as_ref(),
         )?;
         if let Some(b) = &self.bar {
-            b.finish_and_clear();
+            b.finish();
         }
         let early = *self.early.lock().unwrap_or_else(|p| p.into_inner());
         // Objects sent early show up as "skipped" in the final batch: count them once, as sent.
@@ -430,7 +429,7 @@ mod tests {
             cache_dir: "/nonexistent".into(),
             token: None,
             offline: false,
-            progress: false,
+            progress: None,
             tries: 1,
         };
         let e = Session::start(&PushOptions::new("me/model"), &hub).err().unwrap();
@@ -445,7 +444,7 @@ mod tests {
             cache_dir: "/nonexistent".into(),
             token: super::super::Token::new("hf_secret"),
             offline: false,
-            progress: false,
+            progress: None,
             tries: 1,
         }
     }

@@ -1,7 +1,7 @@
 //! `save`, the story of one save in the order it happens: the job decided from the options →
 //! the inputs found → what is at `OUT` → the plan → up to date? → disk preflight → (a dry run
 //! stops here) → the backend → the `merged_4bit` stats pass → resume → the pipeline (with the
-//! Hub upload and the progress bar) → the files around the shards → the rename → the push.
+//! Hub upload and progress reports) → the files around the shards → the rename → the push.
 
 mod finish;
 mod progress;
@@ -23,6 +23,7 @@ use crate::job::Job;
 use crate::options::SaveOptions;
 use crate::pipeline::{ExecConfig, Inputs, ShardResult, StageTimes};
 use crate::plan::{describe, plan_adapter, plan_merged, Plan};
+use crate::progress::ProgressHook;
 use crate::resolve::{resolve_adapter, resolve_base};
 use crate::writer::existing::{self, Existing};
 use crate::writer::meta;
@@ -87,7 +88,7 @@ pub fn save(opts: &SaveOptions) -> Result<SaveReport> {
         cfg,
         session: session.as_ref(),
         key: &run,
-        progress: opts.progress,
+        progress: opts.progress.as_ref(),
     };
     let (shards, stages, resumed) = match run_on.execute(&mut staging) {
         Err(Error::Interrupted { .. }) => {
@@ -252,7 +253,7 @@ struct Run<'a> {
     cfg: ExecConfig,
     session: Option<&'a Session>,
     key: &'a RunKey,
-    progress: bool,
+    progress: Option<&'a ProgressHook>,
 }
 
 impl Run<'_> {
@@ -290,7 +291,7 @@ impl Run<'_> {
         let written_bytes = AtomicU64::new(0);
         let total: u64 = plan.shards.iter().filter(|s| !s.skip).map(|s| s.file_len).sum();
         let resumed = kept.iter().flatten().count();
-        let (written, stages) = progress::while_drawing(self.progress, total, resumed, &written_bytes, || {
+        let (written, stages) = progress::while_reporting(self.progress, total, resumed, &written_bytes, || {
             let execution = upload::Execution {
                 plan: &plan,
                 inputs: self.inputs,
