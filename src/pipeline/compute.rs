@@ -162,12 +162,12 @@ impl<'a, 'p> Computer<'a, 'p> {
         let inputs = &self.inputs;
         let ranges = tile_ranges(inputs, base, cols, row0, rows);
         match base {
-            BaseSrc::Float(src, dt) => {
-                let rb = cols * dt.size();
-                let s = row0 as usize * rb;
+            BaseSrc::Float(_, dt) => {
+                // The tile's rows are the one input range `tile_ranges` computed.
+                let (file, a, b) = ranges.0[0];
                 (
                     BaseRows::Float {
-                        bytes: &inputs.data(src)[s..s + rows * rb],
+                        bytes: &file.bytes()[a..b],
                         dtype: *dt,
                     },
                     ranges,
