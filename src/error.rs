@@ -248,7 +248,7 @@ pub enum Error {
     Internal(String),
 }
 
-/// The broken safetensors invariant, one per check in [`crate::format::safetensors`].
+/// The broken safetensors invariant, one per check of the header parser.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SafetensorsProblem {
     /// The file is shorter than the 8-byte length prefix.

@@ -4,7 +4,7 @@
 //!
 //! It is a streaming, out-of-core pipeline around memory maps: resolve and read → plan →
 //! read → compute → pack → finish → push (ARCHITECTURE.md draws it). Memory follows the
-//! budget, not the model. The API is [`save`], [`push`], [`verify`] and [`inspect`], their
+//! budget, not the model. The API is [`save()`], [`push()`], [`verify()`] and [`inspect()`], their
 //! options and reports, and [`Error`].
 //!
 //! ```no_run

@@ -10,7 +10,7 @@
 //!
 //! What is sent: every file under the directory except `.git`, `.cache/huggingface`, hidden
 //! staging folders and `loraweld-manifest.json` (it records local input paths). The `README.md`
-//! sent is the card with `--tags` merged in ([`super::card`]), staged in `--temporary-location`.
+//! sent is the card with `--tags` merged in (`card.rs`), staged in `--temporary-location`.
 
 use std::collections::HashMap;
 use std::io::Read;
