@@ -5,13 +5,13 @@
 //! full block:    amax = max|x| ; s = clamp(x * fl32(1 / max(amax, 1e-38)), -1, 1)
 //! partial block: amax = max(max|x|, 1e-38) ; s = clamp(x / amax, -1, 1)
 //! code = order[#{ j : bounds[j] < s }]        (bucketize: exact ties go to the LOWER code)
-//! double quant:  offset = mean(amax) ; v = fl32(amax - offset)
+//! double quant:  offset = torch.mean(amax) ; v = fl32(amax - offset)
 //!                nabs[g] = max|v| over 256 blocks ; u8 = nearest(v / nabs[g]) in the dynamic map,
-//!                ties to the lower index (the C kernel's binary search with code[0] = -1)
+//!                by the CUDA kernel's binary search: exact ties end on the even index
 //! ```
-//! A zero block becomes code 7 for NF4 (byte `0x77`) and code 0 for FP4. The offset is the
-//! correctly rounded f32 mean (torch's reduction order is not reproduced; the value is stored in
-//! the quant state, so the file is self-consistent).
+//! A zero block becomes code 7 for NF4 (byte `0x77`) and code 0 for FP4. The offset is
+//! `torch.mean` reproduced bit for bit ([`torch_mean`]); the nested codes go through
+//! [`DynamicCoder`], equal to [`nearest_dynamic`] on all 2^32 inputs.
 
 use super::bnb::{QuantType, NF4};
 use crate::format::pyjson::py_float_repr;
