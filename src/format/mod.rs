@@ -5,6 +5,8 @@
 pub mod bnb;
 pub mod dtype;
 pub mod encode;
+pub mod ggml;
+pub mod gguf;
 pub mod nibbles;
 pub mod pyjson;
 pub mod safetensors;
