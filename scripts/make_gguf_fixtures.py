@@ -7,7 +7,7 @@ wheel differs and must NOT be used). Nothing is hand-written; the JSON files onl
 
 Environment (no torch needed; only registries are used):
 
-    mkdir -p /work/gguf-ref/dl && cd /work/gguf-ref
+    mkdir -p target/gguf-ref/dl && cd target/gguf-ref
     python3 -m pip download --no-deps --no-binary llama-cpp-python llama-cpp-python==0.3.36 -d dl
     sha256sum dl/llama_cpp_python-0.3.36.tar.gz
     #   832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
@@ -15,13 +15,13 @@ Environment (no torch needed; only registries are used):
     python3 -m venv venv
     venv/bin/pip install numpy==2.2.6 PyYAML==6.0.4 tqdm==4.70.1   # gguf-py's deps (requests is imported lazily)
 
-(`bash /work/shared/ref-python/setup_llamacpp.sh DIR` also works: its DIR/venv has the same numpy and the sdist's
+(a setup that also builds llama-quantize works as well: its venv has the same numpy and the sdist's
 gguf-py on sys.path; it additionally installs transformers/torch and builds llama-quantize, not needed here.)
 
 Run (from the repository root):
 
-    PYTHONPATH=/work/gguf-ref/llama_cpp_python-0.3.36/vendor/llama.cpp/gguf-py \
-        /work/gguf-ref/venv/bin/python scripts/make_gguf_fixtures.py [OUT_DIR]
+    PYTHONPATH=target/gguf-ref/llama_cpp_python-0.3.36/vendor/llama.cpp/gguf-py \
+        target/gguf-ref/venv/bin/python scripts/make_gguf_fixtures.py [OUT_DIR]
 
 OUT_DIR defaults to tests/fixtures/gguf/ next to this script's repository. The output is deterministic (fixed
 seeds); the script refuses to run with a gguf package that is not the sdist's (checked by path and version).

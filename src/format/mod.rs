@@ -7,6 +7,7 @@ pub mod dtype;
 pub mod encode;
 pub mod ggml;
 pub mod gguf;
+pub mod kquants;
 pub mod nibbles;
 pub mod pyjson;
 pub mod safetensors;

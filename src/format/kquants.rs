@@ -1,0 +1,373 @@
+//! ggml's k-quants, Q4_K and Q6_K (what `llama-quantize Q4_K_M` writes), ported from
+//! `quantize_row_q4_K_ref` / `quantize_row_q6_K_ref` of `ggml/src/ggml-quants.c` (llama.cpp as
+//! vendored in llama-cpp-python 0.3.36). Those are compiled without `-march=native`, so on
+//! x86-64 they have no fused multiply-add: every C operation is one IEEE f32 rounding, in source
+//! order. This port keeps that order operation for operation (Rust never fuses `a * b + c`), so
+//! the bytes are the same; `tests/fixtures/gguf/` holds blocks the real C functions made.
+//! docs/formats.md §4.4.
+
+use super::ggml::f16_bits_ggml;
+
+/// Values per k-quant super-block.
+pub const QK_K: usize = 256;
+/// Bytes of a Q4_K block: f16 d, f16 dmin, 12 bytes of 6-bit scales and mins, 128 of nibbles.
+pub const Q4_K_BYTES: usize = 144;
+/// Bytes of a Q6_K block: 128 low nibbles, 64 bytes of high bits, 16 i8 scales, f16 d.
+pub const Q6_K_BYTES: usize = 210;
+
+/// ggml's sub-blocks with all values below this are all zero.
+const GROUP_MAX_EPS: f32 = 1e-15;
+
+/// `nearest_int`: round to nearest, ties to even, by adding 1.5 · 2^23 and reading the low
+/// mantissa bits (valid for |x| ≤ 4194303).
+fn nearest_int(f: f32) -> i32 {
+    let val = f + 12_582_912.0;
+    (val.to_bits() as i32 & 0x007f_ffff) - 0x0040_0000
+}
+
+/// ggml's f16 → f32 (exact).
+fn f16_to_f32(h: u16) -> f32 {
+    half::f16::from_bits(h).to_f32()
+}
+
+/// `make_qkx2_quants`: a scale and a min for one sub-block of `x` (with weights), searching
+/// `nstep + 1` candidate scales; `min` is updated inside the search and later steps use the new
+/// value, as in C. Returns the scale and `-min`; the codes land in `l`.
+#[allow(clippy::too_many_arguments)] // the C function's signature, kept for a line-by-line port
+fn make_qkx2_quants(
+    x: &[f32],
+    weights: &[f32],
+    nmax: i32,
+    l: &mut [u8],
+    laux: &mut [u8],
+    rmin: f32,
+    rdelta: f32,
+    nstep: i32,
+) -> (f32, f32) {
+    let n = x.len();
+    let mut min = x[0];
+    let mut max = x[0];
+    let mut sum_w = weights[0];
+    let mut sum_x = sum_w * x[0];
+    for i in 1..n {
+        if x[i] < min {
+            min = x[i];
+        }
+        if x[i] > max {
+            max = x[i];
+        }
+        let w = weights[i];
+        sum_w += w;
+        sum_x += w * x[i];
+    }
+    if min > 0.0 {
+        min = 0.0;
+    }
+    if max == min {
+        l[..n].fill(0);
+        return (0.0, -min);
+    }
+    let nmaxf = nmax as f32;
+    let mut iscale = nmaxf / (max - min);
+    let mut scale = 1.0 / iscale;
+    let mut best_error = 0.0f32;
+    for i in 0..n {
+        let q = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
+        l[i] = q as u8;
+        let diff = scale * (q as f32) + min - x[i];
+        let diff = diff * diff;
+        best_error += weights[i] * diff;
+    }
+    if nstep < 1 {
+        return (scale, -min);
+    }
+    for is in 0..=nstep {
+        iscale = (rmin + rdelta * is as f32 + nmaxf) / (max - min);
+        let (mut sum_l, mut sum_l2, mut sum_xl) = (0.0f32, 0.0f32, 0.0f32);
+        for i in 0..n {
+            let q = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
+            laux[i] = q as u8;
+            let w = weights[i];
+            let lf = q as f32;
+            sum_l += w * lf;
+            sum_l2 += w * lf * lf;
+            sum_xl += w * lf * x[i];
+        }
+        let d = sum_w * sum_l2 - sum_l * sum_l;
+        if d > 0.0 {
+            let mut this_scale = (sum_w * sum_xl - sum_x * sum_l) / d;
+            let mut this_min = (sum_l2 * sum_x - sum_l * sum_xl) / d;
+            if this_min > 0.0 {
+                this_min = 0.0;
+                this_scale = sum_xl / sum_l2;
+            }
+            let mut cur_error = 0.0f32;
+            for i in 0..n {
+                let diff = this_scale * laux[i] as f32 + this_min - x[i];
+                let diff = diff * diff;
+                cur_error += weights[i] * diff;
+            }
+            if cur_error < best_error {
+                l[..n].copy_from_slice(&laux[..n]);
+                best_error = cur_error;
+                scale = this_scale;
+                min = this_min;
+            }
+        }
+    }
+    (scale, -min)
+}
+
+/// `get_scale_min_k4`: sub-block `j`'s 6-bit scale and min from the packed 12 bytes.
+fn get_scale_min_k4(j: usize, q: &[u8; 12]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        (
+            (q[j + 4] & 0xf) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
+    }
+}
+
+/// One Q4_K block of 256 values (`quantize_row_q4_K_ref`).
+pub fn q4_k_block(x: &[f32; QK_K], out: &mut [u8; Q4_K_BYTES]) {
+    let mut l = [0u8; QK_K];
+    let mut laux = [0u8; 32];
+    let mut weights = [0f32; 32];
+    let mut mins = [0f32; QK_K / 32];
+    let mut scales = [0f32; QK_K / 32];
+    let mut max_scale = 0.0f32;
+    let mut max_min = 0.0f32;
+    for j in 0..QK_K / 32 {
+        let xs = &x[32 * j..32 * j + 32];
+        let mut sum_x2 = 0.0f32;
+        for v in xs {
+            sum_x2 += v * v;
+        }
+        let av_x = (sum_x2 / 32.0).sqrt();
+        for (w, v) in weights.iter_mut().zip(xs) {
+            *w = av_x + v.abs();
+        }
+        let (scale, min) = make_qkx2_quants(xs, &weights, 15, &mut l[32 * j..32 * j + 32], &mut laux, -1.0, 0.1, 20);
+        scales[j] = scale;
+        mins[j] = min;
+        if scale > max_scale {
+            max_scale = scale;
+        }
+        if min > max_min {
+            max_min = min;
+        }
+    }
+    let inv_scale = if max_scale > 0.0 { 63.0 / max_scale } else { 0.0 };
+    let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
+    let mut sc = [0u8; 12];
+    for j in 0..QK_K / 32 {
+        // C stores the int into a uint8_t (wrapping), then takes MIN(63, ·).
+        let ls = (nearest_int(inv_scale * scales[j]) as u8).min(63);
+        let lm = (nearest_int(inv_min * mins[j]) as u8).min(63);
+        if j < 4 {
+            sc[j] = ls;
+            sc[j + 4] = lm;
+        } else {
+            sc[j + 4] = (ls & 0xf) | ((lm & 0xf) << 4);
+            sc[j - 4] |= (ls >> 4) << 6;
+            sc[j] |= (lm >> 4) << 6;
+        }
+    }
+    let d = f16_bits_ggml(max_scale / 63.0);
+    let dmin = f16_bits_ggml(max_min / 63.0);
+    for j in 0..QK_K / 32 {
+        let (s, m) = get_scale_min_k4(j, &sc);
+        let dj = f16_to_f32(d) * s as f32;
+        if dj == 0.0 {
+            continue;
+        }
+        let dm = f16_to_f32(dmin) * m as f32;
+        for ii in 0..32 {
+            let q = nearest_int((x[32 * j + ii] + dm) / dj).clamp(0, 15);
+            l[32 * j + ii] = q as u8;
+        }
+    }
+    out[0..2].copy_from_slice(&d.to_le_bytes());
+    out[2..4].copy_from_slice(&dmin.to_le_bytes());
+    out[4..16].copy_from_slice(&sc);
+    let qs = &mut out[16..];
+    for (chunk, j) in (0..QK_K).step_by(64).enumerate() {
+        for k in 0..32 {
+            qs[32 * chunk + k] = l[j + k] | (l[j + k + 32] << 4);
+        }
+    }
+}
+
+/// `make_qx_quants` with `rmse_type` 1 and no importance weights: a signed scale for one
+/// sub-block, searched over 18 candidates around `-nmax / max`. The codes land in `l`
+/// (offset by `nmax`).
+fn make_qx_quants(x: &[f32], nmax: i32, l: &mut [i8]) -> f32 {
+    let n = x.len();
+    let mut max = 0.0f32;
+    let mut amax = 0.0f32;
+    for &v in x {
+        let ax = v.abs();
+        if ax > amax {
+            amax = ax;
+            max = v;
+        }
+    }
+    if amax < GROUP_MAX_EPS {
+        l[..n].fill(0);
+        return 0.0;
+    }
+    let nmaxf = nmax as f32;
+    let mut iscale = -nmaxf / max;
+    let mut sumlx = 0.0f32;
+    let mut suml2 = 0.0f32;
+    for i in 0..n {
+        let q = nearest_int(iscale * x[i]).clamp(-nmax, nmax - 1);
+        l[i] = (q + nmax) as i8;
+        let w = x[i] * x[i];
+        let lf = q as f32;
+        sumlx += w * x[i] * lf;
+        suml2 += w * lf * lf;
+    }
+    let mut scale = if suml2 != 0.0 { sumlx / suml2 } else { 0.0 };
+    let mut best = scale * sumlx;
+    for is in -9i32..=9 {
+        if is == 0 {
+            continue;
+        }
+        iscale = -(nmaxf + 0.1 * is as f32) / max;
+        sumlx = 0.0;
+        suml2 = 0.0;
+        for &v in x {
+            let lf = nearest_int(iscale * v).clamp(-nmax, nmax - 1) as f32;
+            let w = v * v;
+            sumlx += w * v * lf;
+            suml2 += w * lf * lf;
+        }
+        if suml2 > 0.0 && sumlx * sumlx > best * suml2 {
+            for i in 0..n {
+                let q = nearest_int(iscale * x[i]).clamp(-nmax, nmax - 1);
+                l[i] = (nmax + q) as i8;
+            }
+            scale = sumlx / suml2;
+            best = scale * sumlx;
+        }
+    }
+    scale
+}
+
+/// One Q6_K block of 256 values (`quantize_row_q6_K_ref`).
+pub fn q6_k_block(x: &[f32; QK_K], out: &mut [u8; Q6_K_BYTES]) {
+    let mut l = [0i8; QK_K];
+    let mut scales = [0f32; QK_K / 16];
+    let mut max_scale = 0.0f32;
+    let mut max_abs_scale = 0.0f32;
+    for ib in 0..QK_K / 16 {
+        let scale = make_qx_quants(&x[16 * ib..16 * ib + 16], 32, &mut l[16 * ib..16 * ib + 16]);
+        scales[ib] = scale;
+        let abs_scale = scale.abs();
+        if abs_scale > max_abs_scale {
+            max_abs_scale = abs_scale;
+            max_scale = scale;
+        }
+    }
+    if max_abs_scale < GROUP_MAX_EPS {
+        out.fill(0);
+        out[208..210].copy_from_slice(&f16_bits_ggml(0.0).to_le_bytes());
+        return;
+    }
+    let iscale = -128.0f32 / max_scale;
+    let d = f16_bits_ggml(1.0 / iscale);
+    let mut sc = [0i8; QK_K / 16];
+    for (s, &scale) in sc.iter_mut().zip(&scales) {
+        *s = nearest_int(iscale * scale).min(127) as i8;
+    }
+    for j in 0..QK_K / 16 {
+        let dj = f16_to_f32(d) * sc[j] as f32;
+        if dj == 0.0 {
+            continue;
+        }
+        for ii in 0..16 {
+            let q = nearest_int(x[16 * j + ii] / dj).clamp(-32, 31);
+            l[16 * j + ii] = (q + 32) as i8;
+        }
+    }
+    let (ql, rest) = out.split_at_mut(128);
+    let (qh, rest) = rest.split_at_mut(64);
+    for (chunk, j) in (0..QK_K).step_by(128).enumerate() {
+        for k in 0..32 {
+            let lu = |o: usize| l[j + k + o] as u8;
+            let (q1, q2, q3, q4) = (lu(0) & 0xf, lu(32) & 0xf, lu(64) & 0xf, lu(96) & 0xf);
+            ql[64 * chunk + k] = q1 | (q3 << 4);
+            ql[64 * chunk + k + 32] = q2 | (q4 << 4);
+            qh[32 * chunk + k] = (lu(0) >> 4) | ((lu(32) >> 4) << 2) | ((lu(64) >> 4) << 4) | ((lu(96) >> 4) << 6);
+        }
+    }
+    for (o, s) in rest[..16].iter_mut().zip(&sc) {
+        *o = *s as u8;
+    }
+    rest[16..18].copy_from_slice(&d.to_le_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn fixture(name: &str) -> Vec<u8> {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gguf").join(name);
+        std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    }
+
+    /// Blocks the real C functions made (`scripts/make_kquant_fixtures.sh`): every row equal.
+    fn equals_c<const B: usize>(expected: &str, quantize: fn(&[f32; QK_K], &mut [u8; B])) {
+        let cases = fixture("kquant_cases.bin");
+        let want = fixture(expected);
+        let rows = cases.len() / (4 * QK_K);
+        assert_eq!(want.len(), rows * B, "{expected}");
+        let mut differ = Vec::new();
+        for (i, (row, w)) in cases.chunks_exact(4 * QK_K).zip(want.chunks_exact(B)).enumerate() {
+            let x: [f32; QK_K] = std::array::from_fn(|j| f32::from_le_bytes(row[4 * j..4 * j + 4].try_into().unwrap()));
+            let mut got = [0u8; B];
+            quantize(&x, &mut got);
+            if got[..] != w[..] {
+                differ.push(i);
+            }
+        }
+        assert!(
+            differ.is_empty(),
+            "{expected}: {} of {rows} rows differ, first {:?}",
+            differ.len(),
+            &differ[..differ.len().min(10)]
+        );
+    }
+
+    #[test]
+    fn q4_k_equals_the_c_reference() {
+        equals_c::<Q4_K_BYTES>("q4_k_expected.bin", q4_k_block);
+    }
+
+    #[test]
+    fn q6_k_equals_the_c_reference() {
+        equals_c::<Q6_K_BYTES>("q6_k_expected.bin", q6_k_block);
+    }
+
+    #[test]
+    fn nearest_int_is_ggml_s() {
+        assert_eq!(nearest_int(0.5), 0, "ties to even");
+        assert_eq!(nearest_int(1.5), 2);
+        assert_eq!(nearest_int(-2.5), -2);
+        assert_eq!(nearest_int(14.7), 15);
+    }
+
+    #[test]
+    fn zero_blocks() {
+        let mut q4 = [0xffu8; Q4_K_BYTES];
+        q4_k_block(&[0.0; QK_K], &mut q4);
+        assert!(q4.iter().all(|&b| b == 0));
+        let mut q6 = [0xffu8; Q6_K_BYTES];
+        q6_k_block(&[0.0; QK_K], &mut q6);
+        assert!(q6.iter().all(|&b| b == 0));
+    }
+}
