@@ -1,5 +1,5 @@
-//! ggml's k-quants, Q4_K and Q6_K (what `llama-quantize Q4_K_M` writes), ported from
-//! `quantize_row_q4_K_ref` / `quantize_row_q6_K_ref` of `ggml/src/ggml-quants.c` (llama.cpp as
+//! ggml's k-quants, Q4_K, Q5_K and Q6_K (what `llama-quantize Q4_K_M` / `Q5_K_M` write),
+//! ported from `quantize_row_q{4,5,6}_K_ref` of `ggml/src/ggml-quants.c` (llama.cpp as
 //! vendored in llama-cpp-python 0.3.36). Those are compiled without `-march=native`, so on
 //! x86-64 they have no fused multiply-add: every C operation is one IEEE f32 rounding, in source
 //! order. This port keeps that order operation for operation (Rust never fuses `a * b + c`), so
@@ -12,6 +12,9 @@ use super::ggml::f16_bits_ggml;
 pub const QK_K: usize = 256;
 /// Bytes of a Q4_K block: f16 d, f16 dmin, 12 bytes of 6-bit scales and mins, 128 of nibbles.
 pub const Q4_K_BYTES: usize = 144;
+/// Bytes of a Q5_K block: f16 d, f16 dmin, 12 bytes of scales and mins, 32 of fifth bits, 128
+/// of nibbles.
+pub const Q5_K_BYTES: usize = 176;
 /// Bytes of a Q6_K block: 128 low nibbles, 64 bytes of high bits, 16 i8 scales, f16 d.
 pub const Q6_K_BYTES: usize = 210;
 
@@ -130,8 +133,11 @@ fn get_scale_min_k4(j: usize, q: &[u8; 12]) -> (u8, u8) {
     }
 }
 
-/// One Q4_K block of 256 values (`quantize_row_q4_K_ref`).
-pub fn q4_k_block(x: &[f32; QK_K], out: &mut [u8; Q4_K_BYTES]) {
+/// The part Q4_K and Q5_K share (`quantize_row_q4_K_ref` / `_q5_K_ref`): per 32-value sub-block
+/// a scale and a min from `make_qkx2_quants` (codes up to `nmax`, the search starting at `rmin`
+/// for `nstep + 1` steps), quantized to 6 bits and packed into 12 bytes, and the codes
+/// recomputed from the packed values. Returns f16 `d`, f16 `dmin`, the packed scales, the codes.
+fn scale_min_codes(x: &[f32; QK_K], nmax: i32, rmin: f32, nstep: i32) -> (u16, u16, [u8; 12], [u8; QK_K]) {
     let mut l = [0u8; QK_K];
     let mut laux = [0u8; 32];
     let mut weights = [0f32; 32];
@@ -149,7 +155,8 @@ pub fn q4_k_block(x: &[f32; QK_K], out: &mut [u8; Q4_K_BYTES]) {
         for (w, v) in weights.iter_mut().zip(xs) {
             *w = av_x + v.abs();
         }
-        let (scale, min) = make_qkx2_quants(xs, &weights, 15, &mut l[32 * j..32 * j + 32], &mut laux, -1.0, 0.1, 20);
+        let (scale, min) =
+            make_qkx2_quants(xs, &weights, nmax, &mut l[32 * j..32 * j + 32], &mut laux, rmin, 0.1, nstep);
         scales[j] = scale;
         mins[j] = min;
         if scale > max_scale {
@@ -185,10 +192,16 @@ pub fn q4_k_block(x: &[f32; QK_K], out: &mut [u8; Q4_K_BYTES]) {
         }
         let dm = f16_to_f32(dmin) * m as f32;
         for ii in 0..32 {
-            let q = nearest_int((x[32 * j + ii] + dm) / dj).clamp(0, 15);
+            let q = nearest_int((x[32 * j + ii] + dm) / dj).clamp(0, nmax);
             l[32 * j + ii] = q as u8;
         }
     }
+    (d, dmin, sc, l)
+}
+
+/// One Q4_K block of 256 values (`quantize_row_q4_K_ref`).
+pub fn q4_k_block(x: &[f32; QK_K], out: &mut [u8; Q4_K_BYTES]) {
+    let (d, dmin, sc, l) = scale_min_codes(x, 15, -1.0, 20);
     out[0..2].copy_from_slice(&d.to_le_bytes());
     out[2..4].copy_from_slice(&dmin.to_le_bytes());
     out[4..16].copy_from_slice(&sc);
@@ -197,6 +210,35 @@ pub fn q4_k_block(x: &[f32; QK_K], out: &mut [u8; Q4_K_BYTES]) {
         for k in 0..32 {
             qs[32 * chunk + k] = l[j + k] | (l[j + k + 32] << 4);
         }
+    }
+}
+
+/// One Q5_K block of 256 values (`quantize_row_q5_K_ref`): Q4_K's scheme with 5-bit codes,
+/// their fifth bits gathered into 32 bytes of `qh` (two bits per 64 values).
+pub fn q5_k_block(x: &[f32; QK_K], out: &mut [u8; Q5_K_BYTES]) {
+    let (d, dmin, sc, l) = scale_min_codes(x, 31, -0.5, 15);
+    out[0..2].copy_from_slice(&d.to_le_bytes());
+    out[2..4].copy_from_slice(&dmin.to_le_bytes());
+    out[4..16].copy_from_slice(&sc);
+    let (qh, ql) = out[16..].split_at_mut(32);
+    qh.fill(0);
+    let (mut m1, mut m2) = (1u8, 2u8);
+    for (chunk, n) in (0..QK_K).step_by(64).enumerate() {
+        for j in 0..32 {
+            let mut l1 = l[n + j];
+            if l1 > 15 {
+                l1 -= 16;
+                qh[j] |= m1;
+            }
+            let mut l2 = l[n + j + 32];
+            if l2 > 15 {
+                l2 -= 16;
+                qh[j] |= m2;
+            }
+            ql[32 * chunk + j] = l1 | (l2 << 4);
+        }
+        m1 <<= 2;
+        m2 <<= 2;
     }
 }
 
@@ -346,6 +388,11 @@ mod tests {
     #[test]
     fn q4_k_equals_the_c_reference() {
         equals_c::<Q4_K_BYTES>("q4_k_expected.bin", q4_k_block);
+    }
+
+    #[test]
+    fn q5_k_equals_the_c_reference() {
+        equals_c::<Q5_K_BYTES>("q5_k_expected.bin", q5_k_block);
     }
 
     #[test]
