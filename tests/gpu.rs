@@ -832,7 +832,7 @@ fn gpu_special_values_equal_cpu() {
     });
 }
 
-/// `merged_4bit`'s requantization as the host does it (src/pipeline.rs, `host_quant`): the
+/// `merged_4bit`'s requantization as the host does it (src/pipeline/requant.rs, `host_quant`): the
 /// tile merged by the CPU backend into `t.out_dtype`, widened to f32, quantized block by block
 /// (the weight's last block partial when `numel % bs != 0`) and packed. Returns (codes, absmax
 /// bits, finite).

@@ -75,7 +75,7 @@ impl MergeTile<'_> {
     }
 }
 
-/// How `merged_4bit` requantizes a weight (bitsandbytes 4-bit, `src/quant/encode.rs`).
+/// How `merged_4bit` requantizes a weight (bitsandbytes 4-bit, `src/format/encode.rs`).
 #[derive(Debug, Clone, Copy)]
 pub struct QuantSpec {
     /// NF4 or FP4.
