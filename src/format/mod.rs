@@ -8,6 +8,7 @@ pub mod encode;
 pub mod ggml;
 pub mod gguf;
 pub mod kquants;
+pub mod legacy_quants;
 pub mod nibbles;
 pub mod pyjson;
 pub mod safetensors;
