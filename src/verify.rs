@@ -55,6 +55,22 @@ pub fn verify(dir: &Path) -> Result<VerifyReport> {
         });
     }
     let mut problems = Vec::new();
+    let (manifest, expected) = manifest_entries(dir, &mut problems)?;
+    let found = check_files(dir, &expected, &mut problems)?;
+    check_indexes(dir, &found, &mut problems)?;
+    Ok(VerifyReport {
+        dir: dir.to_path_buf(),
+        problems,
+        files: found.files,
+        tensors: found.tensors_in.len(),
+        had_manifest: manifest.is_some(),
+    })
+}
+
+/// The manifest, if any, and what it says of each shard: size and blake3 by file name.
+type Expected = BTreeMap<String, (u64, String)>;
+
+fn manifest_entries(dir: &Path, problems: &mut Vec<String>) -> Result<(Option<Value>, Expected)> {
     let manifest_path = dir.join(MANIFEST);
     let manifest: Option<Value> = if manifest_path.is_file() {
         let text = std::fs::read_to_string(&manifest_path).map_err(|e| Error::io(&manifest_path, e))?;
@@ -62,7 +78,7 @@ pub fn verify(dir: &Path) -> Result<VerifyReport> {
     } else {
         None
     };
-    let mut expected: BTreeMap<String, (u64, String)> = BTreeMap::new();
+    let mut expected = Expected::new();
     if let Some(m) = &manifest {
         for s in m.get("shards").and_then(Value::as_array).into_iter().flatten() {
             let (Some(f), Some(b), Some(h)) = (
@@ -79,7 +95,20 @@ pub fn verify(dir: &Path) -> Result<VerifyReport> {
             expected.insert(f.to_string(), (b, h.to_string()));
         }
     }
+    Ok((manifest, expected))
+}
 
+/// What the weight files hold.
+struct Found {
+    files: Vec<FileCheck>,
+    /// Each tensor's file.
+    tensors_in: BTreeMap<String, String>,
+    /// Bytes of tensor data in all files.
+    data_bytes: u64,
+}
+
+/// Hashes every `.safetensors` file against the manifest and checks its header.
+fn check_files(dir: &Path, expected: &Expected, problems: &mut Vec<String>) -> Result<Found> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .map_err(|e| Error::io(dir, e))?
         .filter_map(|e| e.ok())
@@ -90,9 +119,11 @@ pub fn verify(dir: &Path) -> Result<VerifyReport> {
     if names.is_empty() {
         problems.push(format!("{}: no .safetensors files", dir.display()));
     }
-    let mut files = Vec::new();
-    let mut tensors_in: BTreeMap<String, String> = BTreeMap::new();
-    let mut data_bytes = 0u64;
+    let mut found = Found {
+        files: Vec::new(),
+        tensors_in: BTreeMap::new(),
+        data_bytes: 0,
+    };
     for n in &names {
         let p = dir.join(n);
         let m = MappedFile::open(&p)?;
@@ -105,15 +136,15 @@ pub fn verify(dir: &Path) -> Result<VerifyReport> {
         match parse_header(&p, m.bytes()) {
             Ok(h) => {
                 for t in &h.tensors {
-                    data_bytes += t.nbytes();
-                    if tensors_in.insert(t.name.clone(), n.clone()).is_some() {
+                    found.data_bytes += t.nbytes();
+                    if found.tensors_in.insert(t.name.clone(), n.clone()).is_some() {
                         problems.push(format!("{n}: tensor `{}` also appears in another file", t.name));
                     }
                 }
             }
             Err(e) => problems.push(e.to_string()),
         }
-        files.push(FileCheck {
+        found.files.push(FileCheck {
             file: n.clone(),
             bytes,
             blake3: hash,
@@ -125,8 +156,12 @@ pub fn verify(dir: &Path) -> Result<VerifyReport> {
             problems.push(format!("{f}: listed in the manifest but missing"));
         }
     }
+    Ok(found)
+}
 
-    // The index, when there is one, must name exactly the tensors the files hold.
+/// The index, when there is one, must name exactly the tensors the files hold.
+fn check_indexes(dir: &Path, found: &Found, problems: &mut Vec<String>) -> Result<()> {
+    let tensors_in = &found.tensors_in;
     let indexes: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| Error::io(dir, e))?
         .filter_map(|e| e.ok())
@@ -159,16 +194,13 @@ pub fn verify(dir: &Path) -> Result<VerifyReport> {
             }
         }
         if let Some(ts) = v.pointer("/metadata/total_size").and_then(Value::as_u64) {
-            if ts != data_bytes {
-                problems.push(format!("index total_size {ts} != {data_bytes} bytes of tensor data"));
+            if ts != found.data_bytes {
+                problems.push(format!(
+                    "index total_size {ts} != {} bytes of tensor data",
+                    found.data_bytes
+                ));
             }
         }
     }
-    Ok(VerifyReport {
-        dir: dir.to_path_buf(),
-        problems,
-        files,
-        tensors: tensors_in.len(),
-        had_manifest: manifest.is_some(),
-    })
+    Ok(())
 }

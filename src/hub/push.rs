@@ -109,6 +109,14 @@ pub fn push(dir: &Path, opts: &PushOptions, hub: &HubConfig, temporary_location:
     // `staging` drops here: the staged card is removed.
 }
 
+/// What a commit changes.
+struct Changes {
+    ops: Vec<CommitOp>,
+    objects: Vec<LfsObject>,
+    /// Files the Hub already has, byte for byte.
+    unchanged: usize,
+}
+
 /// A push in progress: the repo exists, the branch exists, the username is known.
 pub struct Session {
     client: Client,
@@ -266,45 +274,11 @@ impl Session {
             self.opts.create_pr,
             &announce,
         )?;
-        let mut ops = Vec::new();
-        let mut objects = Vec::new();
-        let mut unchanged = 0;
-        for ((name, path), size) in files.iter().zip(&sizes) {
-            let Some(m) = modes.iter().find(|m| &m.path == name) else {
-                continue;
-            };
-            if m.should_ignore {
-                continue;
-            }
-            // Empty files can't go through LFS (`huggingface_hub` sends them inline too).
-            if m.lfs && *size > 0 {
-                let (oid, size) = self.hash(name, path)?;
-                if m.remote_oid.as_deref() == Some(oid.as_str()) {
-                    unchanged += 1;
-                    continue;
-                }
-                objects.push(LfsObject {
-                    local: path.clone(),
-                    oid: oid.clone(),
-                    size,
-                });
-                ops.push(CommitOp::Lfs {
-                    path: name.clone(),
-                    oid,
-                    size,
-                });
-            } else {
-                let content = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-                if m.remote_oid.as_deref() == Some(protocol::git_blob_oid(&content).as_str()) {
-                    unchanged += 1;
-                    continue;
-                }
-                ops.push(CommitOp::Regular {
-                    path: name.clone(),
-                    content,
-                });
-            }
-        }
+        let Changes {
+            ops,
+            objects,
+            unchanged,
+        } = self.changes(&files, &sizes, &modes)?;
         let mut t = lfs::upload(
             &self.client,
             &self.opts.repo,
@@ -360,6 +334,54 @@ impl Session {
         report.commit_oid = a.commit_oid;
         report.pull_request_url = a.pull_request_url;
         Ok(report)
+    }
+
+    /// What the commit must change, given the Hub's preupload answer: LFS pointers for large
+    /// files whose object differs (and the objects to send), inline content for small ones; files
+    /// the Hub already has identical are counted and left out.
+    fn changes(&self, files: &[(String, PathBuf)], sizes: &[u64], modes: &[protocol::Preupload]) -> Result<Changes> {
+        let mut c = Changes {
+            ops: Vec::new(),
+            objects: Vec::new(),
+            unchanged: 0,
+        };
+        for ((name, path), size) in files.iter().zip(sizes) {
+            let Some(m) = modes.iter().find(|m| &m.path == name) else {
+                continue;
+            };
+            if m.should_ignore {
+                continue;
+            }
+            // Empty files can't go through LFS (`huggingface_hub` sends them inline too).
+            if m.lfs && *size > 0 {
+                let (oid, size) = self.hash(name, path)?;
+                if m.remote_oid.as_deref() == Some(oid.as_str()) {
+                    c.unchanged += 1;
+                    continue;
+                }
+                c.objects.push(LfsObject {
+                    local: path.clone(),
+                    oid: oid.clone(),
+                    size,
+                });
+                c.ops.push(CommitOp::Lfs {
+                    path: name.clone(),
+                    oid,
+                    size,
+                });
+            } else {
+                let content = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+                if m.remote_oid.as_deref() == Some(protocol::git_blob_oid(&content).as_str()) {
+                    c.unchanged += 1;
+                    continue;
+                }
+                c.ops.push(CommitOp::Regular {
+                    path: name.clone(),
+                    content,
+                });
+            }
+        }
+        Ok(c)
     }
 }
 
