@@ -1,11 +1,13 @@
 // kquant_harness.c -- drive llama.cpp's reference quantizers from ggml/src/ggml-quants.c of the llama-cpp-python
 // 0.3.36 sdist over rows of 256 f32 and dump the raw blocks: the k-quants quantize_row_q{4,5,6}_K_ref and the
-// legacy 32-value-block quantizers quantize_row_q4_0_ref / q4_1 / q5_0 / q5_1 / q8_0_ref.
+// legacy 32-value-block quantizers quantize_row_q4_0_ref / q4_1 / q5_0 / q5_1 / q8_0_ref, and (optionally)
+// quantize_row_q2_K_ref / quantize_row_q3_K_ref.
 //
 // Built and run by scripts/make_kquant_fixtures.sh; see that script for the sdist, the compiler flags and why.
 //
 // Usage:
-//   kquant_harness quantize IN.bin OUT_Q4K.bin OUT_Q5K.bin OUT_Q6K.bin [OUT_Q4_0 OUT_Q4_1 OUT_Q5_0 OUT_Q5_1 OUT_Q8_0]
+//   kquant_harness quantize IN.bin OUT_Q4K.bin OUT_Q5K.bin OUT_Q6K.bin [OUT_Q4_0 OUT_Q4_1 OUT_Q5_0 OUT_Q5_1 OUT_Q8_0
+//                  [OUT_Q2K OUT_Q3K]]
 //       IN.bin: rows x 256 f32 (little-endian IEEE-754 bit patterns). For every row r (in order) it calls
 //       quantize_row_qX_K_ref(row_r, &block, 256) and appends the block bytes exactly as laid out in memory
 //       (block_q4_K = 144 bytes, block_q5_K = 176, block_q6_K = 210; x86-64 is little-endian so the f16 d/dmin
@@ -14,7 +16,10 @@
 //       (row_r, blocks, 256) on the whole 256-value row (8 blocks of 32 values) and appends the 8 blocks:
 //       block_q4_0 = 18 bytes (f16 d, qs[16]), block_q4_1 = 20 (d, m, qs[16]), block_q5_0 = 22 (d, qh[4],
 //       qs[16]), block_q5_1 = 24 (d, m, qh[4], qs[16]), block_q8_0 = 34 (d, qs[32] i8) -> 144/160/176/192/272
-//       bytes per row. The k-quant outputs are the same bytes with or without the optional outputs.
+//       bytes per row. With the two further outputs it also calls quantize_row_q2_K_ref / quantize_row_q3_K_ref
+//       (row_r, &block, 256) and appends block_q2_K = 84 bytes (scales[16], qs[64], f16 d, f16 dmin) /
+//       block_q3_K = 110 bytes (hmask[32], qs[64], scales[12], f16 d). Every output is the same bytes whichever
+//       optional outputs are requested (each call is independent).
 //   kquant_harness legacy-ub IN.bin
 //       For every row and legacy type, recompute (in this file, same flags, same operation order as ggml-quants.c)
 //       the float that each _ref function converts to an integer -- q4_0: x*id + 8.5f -> int8_t, q4_1:
@@ -25,11 +30,30 @@
 //       "TYPE ROW n_ub n_nan n_inf n_finite blocks=<8-bit mask> first: blk=B j=J x=.. d=.. id=.. v=..".
 //       Diagnostic for the expected bytes (the release build still produces SOME bytes for those rows, but a
 //       port cannot be required to match them).
+//   kquant_harness kquant-ub IN.bin
+//       The same kind of scan for quantize_row_q2_K_ref / quantize_row_q3_K_ref. Neither converts a float to an
+//       integer by a cast (all roundings go through nearest_int's memcpy bit trick, defined for any float with
+//       -DNDEBUG), so the candidates are integer operations. Mirrored here (make_qkx2_quants / make_q3_quants
+//       copied statement by statement, same flags) up to the operation checked:
+//         q2_K: `y[i].scales[j] |= (l << 4)` with int l = nearest_int(iscale*mins[j]), iscale = 15.f/max_min:
+//               C11 6.5.7p4 makes a left shift of a NEGATIVE signed value undefined. l < 0 happens when
+//               iscale*mins[j] is +inf (max_min subnormal -> 15/max_min = inf; nearest_int(inf) = -4194304) or
+//               otherwise < -0.5. (l << 4 cannot overflow: nearest_int's result is within [-2^22, 2^22).)
+//         q3_K: `int8_t l = nearest_int(iscale*scales[j])`, iscale = -32.f/max_scale: an int outside [-128, 127]
+//               converted to int8_t is IMPLEMENTATION-DEFINED (C11 6.3.1.3p3; GCC: modulo 2^8), not UB; counted
+//               as n_impl, never as UB. Every other integer operation of q3_K works on values already clamped.
+//       Prints "TYPE ROW n_ub n_impl blocks=<16-bit sub-block mask> first: j=J v=.. l=.." per row with n_ub or n_impl.
+//   kquant_harness ub-probe IN.bin
+//       For a -fsanitize=... build: for every row and every type (q4_K q5_K q6_K q4_0 q4_1 q5_0 q5_1 q8_0 q2_K
+//       q3_K) fork a child that quantizes only that row with only that type (fresh sanitizer state, so no report
+//       is deduplicated away) and print "TYPE ROW <message>" for each "runtime error" line it wrote to stderr, or
+//       "TYPE ROW died <status>" if it did not exit 0.
 //   kquant_harness probe-asserts IN.bin
 //       For each row and type, fork a child that quantizes only that row; print "TYPE ROW" for every child that
 //       died (used with a build WITHOUT -DNDEBUG, to list rows that trip ggml-quants.c's assert()s, e.g. the
 //       `assert(fabsf(fval) <= 4194303.f)` in nearest_int; the release build that makes the fixtures has
-//       -DNDEBUG, like CMake's Release config, so those asserts are compiled out there). k-quants only.
+//       -DNDEBUG, like CMake's Release config, so those asserts are compiled out there). k-quants only; the
+//       q4_K/q5_K/q6_K lines come first (all rows), then q2_K/q3_K.
 //   kquant_harness count-ties IN.bin
 //       Only in a build with -DKQ_COUNT_TIES against a copy of ggml-quants.c whose nearest_int() was patched by
 //       the script to bump kq_tie_count on exact .5 arguments; prints "ROW q4 q5 q6" tie counts per row.
@@ -61,6 +85,8 @@ _Static_assert(QK_K == 256, "QK_K must be 256");
 _Static_assert(sizeof(block_q4_K) == 144, "block_q4_K size");
 _Static_assert(sizeof(block_q5_K) == 176, "block_q5_K size");
 _Static_assert(sizeof(block_q6_K) == 210, "block_q6_K size");
+_Static_assert(sizeof(block_q2_K) == 84, "block_q2_K size");
+_Static_assert(sizeof(block_q3_K) == 110, "block_q3_K size");
 _Static_assert(QK4_0 == 32 && QK4_1 == 32 && QK5_0 == 32 && QK5_1 == 32 && QK8_0 == 32, "legacy block length");
 _Static_assert(sizeof(block_q4_0) == 18, "block_q4_0 size");
 _Static_assert(sizeof(block_q4_1) == 20, "block_q4_1 size");
@@ -128,6 +154,8 @@ static void quant_one(int type, const float * row, uint8_t * out, size_t * nbyte
         case 4: { block_q4_K b; memset(&b, 0, sizeof b); quantize_row_q4_K_ref(row, &b, QK_K); memcpy(out, &b, sizeof b); *nbytes = sizeof b; } break;
         case 5: { block_q5_K b; memset(&b, 0, sizeof b); quantize_row_q5_K_ref(row, &b, QK_K); memcpy(out, &b, sizeof b); *nbytes = sizeof b; } break;
         case 6: { block_q6_K b; memset(&b, 0, sizeof b); quantize_row_q6_K_ref(row, &b, QK_K); memcpy(out, &b, sizeof b); *nbytes = sizeof b; } break;
+        case 2: { block_q2_K b; memset(&b, 0, sizeof b); quantize_row_q2_K_ref(row, &b, QK_K); memcpy(out, &b, sizeof b); *nbytes = sizeof b; } break;
+        case 3: { block_q3_K b; memset(&b, 0, sizeof b); quantize_row_q3_K_ref(row, &b, QK_K); memcpy(out, &b, sizeof b); *nbytes = sizeof b; } break;
         default: abort();
     }
 }
@@ -202,14 +230,225 @@ static ub_info legacy_ub(int lt, const float * row) {
     return u;
 }
 
+// ---------------------------------------------------------------- q2_K / q3_K UB scan (mirror of ggml-quants.c)
+// Copies of nearest_int (without its assert: the reference build has -DNDEBUG), make_qkx2_quants and
+// make_q3_quants from ggml-quants.c (ggml 0.25.3), same statements in the same order.
+#define KQ_GROUP_MAX_EPS 1e-15f
+#define KQ_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define KQ_MAX(a, b) ((a) > (b) ? (a) : (b))
+static inline int kq_nearest_int(float fval) {
+    float val = fval + 12582912.f;
+    int i; memcpy(&i, &val, sizeof(int));
+    return (i & 0x007fffff) - 0x00400000;
+}
+
+static float kq_make_qkx2_quants(int n, int nmax, const float * x, const float * weights, uint8_t * L, float * the_min,
+                                 uint8_t * Laux, float rmin, float rdelta, int nstep, bool use_mad) {
+    float min = x[0];
+    float max = x[0];
+    float sum_w = weights[0];
+    float sum_x = sum_w * x[0];
+    for (int i = 1; i < n; ++i) {
+        if (x[i] < min) min = x[i];
+        if (x[i] > max) max = x[i];
+        float w = weights[i];
+        sum_w += w;
+        sum_x += w * x[i];
+    }
+    if (min > 0) min = 0;
+    if (max == min) {
+        for (int i = 0; i < n; ++i) L[i] = 0;
+        *the_min = -min;
+        return 0.f;
+    }
+    float iscale = nmax/(max - min);
+    float scale = 1/iscale;
+    float best_error = 0;
+    for (int i = 0; i < n; ++i) {
+        int l = kq_nearest_int(iscale*(x[i] - min));
+        L[i] = KQ_MAX(0, KQ_MIN(nmax, l));
+        float diff = scale * L[i] + min - x[i];
+        diff = use_mad ? fabsf(diff) : diff * diff;
+        float w = weights[i];
+        best_error += w * diff;
+    }
+    if (nstep < 1) {
+        *the_min = -min;
+        return scale;
+    }
+    for (int is = 0; is <= nstep; ++is) {
+        iscale = (rmin + rdelta*is + nmax)/(max - min);
+        float sum_l = 0, sum_l2 = 0, sum_xl = 0;
+        for (int i = 0; i < n; ++i) {
+            int l = kq_nearest_int(iscale*(x[i] - min));
+            l = KQ_MAX(0, KQ_MIN(nmax, l));
+            Laux[i] = l;
+            float w = weights[i];
+            sum_l += w*l;
+            sum_l2 += w*l*l;
+            sum_xl += w*l*x[i];
+        }
+        float D = sum_w * sum_l2 - sum_l * sum_l;
+        if (D > 0) {
+            float this_scale = (sum_w * sum_xl - sum_x * sum_l)/D;
+            float this_min   = (sum_l2 * sum_x - sum_l * sum_xl)/D;
+            if (this_min > 0) {
+                this_min = 0;
+                this_scale = sum_xl / sum_l2;
+            }
+            float cur_error = 0;
+            for (int i = 0; i < n; ++i) {
+                float diff = this_scale * Laux[i] + this_min - x[i];
+                diff = use_mad ? fabsf(diff) : diff * diff;
+                float w = weights[i];
+                cur_error += w * diff;
+            }
+            if (cur_error < best_error) {
+                for (int i = 0; i < n; ++i) {
+                    L[i] = Laux[i];
+                }
+                best_error = cur_error;
+                scale = this_scale;
+                min = this_min;
+            }
+        }
+    }
+    *the_min = -min;
+    return scale;
+}
+
+static float kq_make_q3_quants(int n, int nmax, const float * x, int8_t * L, bool do_rmse) {
+    float max = 0;
+    float amax = 0;
+    for (int i = 0; i < n; ++i) {
+        float ax = fabsf(x[i]);
+        if (ax > amax) { amax = ax; max = x[i]; }
+    }
+    if (amax < KQ_GROUP_MAX_EPS) { // all zero
+        for (int i = 0; i < n; ++i) { L[i] = 0; }
+        return 0.f;
+    }
+    float iscale = -nmax / max;
+    if (do_rmse) {
+        float sumlx = 0;
+        float suml2 = 0;
+        for (int i = 0; i < n; ++i) {
+            int l = kq_nearest_int(iscale * x[i]);
+            l = KQ_MAX(-nmax, KQ_MIN(nmax-1, l));
+            L[i] = l;
+            float w = x[i]*x[i];
+            sumlx += w*x[i]*l;
+            suml2 += w*l*l;
+        }
+        for (int itry = 0; itry < 5; ++itry) {
+            int n_changed = 0;
+            for (int i = 0; i < n; ++i) {
+                float w = x[i]*x[i];
+                float slx = sumlx - w*x[i]*L[i];
+                if (slx > 0) {
+                    float sl2 = suml2 - w*L[i]*L[i];
+                    int new_l = kq_nearest_int(x[i] * sl2 / slx);
+                    new_l = KQ_MAX(-nmax, KQ_MIN(nmax-1, new_l));
+                    if (new_l != L[i]) {
+                        slx += w*x[i]*new_l;
+                        sl2 += w*new_l*new_l;
+                        if (sl2 > 0 && slx*slx*suml2 > sumlx*sumlx*sl2) {
+                            L[i] = new_l; sumlx = slx; suml2 = sl2;
+                            ++n_changed;
+                        }
+                    }
+                }
+            }
+            if (!n_changed) {
+                break;
+            }
+        }
+        for (int i = 0; i < n; ++i) {
+            L[i] += nmax;
+        }
+        return suml2 > 0.0f ? sumlx / suml2 : 0.0f;
+    }
+    for (int i = 0; i < n; ++i) {
+        int l = kq_nearest_int(iscale * x[i]);
+        l = KQ_MAX(-nmax, KQ_MIN(nmax-1, l));
+        L[i] = l + nmax;
+    }
+    return 1/iscale;
+}
+
+typedef struct { int n_ub, n_impl; unsigned mask; int j, l; float v; } kub_info;
+static void kub_note(kub_info * u, int is_ub, int j, float v, int l) {
+    if (u->n_ub == 0 && u->n_impl == 0) { u->j = j; u->v = v; u->l = l; }
+    if (is_ub) { ++u->n_ub; u->mask |= 1u << j; } else ++u->n_impl;
+}
+
+// q2_K: rows where quantize_row_q2_K_ref left-shifts a negative int (`y[i].scales[j] |= (l << 4)`)
+static kub_info q2k_ub(const float * x) {
+    kub_info u; memset(&u, 0, sizeof u);
+    uint8_t L[QK_K]; uint8_t Laux[16]; float weights[16]; float mins[QK_K/16]; float scales[QK_K/16];
+    const float q4scale = 15.f;
+    float max_scale = 0;
+    float max_min = 0;
+    for (int j = 0; j < QK_K/16; ++j) {
+        for (int l = 0; l < 16; ++l) weights[l] = fabsf(x[16*j + l]);
+        scales[j] = kq_make_qkx2_quants(16, 3, x + 16*j, weights, L + 16*j, &mins[j], Laux, -0.5f, 0.1f, 15, true);
+        float scale = scales[j];
+        if (scale > max_scale) max_scale = scale;
+        float min = mins[j];
+        if (min > max_min) max_min = min;
+    }
+    (void) max_scale;   // the scales path assigns l to a uint8_t: defined for any int
+    if (max_min > 0) {
+        float iscale = q4scale/max_min;
+        for (int j = 0; j < QK_K/16; ++j) {
+            const float v = iscale*mins[j];
+            int l = kq_nearest_int(v);
+            if (l < 0) kub_note(&u, 1, j, v, l);
+        }
+    }
+    return u;
+}
+
+// q3_K: no UB candidate; counts the implementation-defined int -> int8_t conversions of out-of-range ints
+static kub_info q3k_ub(const float * x) {
+    kub_info u; memset(&u, 0, sizeof u);
+    int8_t L[QK_K]; float scales[QK_K/16];
+    float max_scale = 0;
+    float amax = 0;
+    for (int j = 0; j < QK_K/16; ++j) {
+        scales[j] = kq_make_q3_quants(16, 4, x + 16*j, L + 16*j, true);
+        float scale = fabsf(scales[j]);
+        if (scale > amax) { amax = scale; max_scale = scales[j]; }
+    }
+    if (max_scale) {
+        float iscale = -32.f/max_scale;
+        for (int j = 0; j < QK_K/16; ++j) {
+            const float v = iscale*scales[j];
+            int l = kq_nearest_int(v);
+            if (l < -128 || l > 127) kub_note(&u, 0, j, v, l);
+        }
+    }
+    return u;
+}
+
+// ---------------------------------------------------------------- one type by name (ub-probe)
+static const char * const all_names[10] = { "q4_K", "q5_K", "q6_K", "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_K", "q3_K" };
+static void quant_by_index(int t, const float * row, uint8_t * out, size_t * nbytes) {
+    if (t < 3) quant_one(4 + t, row, out, nbytes);
+    else if (t < 8) quant_legacy(t - 3, row, out, nbytes);
+    else quant_one(t - 6, row, out, nbytes);
+}
+
 int main(int argc, char ** argv) {
-    if (argc >= 3 && strcmp(argv[1], "quantize") == 0 && (argc == 6 || argc == 11)) {
+    if (argc >= 3 && strcmp(argv[1], "quantize") == 0 && (argc == 6 || argc == 11 || argc == 13)) {
         size_t n;
         float * x = read_rows(argv[2], &n);
         FILE * fo[3] = { open_out(argv[3]), open_out(argv[4]), open_out(argv[5]) };
-        const int legacy = argc == 11;
+        const int legacy = argc >= 11, low = argc == 13;
         FILE * fl[5] = { 0 };
         if (legacy) for (int i = 0; i < 5; ++i) fl[i] = open_out(argv[6 + i]);
+        FILE * fk[2] = { 0 };
+        if (low) for (int i = 0; i < 2; ++i) fk[i] = open_out(argv[11 + i]);
         uint8_t buf[512];
         for (size_t r = 0; r < n; ++r) {
             for (int t = 4; t <= 6; ++t) {
@@ -224,10 +463,19 @@ int main(int argc, char ** argv) {
                     if (fwrite(buf, 1, nb, fl[lt]) != nb) { perror("fwrite"); return 2; }
                 }
             }
+            if (low) {
+                for (int t = 2; t <= 3; ++t) {
+                    size_t nb = 0;
+                    quant_one(t, x + r * QK_K, buf, &nb);
+                    if (fwrite(buf, 1, nb, fk[t - 2]) != nb) { perror("fwrite"); return 2; }
+                }
+            }
         }
         for (int i = 0; i < 3; ++i) if (fclose(fo[i]) != 0) { perror("fclose"); return 2; }
         if (legacy) for (int i = 0; i < 5; ++i) if (fclose(fl[i]) != 0) { perror("fclose"); return 2; }
-        fprintf(stderr, "quantized %zu rows%s\n", n, legacy ? " (k-quants + legacy)" : " (k-quants)");
+        if (low) for (int i = 0; i < 2; ++i) if (fclose(fk[i]) != 0) { perror("fclose"); return 2; }
+        fprintf(stderr, "quantized %zu rows%s\n", n,
+                low ? " (k-quants + legacy + q2_K/q3_K)" : legacy ? " (k-quants + legacy)" : " (k-quants)");
         return 0;
     }
     if (argc == 3 && strcmp(argv[1], "legacy-ub") == 0) {
@@ -247,12 +495,77 @@ int main(int argc, char ** argv) {
         fprintf(stderr, "legacy-ub: %d (type,row) pairs with undefined float->int conversions\n", rows_hit);
         return 0;
     }
+    if (argc == 3 && strcmp(argv[1], "kquant-ub") == 0) {
+        size_t n;
+        float * x = read_rows(argv[2], &n);
+        int rows_ub = 0, rows_impl = 0;
+        for (int t = 2; t <= 3; ++t) {
+            for (size_t r = 0; r < n; ++r) {
+                const kub_info u = t == 2 ? q2k_ub(x + r * QK_K) : q3k_ub(x + r * QK_K);
+                if (!u.n_ub && !u.n_impl) continue;
+                if (u.n_ub) ++rows_ub; else ++rows_impl;
+                printf("q%d_K %zu %d %d blocks=0x%04x first: j=%d v=%.9g l=%d\n", t, r, u.n_ub, u.n_impl, u.mask,
+                       u.j, (double) u.v, u.l);
+            }
+        }
+        fprintf(stderr, "kquant-ub: %d (type,row) pairs with UB, %d more with only implementation-defined conversions\n",
+                rows_ub, rows_impl);
+        return 0;
+    }
+    if (argc == 3 && strcmp(argv[1], "ub-probe") == 0) {
+        size_t n;
+        float * x = read_rows(argv[2], &n);
+        static char msg[1 << 16];
+        for (int t = 0; t < 10; ++t) {
+            for (size_t r = 0; r < n; ++r) {
+                int fds[2];
+                if (pipe(fds) != 0) { perror("pipe"); return 2; }
+                fflush(stdout);
+                pid_t pid = fork();
+                if (pid < 0) { perror("fork"); return 2; }
+                if (pid == 0) {
+                    close(fds[0]);
+                    dup2(fds[1], 2);
+                    uint8_t buf[512]; size_t nb;
+                    quant_by_index(t, x + r * QK_K, buf, &nb);
+                    _exit(0);
+                }
+                close(fds[1]);
+                size_t len = 0; ssize_t k;
+                while ((k = read(fds[0], msg + len, sizeof msg - 1 - len)) > 0) len += (size_t) k;
+                close(fds[0]);
+                msg[len] = 0;
+                int st = 0;
+                waitpid(pid, &st, 0);
+                for (char * line = strtok(msg, "\n"); line; line = strtok(NULL, "\n"))
+                    if (strstr(line, "runtime error")) printf("%s %zu %s\n", all_names[t], r, line);
+                if (!(WIFEXITED(st) && WEXITSTATUS(st) == 0)) printf("%s %zu died %d\n", all_names[t], r, st);
+            }
+        }
+        return 0;
+    }
     if (argc == 3 && strcmp(argv[1], "probe-asserts") == 0) {
         size_t n;
         float * x = read_rows(argv[2], &n);
         int bad = 0;
         for (size_t r = 0; r < n; ++r) {
             for (int t = 4; t <= 6; ++t) {
+                fflush(stdout);
+                pid_t pid = fork();
+                if (pid == 0) {
+                    int devnull = open("/dev/null", O_WRONLY);
+                    if (devnull >= 0) dup2(devnull, 2);
+                    uint8_t buf[256]; size_t nb;
+                    quant_one(t, x + r * QK_K, buf, &nb);
+                    _exit(0);
+                }
+                int st = 0;
+                waitpid(pid, &st, 0);
+                if (!(WIFEXITED(st) && WEXITSTATUS(st) == 0)) { printf("q%d_K %zu\n", t, r); ++bad; }
+            }
+        }
+        for (int t = 2; t <= 3; ++t) {
+            for (size_t r = 0; r < n; ++r) {
                 fflush(stdout);
                 pid_t pid = fork();
                 if (pid == 0) {
@@ -287,8 +600,8 @@ int main(int argc, char ** argv) {
         return 0;
     }
 #endif
-    fprintf(stderr, "usage: %s quantize IN OUT_Q4K OUT_Q5K OUT_Q6K [OUT_Q4_0 OUT_Q4_1 OUT_Q5_0 OUT_Q5_1 OUT_Q8_0]"
-                    " | legacy-ub IN | probe-asserts IN"
+    fprintf(stderr, "usage: %s quantize IN OUT_Q4K OUT_Q5K OUT_Q6K [OUT_Q4_0 OUT_Q4_1 OUT_Q5_0 OUT_Q5_1 OUT_Q8_0"
+                    " [OUT_Q2K OUT_Q3K]] | legacy-ub IN | kquant-ub IN | ub-probe IN | probe-asserts IN"
 #ifdef KQ_COUNT_TIES
                     " | count-ties IN"
 #endif

@@ -1,5 +1,5 @@
-//! ggml's k-quants, Q4_K, Q5_K and Q6_K (what `llama-quantize Q4_K_M` / `Q5_K_M` write),
-//! ported from `quantize_row_q{4,5,6}_K_ref` of `ggml/src/ggml-quants.c` (llama.cpp as
+//! ggml's k-quants, Q2_K to Q6_K (what `llama-quantize` writes for the k-quant file types),
+//! ported from `quantize_row_q{2,3,4,5,6}_K_ref` of `ggml/src/ggml-quants.c` (llama.cpp as
 //! vendored in llama-cpp-python 0.3.36). Those are compiled without `-march=native`, so on
 //! x86-64 they have no fused multiply-add: every C operation is one IEEE f32 rounding, in source
 //! order. This port keeps that order operation for operation (Rust never fuses `a * b + c`), so
@@ -10,6 +10,10 @@ use super::ggml::f16_bits_ggml;
 
 /// Values per k-quant super-block.
 pub const QK_K: usize = 256;
+/// Bytes of a Q2_K block: 16 scale bytes, 64 bytes of 2-bit codes, f16 d, f16 dmin.
+pub const Q2_K_BYTES: usize = 84;
+/// Bytes of a Q3_K block: 32 bytes of high bits, 64 of 2-bit codes, 12 of scales, f16 d.
+pub const Q3_K_BYTES: usize = 110;
 /// Bytes of a Q4_K block: f16 d, f16 dmin, 12 bytes of 6-bit scales and mins, 128 of nibbles.
 pub const Q4_K_BYTES: usize = 144;
 /// Bytes of a Q5_K block: f16 d, f16 dmin, 12 bytes of scales and mins, 32 of fifth bits, 128
@@ -46,6 +50,7 @@ fn make_qkx2_quants(
     rmin: f32,
     rdelta: f32,
     nstep: i32,
+    use_mad: bool,
 ) -> (f32, f32) {
     let n = x.len();
     let mut min = x[0];
@@ -78,7 +83,7 @@ fn make_qkx2_quants(
         let q = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
         l[i] = q as u8;
         let diff = scale * (q as f32) + min - x[i];
-        let diff = diff * diff;
+        let diff = if use_mad { diff.abs() } else { diff * diff };
         best_error += weights[i] * diff;
     }
     if nstep < 1 {
@@ -107,7 +112,7 @@ fn make_qkx2_quants(
             let mut cur_error = 0.0f32;
             for i in 0..n {
                 let diff = this_scale * laux[i] as f32 + this_min - x[i];
-                let diff = diff * diff;
+                let diff = if use_mad { diff.abs() } else { diff * diff };
                 cur_error += weights[i] * diff;
             }
             if cur_error < best_error {
@@ -156,7 +161,7 @@ fn scale_min_codes(x: &[f32; QK_K], nmax: i32, rmin: f32, nstep: i32) -> (u16, u
             *w = av_x + v.abs();
         }
         let (scale, min) =
-            make_qkx2_quants(xs, &weights, nmax, &mut l[32 * j..32 * j + 32], &mut laux, rmin, 0.1, nstep);
+            make_qkx2_quants(xs, &weights, nmax, &mut l[32 * j..32 * j + 32], &mut laux, rmin, 0.1, nstep, false);
         scales[j] = scale;
         mins[j] = min;
         if scale > max_scale {
@@ -240,6 +245,211 @@ pub fn q5_k_block(x: &[f32; QK_K], out: &mut [u8; Q5_K_BYTES]) {
         m1 <<= 2;
         m2 <<= 2;
     }
+}
+
+/// Packs 2-bit codes as Q2_K and Q3_K do: in each half of 128 values, byte `l` holds values
+/// `l`, `l + 32`, `l + 64` and `l + 96`, two bits each from the bottom.
+fn pack_2bit(l: &[u8; QK_K], qs: &mut [u8]) {
+    for (chunk, j) in (0..QK_K).step_by(128).enumerate() {
+        for k in 0..32 {
+            qs[32 * chunk + k] = l[j + k] | (l[j + k + 32] << 2) | (l[j + k + 64] << 4) | (l[j + k + 96] << 6);
+        }
+    }
+}
+
+/// One Q2_K block of 256 values (`quantize_row_q2_K_ref`): per 16-value sub-block a scale and
+/// a min by `make_qkx2_quants` (codes 0–3, weights `|x|`, absolute error), both quantized to 4
+/// bits into one byte. 84 bytes: 16 scale bytes, 64 of codes, f16 d, f16 dmin.
+pub fn q2_k_block(x: &[f32; QK_K], out: &mut [u8; Q2_K_BYTES]) {
+    let mut l = [0u8; QK_K];
+    let mut laux = [0u8; 16];
+    let mut weights = [0f32; 16];
+    let mut mins = [0f32; QK_K / 16];
+    let mut scales = [0f32; QK_K / 16];
+    let q4scale = 15.0f32;
+    let mut max_scale = 0.0f32;
+    let mut max_min = 0.0f32;
+    for j in 0..QK_K / 16 {
+        let xs = &x[16 * j..16 * j + 16];
+        for (w, v) in weights.iter_mut().zip(xs) {
+            *w = v.abs();
+        }
+        let (scale, min) =
+            make_qkx2_quants(xs, &weights, 3, &mut l[16 * j..16 * j + 16], &mut laux, -0.5, 0.1, 15, true);
+        scales[j] = scale;
+        mins[j] = min;
+        if scale > max_scale {
+            max_scale = scale;
+        }
+        if min > max_min {
+            max_min = min;
+        }
+    }
+    let mut sc = [0u8; QK_K / 16];
+    let d = if max_scale > 0.0 {
+        let iscale = q4scale / max_scale;
+        for (s, &scale) in sc.iter_mut().zip(&scales) {
+            *s = nearest_int(iscale * scale) as u8;
+        }
+        f16_bits_ggml(max_scale / q4scale)
+    } else {
+        f16_bits_ggml(0.0)
+    };
+    let dmin = if max_min > 0.0 {
+        let iscale = q4scale / max_min;
+        for (s, &min) in sc.iter_mut().zip(&mins) {
+            *s |= (nearest_int(iscale * min) << 4) as u8;
+        }
+        f16_bits_ggml(max_min / q4scale)
+    } else {
+        f16_bits_ggml(0.0)
+    };
+    for j in 0..QK_K / 16 {
+        let dj = f16_to_f32(d) * (sc[j] & 0xf) as f32;
+        if dj == 0.0 {
+            continue;
+        }
+        let dm = f16_to_f32(dmin) * (sc[j] >> 4) as f32;
+        for ii in 0..16 {
+            l[16 * j + ii] = nearest_int((x[16 * j + ii] + dm) / dj).clamp(0, 3) as u8;
+        }
+    }
+    out[..16].copy_from_slice(&sc);
+    pack_2bit(&l, &mut out[16..80]);
+    out[80..82].copy_from_slice(&d.to_le_bytes());
+    out[82..84].copy_from_slice(&dmin.to_le_bytes());
+}
+
+/// `make_q3_quants` with `do_rmse`: codes −nmax..nmax−1 from `−nmax / max`, then up to five
+/// passes that move single codes while that improves the weighted fit. The codes land in `l`
+/// (offset by `nmax`).
+fn make_q3_quants(x: &[f32], nmax: i32, l: &mut [i8]) -> f32 {
+    let n = x.len();
+    let mut max = 0.0f32;
+    let mut amax = 0.0f32;
+    for &v in x {
+        let ax = v.abs();
+        if ax > amax {
+            amax = ax;
+            max = v;
+        }
+    }
+    if amax < GROUP_MAX_EPS {
+        l[..n].fill(0);
+        return 0.0;
+    }
+    let iscale = -(nmax as f32) / max;
+    let mut sumlx = 0.0f32;
+    let mut suml2 = 0.0f32;
+    for i in 0..n {
+        let q = nearest_int(iscale * x[i]).clamp(-nmax, nmax - 1);
+        l[i] = q as i8;
+        let w = x[i] * x[i];
+        let lf = q as f32;
+        sumlx += w * x[i] * lf;
+        suml2 += w * lf * lf;
+    }
+    for _ in 0..5 {
+        let mut n_changed = 0;
+        for i in 0..n {
+            let w = x[i] * x[i];
+            let li = l[i] as f32;
+            let mut slx = sumlx - w * x[i] * li;
+            if slx > 0.0 {
+                let mut sl2 = suml2 - w * li * li;
+                let new_l = nearest_int(x[i] * sl2 / slx).clamp(-nmax, nmax - 1);
+                if new_l != l[i] as i32 {
+                    let nl = new_l as f32;
+                    slx += w * x[i] * nl;
+                    sl2 += w * nl * nl;
+                    if sl2 > 0.0 && slx * slx * suml2 > sumlx * sumlx * sl2 {
+                        l[i] = new_l as i8;
+                        sumlx = slx;
+                        suml2 = sl2;
+                        n_changed += 1;
+                    }
+                }
+            }
+        }
+        if n_changed == 0 {
+            break;
+        }
+    }
+    for q in l[..n].iter_mut() {
+        *q += nmax as i8;
+    }
+    if suml2 > 0.0 {
+        sumlx / suml2
+    } else {
+        0.0
+    }
+}
+
+/// One Q3_K block of 256 values (`quantize_row_q3_K_ref`): per 16-value sub-block a signed scale
+/// by `make_q3_quants`, quantized to 6 bits (low nibbles in bytes 0–7, their top two bits in
+/// bytes 8–11); 3-bit codes, their high bits in `hmask`. 110 bytes: 32 of hmask, 64 of codes,
+/// 12 of scales, f16 d.
+pub fn q3_k_block(x: &[f32; QK_K], out: &mut [u8; Q3_K_BYTES]) {
+    let mut l = [0i8; QK_K];
+    let mut scales = [0f32; QK_K / 16];
+    let mut max_scale = 0.0f32;
+    let mut amax = 0.0f32;
+    for j in 0..QK_K / 16 {
+        scales[j] = make_q3_quants(&x[16 * j..16 * j + 16], 4, &mut l[16 * j..16 * j + 16]);
+        let scale = scales[j].abs();
+        if scale > amax {
+            amax = scale;
+            max_scale = scales[j];
+        }
+    }
+    let mut sc = [0u8; 12];
+    let d = if max_scale != 0.0 {
+        let iscale = -32.0f32 / max_scale;
+        for (j, &scale) in scales.iter().enumerate() {
+            // C: `int8_t l = nearest_int(...)`, then clamped and offset (0..63).
+            let q = (nearest_int(iscale * scale) as i8 as i32).clamp(-32, 31) + 32;
+            if j < 8 {
+                sc[j] = (q & 0xf) as u8;
+            } else {
+                sc[j - 8] |= ((q & 0xf) << 4) as u8;
+            }
+            sc[j % 4 + 8] |= ((q >> 4) << (2 * (j / 4))) as u8;
+        }
+        f16_bits_ggml(1.0 / iscale)
+    } else {
+        f16_bits_ggml(0.0)
+    };
+    for j in 0..QK_K / 16 {
+        let low = if j < 8 { sc[j] & 0xf } else { sc[j - 8] >> 4 };
+        let s = (low | (((sc[8 + j % 4] >> (2 * (j / 4))) & 3) << 4)) as i32 - 32;
+        let dj = f16_to_f32(d) * s as f32;
+        if dj == 0.0 {
+            continue;
+        }
+        for ii in 0..16 {
+            l[16 * j + ii] = (nearest_int(x[16 * j + ii] / dj).clamp(-4, 3) + 4) as i8;
+        }
+    }
+    let mut codes = [0u8; QK_K];
+    let (hmask, rest) = out.split_at_mut(32);
+    hmask.fill(0);
+    let (mut m, mut hm) = (0usize, 1u8);
+    for (j, c) in codes.iter_mut().enumerate() {
+        let mut q = l[j] as u8;
+        if q > 3 {
+            hmask[m] |= hm;
+            q -= 4;
+        }
+        *c = q;
+        m += 1;
+        if m == QK_K / 8 {
+            m = 0;
+            hm = hm.wrapping_shl(1);
+        }
+    }
+    pack_2bit(&codes, &mut rest[..64]);
+    rest[64..76].copy_from_slice(&sc);
+    rest[76..78].copy_from_slice(&d.to_le_bytes());
 }
 
 /// `make_qx_quants` with `rmse_type` 1 and no importance weights: a signed scale for one
@@ -362,14 +572,22 @@ mod tests {
         std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
     }
 
-    /// Blocks the real C functions made (`scripts/make_kquant_fixtures.sh`): every row equal.
+    /// Blocks the real C functions made (`scripts/make_kquant_fixtures.sh`): every row equal,
+    /// except rows where the C code is undefined (`ub_rows`, as the fixture's json records).
     fn equals_c<const B: usize>(expected: &str, quantize: fn(&[f32; QK_K], &mut [u8; B])) {
+        equals_c_except::<B>(expected, quantize, &[]);
+    }
+
+    fn equals_c_except<const B: usize>(expected: &str, quantize: fn(&[f32; QK_K], &mut [u8; B]), ub_rows: &[usize]) {
         let cases = fixture("kquant_cases.bin");
         let want = fixture(expected);
         let rows = cases.len() / (4 * QK_K);
         assert_eq!(want.len(), rows * B, "{expected}");
         let mut differ = Vec::new();
         for (i, (row, w)) in cases.chunks_exact(4 * QK_K).zip(want.chunks_exact(B)).enumerate() {
+            if ub_rows.contains(&i) {
+                continue;
+            }
             let x: [f32; QK_K] = std::array::from_fn(|j| f32::from_le_bytes(row[4 * j..4 * j + 4].try_into().unwrap()));
             let mut got = [0u8; B];
             quantize(&x, &mut got);
@@ -383,6 +601,18 @@ mod tests {
             differ.len(),
             &differ[..differ.len().min(10)]
         );
+    }
+
+    #[test]
+    fn q2_k_equals_the_c_reference() {
+        // Rows 196, 197 and 199: `max_min` is subnormal, `15 / max_min` is inf, and C shifts the
+        // negative `nearest_int(inf)` left (undefined).
+        equals_c_except::<Q2_K_BYTES>("q2_k_expected.bin", q2_k_block, &[196, 197, 199]);
+    }
+
+    #[test]
+    fn q3_k_equals_the_c_reference() {
+        equals_c::<Q3_K_BYTES>("q3_k_expected.bin", q3_k_block);
     }
 
     #[test]
