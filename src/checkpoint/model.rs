@@ -107,72 +107,19 @@ pub fn weight_files(variant: Option<&str>) -> (String, String) {
     }
 }
 
-/// The index and single-file paths to read: the default ones (`model.safetensors.index.json`,
-/// `model.safetensors`) when either exists; else those of the one weight variant the directory
-/// holds (`model.safetensors.index.NAME.json`, `model.NAME.safetensors`, as `save_pretrained
-/// (variant=NAME)` and `--variant` write them; a Hub fetch with `--variant` brings only those).
-/// Two variants and no default weights is ambiguous, and refused.
-fn weight_paths(dir: &Path, variant: Option<&str>) -> Result<(PathBuf, PathBuf)> {
-    // `--variant NAME`: that variant's files when the directory has them (a base may lack
-    // them: then the variant names only the output files, and the default weights are read).
+/// The index and single-file paths to read: with `--variant NAME`, that variant's files
+/// (`model.safetensors.index.NAME.json`, `model.NAME.safetensors`) when the directory has them;
+/// else the default ones (then the variant names only the output files).
+fn weight_paths(dir: &Path, variant: Option<&str>) -> (PathBuf, PathBuf) {
     if let Some(v) = variant {
         let (index, single) = weight_files(Some(v));
         let (index, single) = (dir.join(index), dir.join(single));
         if index.is_file() || single.is_file() {
-            return Ok((index, single));
+            return (index, single);
         }
     }
-    let default = (dir.join("model.safetensors.index.json"), dir.join("model.safetensors"));
-    if default.0.is_file() || default.1.is_file() {
-        return Ok(default);
-    }
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Ok(default);
-    };
-    let mut variants = std::collections::BTreeSet::new();
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().to_string();
-        let v = name
-            .strip_prefix("model.safetensors.index.")
-            .and_then(|r| r.strip_suffix(".json"))
-            .or_else(|| {
-                // `model.NAME.safetensors`, but not a shard `model.NAME-00001-of-00002.safetensors`.
-                name.strip_prefix("model.")
-                    .and_then(|r| r.strip_suffix(".safetensors"))
-                    .filter(|v| !is_shard_suffix(v))
-            });
-        if let Some(v) = v.filter(|v| !v.is_empty() && !v.contains(['/', '\\'])) {
-            variants.insert(v.to_string());
-        }
-    }
-    match variants.len() {
-        0 => Ok(default),
-        1 => {
-            let v = variants.pop_first().unwrap_or_default();
-            let (index, single) = weight_files(Some(&v));
-            Ok((dir.join(index), dir.join(single)))
-        }
-        _ => Err(Error::Unsupported {
-            path: dir.to_path_buf(),
-            what: format!(
-                "no default weights and {} weight variants ({}): which one to read is ambiguous",
-                variants.len(),
-                variants.into_iter().collect::<Vec<_>>().join(", ")
-            ),
-        }),
-    }
-}
-
-/// Whether `s` ends like a shard name's `-00001-of-00002`.
-fn is_shard_suffix(s: &str) -> bool {
-    let Some((head, total)) = s.rsplit_once("-of-") else {
-        return false;
-    };
-    let num = head.rsplit_once('-').map_or("", |x| x.1);
-    !num.is_empty()
-        && num.bytes().all(|b| b.is_ascii_digit())
-        && !total.is_empty()
-        && total.bytes().all(|b| b.is_ascii_digit())
+    let (index, single) = weight_files(None);
+    (dir.join(index), dir.join(single))
 }
 
 /// Whether `real` is a blob of the Hugging Face cache repo whose snapshot `dir` is: snapshot
@@ -208,7 +155,7 @@ impl Checkpoint {
         } else {
             None
         };
-        let (index_path, single) = weight_paths(dir, variant)?;
+        let (index_path, single) = weight_paths(dir, variant);
         let mut files: Vec<PathBuf> = Vec::new();
         let mut expected: Option<Vec<(String, String)>> = None;
         if index_path.is_file() {

@@ -32,6 +32,20 @@ fn nearest_int(f: f32) -> i32 {
     (val.to_bits() as i32 & 0x007f_ffff) - 0x0040_0000
 }
 
+/// The largest magnitude and the value that has it, the first one on ties, as ggml's
+/// quantizers find them (`if (ax > amax) { amax = ax; max = x[i]; }`).
+pub(crate) fn signed_amax(x: &[f32]) -> (f32, f32) {
+    let (mut amax, mut max) = (0.0f32, 0.0f32);
+    for &v in x {
+        let ax = v.abs();
+        if ax > amax {
+            amax = ax;
+            max = v;
+        }
+    }
+    (amax, max)
+}
+
 /// ggml's f16 → f32 (exact).
 fn f16_to_f32(h: u16) -> f32 {
     half::f16::from_bits(h).to_f32()
@@ -325,15 +339,7 @@ pub fn q2_k_block(x: &[f32; QK_K], out: &mut [u8; Q2_K_BYTES]) {
 /// (offset by `nmax`).
 fn make_q3_quants(x: &[f32], nmax: i32, l: &mut [i8]) -> f32 {
     let n = x.len();
-    let mut max = 0.0f32;
-    let mut amax = 0.0f32;
-    for &v in x {
-        let ax = v.abs();
-        if ax > amax {
-            amax = ax;
-            max = v;
-        }
-    }
+    let (amax, max) = signed_amax(x);
     if amax < GROUP_MAX_EPS {
         l[..n].fill(0);
         return 0.0;
@@ -457,15 +463,7 @@ pub fn q3_k_block(x: &[f32; QK_K], out: &mut [u8; Q3_K_BYTES]) {
 /// (offset by `nmax`).
 fn make_qx_quants(x: &[f32], nmax: i32, l: &mut [i8]) -> f32 {
     let n = x.len();
-    let mut max = 0.0f32;
-    let mut amax = 0.0f32;
-    for &v in x {
-        let ax = v.abs();
-        if ax > amax {
-            amax = ax;
-            max = v;
-        }
-    }
+    let (amax, max) = signed_amax(x);
     if amax < GROUP_MAX_EPS {
         l[..n].fill(0);
         return 0.0;

@@ -6,20 +6,14 @@
 //! (numpy) is `ggml::q8_0_block`; this is the C one.
 
 use super::ggml::f16_bits_ggml;
+use super::kquants::signed_amax;
 
 /// Values per block.
 pub const QK: usize = 32;
 
 /// The value of largest magnitude, first on ties (`if (amax < fabsf(v))`).
 fn signed_max(x: &[f32; QK]) -> f32 {
-    let (mut amax, mut max) = (0.0f32, 0.0f32);
-    for &v in x {
-        if amax < v.abs() {
-            amax = v.abs();
-            max = v;
-        }
-    }
-    max
+    signed_amax(x).1
 }
 
 /// The smallest and largest value, both starting from `f32::MAX` / `-f32::MAX` as in C.

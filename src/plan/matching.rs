@@ -313,24 +313,38 @@ impl Matcher<'_, '_> {
         }
     }
 
-    /// `lora_A`/`lora_B` (Linear, or Conv1D with `fan_in_fan_out`), with DoRA's magnitude and
-    /// `lora_B.bias`.
-    fn linear(&mut self, module: &str, parts: &Parts, target: &Target, r_cfg: u64, scale: f32) -> Step {
-        let (a, b) = match (&parts.a, &parts.b) {
+    /// Both factors of one kind and the base shape they target. A lone factor is a problem but
+    /// the module's other kinds are still looked at; a missing target stops the module.
+    fn pair<'p>(
+        &mut self,
+        a: &'p Option<TensorInfo>,
+        b: &'p Option<TensorInfo>,
+        kind: &str,
+        target: &Target,
+    ) -> Result<(&'p TensorInfo, &'p TensorInfo, Vec<u64>), Step> {
+        let (a, b) = match (a, b) {
             (Some(a), Some(b)) => (a, b),
             (Some(x), None) | (None, Some(x)) => {
-                self.problems.push(format!(
-                    "adapter tensor `{}` has no matching lora_A/lora_B partner",
-                    x.name
-                ));
-                return GO_ON;
+                self.problems
+                    .push(format!("adapter tensor `{}` has no matching {kind} partner", x.name));
+                return Err(GO_ON);
             }
-            (None, None) => return GO_ON,
+            (None, None) => return Err(GO_ON),
         };
         let Some(shape) = target.shape.clone() else {
             self.problems
                 .push(format!("adapter tensor `{}`: base has no tensor `{}`", a.name, target.name));
-            return STOP;
+            return Err(STOP);
+        };
+        Ok((a, b, shape))
+    }
+
+    /// `lora_A`/`lora_B` (Linear, or Conv1D with `fan_in_fan_out`), with DoRA's magnitude and
+    /// `lora_B.bias`.
+    fn linear(&mut self, module: &str, parts: &Parts, target: &Target, r_cfg: u64, scale: f32) -> Step {
+        let (a, b, shape) = match self.pair(&parts.a, &parts.b, "lora_A/lora_B", target) {
+            Ok(found) => found,
+            Err(step) => return step,
         };
         let fan = self.adapter.config.fan_in_fan_out;
         let (out, inn) = match (shape.len() == 2, fan) {
@@ -445,19 +459,9 @@ impl Matcher<'_, '_> {
 
     /// `lora_embedding_A`/`_B`: the delta is rounded to the weight's dtype before it is added.
     fn embedding(&mut self, module: &str, parts: &Parts, target: &Target, scale: f32) -> Step {
-        let (a, b) = match (&parts.emb_a, &parts.emb_b) {
-            (Some(a), Some(b)) => (a, b),
-            (Some(x), None) | (None, Some(x)) => {
-                self.problems
-                    .push(format!("adapter tensor `{}` has no matching embedding partner", x.name));
-                return GO_ON;
-            }
-            (None, None) => return GO_ON,
-        };
-        let Some(shape) = target.shape.clone() else {
-            self.problems
-                .push(format!("adapter tensor `{}`: base has no tensor `{}`", a.name, target.name));
-            return STOP;
+        let (a, b, shape) = match self.pair(&parts.emb_a, &parts.emb_b, "embedding", target) {
+            Ok(found) => found,
+            Err(step) => return step,
         };
         let fits = shape.len() == 2
             && a.shape.len() == 2

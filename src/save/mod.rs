@@ -81,8 +81,14 @@ pub fn save(opts: &SaveOptions) -> Result<SaveReport> {
         crate::pipeline::quant_stats(&mut plan, inputs, backend.as_ref(), cfg)?;
     }
     let quant_stats_s = t_stats.elapsed().as_secs_f64();
+    // Resume: keep the shards an interrupted run of the same job finished; they are skipped.
+    let kept = resume::reusable(staging.path(), &run, &plan.shards)?;
+    for (s, k) in plan.shards.iter_mut().zip(&kept) {
+        s.skip = k.is_some();
+    }
     let run_on = Run {
         plan: &plan,
+        kept,
         inputs,
         backend: backend.as_ref(),
         cfg,
@@ -247,7 +253,10 @@ fn preflight(opts: &SaveOptions, job: &Job, plan: &Plan, free: Option<u64>) -> R
 
 /// One execution of the plan into a staging directory.
 struct Run<'a> {
+    /// The plan, with the files kept from an interrupted run marked `skip`.
     plan: &'a Plan,
+    /// Per planned file, what an interrupted run left that is kept.
+    kept: Vec<Option<ShardResult>>,
     inputs: Inputs<'a>,
     backend: &'a dyn Backend,
     cfg: ExecConfig,
@@ -257,18 +266,11 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
-    /// Keeps the shards an interrupted run of the same job finished, writes the others (the
-    /// manifest rewritten after each), and returns every shard in plan order, the stage times
-    /// and how many were kept.
+    /// Writes the files not kept (the manifest rewritten after each), and returns every file in
+    /// plan order, the stage times and how many were kept.
     fn execute(&self, staging: &mut Staging) -> Result<(Vec<ShardResult>, StageTimes, usize)> {
-        let plan = self.plan;
+        let (plan, kept) = (self.plan, &self.kept);
         let dir = staging.path().to_path_buf();
-        let kept = resume::reusable(&dir, self.key, &plan.shards)?;
-        // The plan's copy for this run: kept shards are skipped.
-        let mut plan = plan.clone();
-        for (s, k) in plan.shards.iter_mut().zip(&kept) {
-            s.skip = k.is_some();
-        }
         let done = Mutex::new(
             kept.iter()
                 .flatten()
@@ -293,7 +295,7 @@ impl Run<'_> {
         let resumed = kept.iter().flatten().count();
         let (written, stages) = progress::while_reporting(self.progress, total, resumed, &written_bytes, || {
             let execution = upload::Execution {
-                plan: &plan,
+                plan,
                 inputs: self.inputs,
                 backend: self.backend,
                 dir: &dir,
@@ -306,7 +308,7 @@ impl Run<'_> {
         let mut by_file: BTreeMap<String, ShardResult> = written.into_iter().map(|r| (r.file.clone(), r)).collect();
         let mut shards = Vec::with_capacity(plan.shards.len());
         for (s, k) in plan.shards.iter().zip(kept) {
-            match k.or_else(|| by_file.remove(&s.file_name)) {
+            match k.clone().or_else(|| by_file.remove(&s.file_name)) {
                 Some(r) => shards.push(r),
                 None => return Err(Error::Internal(format!("{}: no result for shard", s.file_name))),
             }

@@ -229,11 +229,6 @@ impl<'a> OutputFile<'a> {
         Ok(f)
     }
 
-    /// Where the next byte goes.
-    pub fn position(&self) -> u64 {
-        self.pos
-    }
-
     /// Zeros up to `offset` (a format's alignment padding); never backwards.
     fn pad_to(&mut self, offset: u64) -> Result<()> {
         if offset < self.pos {
