@@ -9,6 +9,7 @@ use crate::checkpoint::adapter::{parse_key, AdapterTensorKind};
 use crate::checkpoint::model::Shard;
 use crate::checkpoint::{Adapter, Checkpoint};
 use crate::error::{Error, Result};
+use crate::format::gguf;
 use crate::format::safetensors::TensorInfo;
 use crate::job::Job;
 use crate::plan::{find_quantized, is_quant_helper, plan_merged};
@@ -41,6 +42,9 @@ pub struct InspectReport {
     pub adapter: Option<AdapterSummary>,
     /// Adapter with `--base`: how the adapter covers the base.
     pub coverage: Option<String>,
+    /// A GGUF file's metadata in file order (`key`, `type`, value; arrays summarised).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub metadata: Vec<(String, String, String)>,
 }
 
 /// An adapter's settings.
@@ -94,6 +98,9 @@ fn lines(
 
 /// Inspects a model directory, an adapter directory, or one safetensors file.
 pub fn inspect(path: &Path, base: Option<&Path>) -> Result<InspectReport> {
+    if path.is_file() && is_gguf(path) {
+        return inspect_gguf(path);
+    }
     if path.is_file() {
         let s = Shard::open(path)?;
         let ts: Vec<(String, TensorInfo)> = s.header.tensors.iter().map(|t| (t.name.clone(), t.clone())).collect();
@@ -105,6 +112,7 @@ pub fn inspect(path: &Path, base: Option<&Path>) -> Result<InspectReport> {
             parameters,
             adapter: None,
             coverage: None,
+            metadata: Vec::new(),
         });
     }
     if path.join("adapter_config.json").is_file() {
@@ -177,6 +185,7 @@ pub fn inspect(path: &Path, base: Option<&Path>) -> Result<InspectReport> {
                 base_model: c.base_model_name_or_path.clone(),
             }),
             coverage,
+            metadata: Vec::new(),
         });
     }
     let ck = Checkpoint::open(path)?;
@@ -190,7 +199,112 @@ pub fn inspect(path: &Path, base: Option<&Path>) -> Result<InspectReport> {
         parameters,
         adapter: None,
         coverage: None,
+        metadata: Vec::new(),
     })
+}
+
+fn is_gguf(path: &Path) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok()
+        && &magic == b"GGUF"
+}
+
+/// A GGUF file: its header, metadata (arrays summarised: count, type, the first items) and
+/// tensors with their ggml types.
+fn inspect_gguf(path: &Path) -> Result<InspectReport> {
+    let file = crate::checkpoint::mmap::MappedFile::open(path)?;
+    let h = gguf::parse(file.bytes()).map_err(|what| Error::Unsupported {
+        path: path.to_path_buf(),
+        what: format!("invalid GGUF: {what}"),
+    })?;
+    let mut parameters = 0u64;
+    let tensors = h
+        .tensors
+        .iter()
+        .map(|(t, _)| {
+            parameters += t.shape.iter().product::<u64>();
+            TensorLine {
+                name: t.name.clone(),
+                dtype: t.ggml_type.name().to_string(),
+                shape: t.shape.clone(),
+                quant: None,
+            }
+        })
+        .collect();
+    let metadata = h
+        .kvs
+        .iter()
+        .map(|(k, v)| (k.clone(), type_name(v).to_string(), summary(v)))
+        .collect();
+    Ok(InspectReport {
+        path: path.to_path_buf(),
+        kind: "gguf",
+        tensors,
+        parameters,
+        adapter: None,
+        coverage: None,
+        metadata,
+    })
+}
+
+fn type_name(v: &gguf::Value) -> &'static str {
+    use gguf::Value as V;
+    match v {
+        V::U8(_) => "u8",
+        V::I8(_) => "i8",
+        V::U16(_) => "u16",
+        V::I16(_) => "i16",
+        V::U32(_) => "u32",
+        V::I32(_) => "i32",
+        V::F32(_) => "f32",
+        V::Bool(_) => "bool",
+        V::String(_) => "str",
+        V::Array(_) => "arr",
+        V::U64(_) => "u64",
+        V::I64(_) => "i64",
+        V::F64(_) => "f64",
+    }
+}
+
+/// A value in one line: strings quoted and cut at 80 characters, arrays as their length, item
+/// type and first three items.
+fn summary(v: &gguf::Value) -> String {
+    use gguf::Value as V;
+    match v {
+        V::String(s) => {
+            let cut: String = s.chars().take(80).collect();
+            let more = if cut.len() < s.len() {
+                format!("… ({} bytes)", s.len())
+            } else {
+                String::new()
+            };
+            format!("{:?}{more}", cut)
+        }
+        V::Array(items) => {
+            let first: Vec<String> = items.iter().take(3).map(summary).collect();
+            format!(
+                "[{} × {}] {}{}",
+                items.len(),
+                items.first().map_or("-", type_name),
+                first.join(", "),
+                if items.len() > 3 { ", …" } else { "" }
+            )
+        }
+        V::U8(x) => x.to_string(),
+        V::I8(x) => x.to_string(),
+        V::U16(x) => x.to_string(),
+        V::I16(x) => x.to_string(),
+        V::U32(x) => x.to_string(),
+        V::I32(x) => x.to_string(),
+        V::F32(x) => format!("{x:?}"),
+        V::Bool(x) => x.to_string(),
+        V::U64(x) => x.to_string(),
+        V::I64(x) => x.to_string(),
+        V::F64(x) => format!("{x:?}"),
+    }
 }
 
 /// The report as text.
@@ -218,6 +332,9 @@ pub fn render(r: &InspectReport) -> String {
     }
     if let Some(c) = &r.coverage {
         s.push_str(&format!("coverage: {c}\n"));
+    }
+    for (k, t, v) in &r.metadata {
+        s.push_str(&format!("  {k:<44} {t:<4} {v}\n"));
     }
     for t in &r.tensors {
         s.push_str(&format!("  {:<60} {:<5} {:?}", t.name, t.dtype, t.shape));

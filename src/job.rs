@@ -5,6 +5,7 @@
 
 use crate::format::bnb::QuantType;
 use crate::format::dtype::FloatDtype;
+pub use crate::format::gguf_rules::FileType;
 use crate::sys::MemoryBudget;
 
 /// How to save: Unsloth's `save_method`.
@@ -16,6 +17,8 @@ pub enum SaveMethod {
     Merged16bit,
     /// Merge and write bitsandbytes 4-bit safetensors.
     Merged4bit,
+    /// Merge and write GGUF files for llama.cpp (one per quantization method).
+    Gguf,
 }
 
 impl SaveMethod {
@@ -25,6 +28,7 @@ impl SaveMethod {
             SaveMethod::Lora => "lora",
             SaveMethod::Merged16bit => "merged_16bit",
             SaveMethod::Merged4bit => "merged_4bit",
+            SaveMethod::Gguf => "gguf",
         }
     }
 
@@ -79,8 +83,31 @@ pub struct QuantSpec {
     pub double_quant: bool,
 }
 
+/// One GGUF file to write: an entry of Unsloth's `quantization_method`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GgufTarget {
+    /// `not_quantized`: the merged model's own 16-bit type (bf16 or f16).
+    NotQuantized,
+    /// A llama.cpp file type (`fast_quantized` is q8_0, `quantized` q4_k_m).
+    File(FileType),
+}
+
+/// What a GGUF save writes and how it reproduces llama.cpp's route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GgufSpec {
+    /// The files, in the order asked (the Modelfile names the first).
+    pub targets: Vec<GgufTarget>,
+    /// `general.name` (the converter's `--model-name`); `None`: the base model's name.
+    pub model_name: Option<String>,
+    /// The 16-bit GGUF `llama-quantize` starts from in the route reproduced (bf16 or f16).
+    pub intermediate: FloatDtype,
+    /// The shard limit of the merged checkpoint the converter reads: its files' order is the
+    /// order of the tensors in f16/bf16/q8_0 files.
+    pub merged_shard_size: u64,
+}
+
 /// The output format and how its files are cut. The packer writes through the writer's
-/// format seam; safetensors shards are the one format today (GGUF is next).
+/// format seam: sharded safetensors, or GGUF files.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OutputFormat {
     /// Sharded safetensors, laid out as transformers and huggingface_hub do.
@@ -92,6 +119,8 @@ pub enum OutputFormat {
         /// Weight-file variant (`model.<variant>-00001-of-00002.safetensors`).
         variant: Option<String>,
     },
+    /// GGUF files for llama.cpp.
+    Gguf(GgufSpec),
 }
 
 /// How much memory the run may use, interpreted once: host bytes for the pipeline's tiles and
@@ -193,7 +222,8 @@ impl Job {
         }
     }
 
-    /// The shard limit, order and variant of a safetensors output.
+    /// The shard limit, order and variant of a safetensors output (for GGUF: of the merged
+    /// checkpoint the converter would read).
     pub fn safetensors_layout(&self) -> (u64, ShardOrder, Option<&str>) {
         match &self.output {
             OutputFormat::Safetensors {
@@ -201,6 +231,15 @@ impl Job {
                 order,
                 variant,
             } => (*max_shard_size, *order, variant.as_deref()),
+            OutputFormat::Gguf(g) => (g.merged_shard_size, ShardOrder::Natural, None),
+        }
+    }
+
+    /// The GGUF settings, for a GGUF save.
+    pub fn gguf(&self) -> Option<&GgufSpec> {
+        match &self.output {
+            OutputFormat::Gguf(g) => Some(g),
+            OutputFormat::Safetensors { .. } => None,
         }
     }
 }

@@ -36,7 +36,9 @@ pub use compute::GpuTimes;
 pub use error::{Error, ExitCode, Result};
 pub use hub::{push, HubConfig, PushOptions, PushReport, Token};
 pub use inspect::{inspect, InspectReport};
-pub use options::{DeviceChoice, FloatDtype, MemoryBudget, PaddingSide, SaveMethod, SaveOptions, ShardOrder};
+pub use options::{
+    DeviceChoice, FileType, FloatDtype, GgufTarget, MemoryBudget, PaddingSide, SaveMethod, SaveOptions, ShardOrder,
+};
 pub use pipeline::StageTimes;
 pub use plan::PlanCounts;
 pub use progress::{Progress, ProgressHook};
@@ -65,6 +67,8 @@ internal! {
     compute;
     /// The formats, both ways: dtypes, safetensors headers, bitsandbytes 4-bit, Python JSON.
     format;
+    /// What llama.cpp's converter makes of a model: architecture, metadata, tokenizer.
+    gguf;
     /// The Hugging Face Hub: downloads into the HF cache, pushes with LFS.
     hub;
     /// The job, decided once from the options.

@@ -8,14 +8,14 @@ use std::path::PathBuf;
 use crate::error::{Error, Result};
 pub use crate::format::dtype::FloatDtype;
 use crate::hub::{HubConfig, PushOptions};
-use crate::job::{BackendChoice, Budget, Hooks, Job, OutputFormat, QuantSpec};
-pub use crate::job::{DeviceChoice, PaddingSide, SaveMethod, ShardOrder};
+use crate::job::{BackendChoice, Budget, GgufSpec, Hooks, Job, OutputFormat, QuantSpec};
+pub use crate::job::{DeviceChoice, FileType, GgufTarget, PaddingSide, SaveMethod, ShardOrder};
 use crate::progress::ProgressHook;
 pub use crate::sys::MemoryBudget;
 
 impl SaveMethod {
     /// The names `--save-method` takes, as shown (`merged_4bit_forced` is accepted too).
-    pub const NAMES: &'static [&'static str] = &["lora", "merged_16bit", "merged_4bit"];
+    pub const NAMES: &'static [&'static str] = &["lora", "merged_16bit", "merged_4bit", "gguf"];
 
     /// Parses `lora` | `merged_16bit` | `merged_4bit`. `merged_4bit_forced` is Unsloth's name for
     /// `merged_4bit` (Unsloth refuses plain `merged_4bit` and asks for the forced spelling), so
@@ -25,8 +25,71 @@ impl SaveMethod {
             "lora" => Ok(SaveMethod::Lora),
             "merged_16bit" => Ok(SaveMethod::Merged16bit),
             "merged_4bit" | "merged_4bit_forced" => Ok(SaveMethod::Merged4bit),
+            "gguf" => Ok(SaveMethod::Gguf),
             _ => Err(bad_value("--save-method", s, Self::NAMES)),
         }
+    }
+}
+
+impl GgufTarget {
+    /// Unsloth's aliases, then llama.cpp's file-type names (`--quantization-method` takes a
+    /// comma-separated list of them).
+    pub const NAMES: &'static [&'static str] = &[
+        "not_quantized",
+        "fast_quantized",
+        "quantized",
+        "f32",
+        "f16",
+        "bf16",
+        "q8_0",
+        "q4_0",
+        "q4_1",
+        "q5_0",
+        "q5_1",
+        "q2_k",
+        "q3_k_s",
+        "q3_k_m",
+        "q3_k_l",
+        "q4_k_s",
+        "q4_k_m",
+        "q5_k_s",
+        "q5_k_m",
+        "q6_k",
+    ];
+
+    /// Parses one entry: `not_quantized` (the model's 16-bit type), `fast_quantized` (q8_0),
+    /// `quantized` (q4_k_m), or a llama.cpp name, case-insensitive.
+    pub fn parse(s: &str) -> Result<Self> {
+        let t = s.trim().to_ascii_lowercase();
+        match t.as_str() {
+            "not_quantized" => Ok(GgufTarget::NotQuantized),
+            "fast_quantized" => Ok(GgufTarget::File(FileType::Q8_0)),
+            "quantized" => Ok(GgufTarget::File(FileType::Q4KM)),
+            // llama.cpp's short names for the middle k-quant of a size.
+            "q3_k" => Ok(GgufTarget::File(FileType::Q3KM)),
+            "q4_k" => Ok(GgufTarget::File(FileType::Q4KM)),
+            "q5_k" => Ok(GgufTarget::File(FileType::Q5KM)),
+            _ => FileType::parse(&t)
+                .map(GgufTarget::File)
+                .ok_or_else(|| bad_value("--quantization-method", s, Self::NAMES)),
+        }
+    }
+
+    /// Parses a comma-separated list; a method named twice is written once.
+    pub fn parse_list(s: &str) -> Result<Vec<Self>> {
+        let mut v: Vec<GgufTarget> = Vec::new();
+        for part in s.split(',').filter(|p| !p.trim().is_empty()) {
+            let t = Self::parse(part)?;
+            if !v.contains(&t) {
+                v.push(t);
+            }
+        }
+        if v.is_empty() {
+            return Err(Error::Usage(format!(
+                "--quantization-method {s:?}: expected at least one method"
+            )));
+        }
+        Ok(v)
     }
 }
 
@@ -303,6 +366,13 @@ pub struct SaveOptions {
     pub hub: HubConfig,
     /// Push the saved directory to this repo afterwards (`--push-to-hub`).
     pub push_to_hub: Option<PushOptions>,
+    /// `gguf`: the files to write (Unsloth's `quantization_method`). Default `fast_quantized`.
+    pub quantization_method: Vec<GgufTarget>,
+    /// `gguf`: `general.name` (the converter's `--model-name`); `None`: the base model's name.
+    pub model_name: Option<String>,
+    /// `gguf`: the 16-bit GGUF whose `llama-quantize` route the k-quant files reproduce
+    /// (bf16, or f16).
+    pub gguf_intermediate: FloatDtype,
 }
 
 impl SaveOptions {
@@ -333,6 +403,9 @@ impl SaveOptions {
             // The one place the library reads the Hub's environment variables.
             hub: HubConfig::from_env(None),
             push_to_hub: None,
+            quantization_method: vec![GgufTarget::File(FileType::Q8_0)],
+            model_name: None,
+            gguf_intermediate: FloatDtype::Bf16,
         }
     }
 }
@@ -379,13 +452,27 @@ impl SaveOptions {
     /// test hooks read from the environment.
     pub(crate) fn job(&self) -> Result<Job> {
         self.validate()?;
-        Ok(Job {
-            method: self.save_method,
-            output: OutputFormat::Safetensors {
+        if self.save_method == SaveMethod::Gguf && self.gguf_intermediate == FloatDtype::F32 {
+            return Err(Error::Usage(
+                "--gguf-intermediate f32: expected bf16 or f16 (the 16-bit GGUF llama-quantize starts from)".into(),
+            ));
+        }
+        let output = match self.save_method {
+            SaveMethod::Gguf => OutputFormat::Gguf(GgufSpec {
+                targets: self.quantization_method.clone(),
+                model_name: self.model_name.clone(),
+                intermediate: self.gguf_intermediate,
+                merged_shard_size: self.max_shard_size,
+            }),
+            _ => OutputFormat::Safetensors {
                 max_shard_size: self.max_shard_size,
                 order: self.shard_order,
                 variant: self.variant.clone(),
             },
+        };
+        Ok(Job {
+            method: self.save_method,
+            output,
             dtype: self.dtype,
             quantize: (self.save_method == SaveMethod::Merged4bit).then_some(QuantSpec {
                 quant_type: self.quant_type,
@@ -451,8 +538,11 @@ mod tests {
         assert_eq!(did_you_mean("q", ShardOrder::NAMES), None);
         let e = DeviceChoice::parse("gpu").unwrap_err().to_string();
         assert_eq!(e, "--device gpu: expected auto, cpu or cuda; did you mean cuda?");
-        let e = SaveMethod::parse("gguf").unwrap_err().to_string();
-        assert_eq!(e, "--save-method gguf: expected lora, merged_16bit or merged_4bit");
+        let e = SaveMethod::parse("merged_8bit").unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "--save-method merged_8bit: expected lora, merged_16bit, merged_4bit or gguf; did you mean merged_4bit?"
+        );
     }
 
     #[test]
@@ -511,7 +601,21 @@ mod tests {
     fn method_names_are_unsloths() {
         assert_eq!(SaveMethod::parse("lora").unwrap(), SaveMethod::Lora);
         assert_eq!(SaveMethod::parse("merged_16bit").unwrap().as_str(), "merged_16bit");
-        assert!(SaveMethod::parse("gguf").is_err());
+        assert_eq!(SaveMethod::parse("gguf").unwrap(), SaveMethod::Gguf);
+        assert_eq!(
+            GgufTarget::parse_list("quantized, Q8_0,not_quantized,q4_k_m").unwrap(),
+            [
+                GgufTarget::File(FileType::Q4KM),
+                GgufTarget::File(FileType::Q8_0),
+                GgufTarget::NotQuantized
+            ]
+        );
+        assert_eq!(
+            GgufTarget::parse("fast_quantized").unwrap(),
+            GgufTarget::File(FileType::Q8_0)
+        );
+        let e = GgufTarget::parse("q4_km").unwrap_err().to_string();
+        assert!(e.contains("did you mean q4_k_m"), "{e}");
         assert_eq!(SaveMethod::parse("merged_4bit").unwrap(), SaveMethod::Merged4bit);
     }
 }

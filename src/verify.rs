@@ -113,11 +113,11 @@ fn check_files(dir: &Path, expected: &Expected, problems: &mut Vec<String>) -> R
         .map_err(|e| Error::io(dir, e))?
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().to_string())
-        .filter(|n| n.ends_with(".safetensors"))
+        .filter(|n| n.ends_with(".safetensors") || n.ends_with(".gguf"))
         .collect();
     names.sort();
     if names.is_empty() {
-        problems.push(format!("{}: no .safetensors files", dir.display()));
+        problems.push(format!("{}: no .safetensors or .gguf files", dir.display()));
     }
     let mut found = Found {
         files: Vec::new(),
@@ -133,16 +133,20 @@ fn check_files(dir: &Path, expected: &Expected, problems: &mut Vec<String>) -> R
         if matches == Some(false) {
             problems.push(format!("{n}: blake3 or size differs from the manifest"));
         }
-        match parse_header(&p, m.bytes()) {
-            Ok(h) => {
-                for t in &h.tensors {
-                    found.data_bytes += t.nbytes();
-                    if found.tensors_in.insert(t.name.clone(), n.clone()).is_some() {
-                        problems.push(format!("{n}: tensor `{}` also appears in another file", t.name));
+        if n.ends_with(".gguf") {
+            check_gguf(n, m.bytes(), &mut found, problems);
+        } else {
+            match parse_header(&p, m.bytes()) {
+                Ok(h) => {
+                    for t in &h.tensors {
+                        found.data_bytes += t.nbytes();
+                        if found.tensors_in.insert(t.name.clone(), n.clone()).is_some() {
+                            problems.push(format!("{n}: tensor `{}` also appears in another file", t.name));
+                        }
                     }
                 }
+                Err(e) => problems.push(e.to_string()),
             }
-            Err(e) => problems.push(e.to_string()),
         }
         found.files.push(FileCheck {
             file: n.clone(),
@@ -157,6 +161,39 @@ fn check_files(dir: &Path, expected: &Expected, problems: &mut Vec<String>) -> R
         }
     }
     Ok(found)
+}
+
+/// A GGUF file: its header parses, every tensor's bytes lie inside the file at aligned offsets
+/// without overlapping, and the file ends where its last tensor's padding does. (Each GGUF is a
+/// whole model, so its tensors are not counted against the other files'.)
+fn check_gguf(n: &str, bytes: &[u8], found: &mut Found, problems: &mut Vec<String>) {
+    use crate::format::gguf;
+    let h = match gguf::parse(bytes) {
+        Ok(h) => h,
+        Err(e) => {
+            problems.push(format!("{n}: invalid GGUF: {e}"));
+            return;
+        }
+    };
+    let mut end = h.data_start;
+    for (t, off) in &h.tensors {
+        let Some(nb) = t.nbytes() else {
+            problems.push(format!(
+                "{n}: tensor `{}`: rows are not whole {} blocks",
+                t.name,
+                t.ggml_type.name()
+            ));
+            continue;
+        };
+        if *off != end || off % gguf::ALIGNMENT != 0 {
+            problems.push(format!("{n}: tensor `{}` at {off}, expected {end}", t.name));
+        }
+        end = off + nb.next_multiple_of(gguf::ALIGNMENT);
+        found.data_bytes += nb;
+    }
+    if end != bytes.len() as u64 {
+        problems.push(format!("{n}: {} bytes, but its tensors end at {end}", bytes.len()));
+    }
 }
 
 /// The index, when there is one, must name exactly the tensors the files hold.

@@ -201,6 +201,6 @@ fn bad_flag_values_are_usage_errors() {
         .args(["--max-shard-size", "1GiB"])
         .assert_refused(&w, &["--max-shard-size 1GiB"]);
     SaveCase::new(fixtures().join("lora"))
-        .args(["--save-method", "gguf"])
+        .args(["--save-method", "merged_8bit"])
         .assert_refused(&w, &["--save-method"]);
 }

@@ -123,7 +123,7 @@ fn usage_errors_are_one_line_in_our_shape() {
         ),
         (
             &["save", "a", "b", "--save-method", "merged_16"],
-            "--save-method merged_16: expected lora, merged_16bit or merged_4bit; did you mean merged_16bit?",
+            "--save-method merged_16: expected lora, merged_16bit, merged_4bit or gguf; did you mean merged_16bit?",
         ),
         (
             &["save", "a", "b", "--dtype", "bf61"],

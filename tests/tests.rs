@@ -7,6 +7,8 @@ mod util;
 mod bad_input;
 /// The command line itself: `--help`, `--dry-run`, `--json`.
 mod cli;
+/// `--save-method gguf` against llama.cpp's converter and llama-quantize, byte for byte.
+mod gguf;
 /// The CUDA backend against the CPU backend, byte for byte, and the no-GPU fallback.
 mod gpu;
 /// Hostile inputs, one test per case.

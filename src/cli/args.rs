@@ -6,8 +6,8 @@ use clap::builder::{PossibleValue, PossibleValuesParser};
 use clap::{Parser, Subcommand, ValueHint};
 use loraweld::options::parse_size;
 use loraweld::{
-    DeviceChoice, Error, FloatDtype, HubConfig, MemoryBudget, PaddingSide, ProgressHook, PushOptions, SaveMethod,
-    SaveOptions, ShardOrder,
+    DeviceChoice, Error, FloatDtype, GgufTarget, HubConfig, MemoryBudget, PaddingSide, ProgressHook, PushOptions,
+    SaveMethod, SaveOptions, ShardOrder,
 };
 
 const AFTER_HELP: &str = "\
@@ -20,6 +20,9 @@ Examples:
 
   # write the adapter itself, with tokenizer files and a model card
   loraweld save my-adapter out --save-method lora
+
+  # GGUF for llama.cpp / Ollama in one pass: Q4_K_M and Q8_0, byte-identical with llama.cpp's tools
+  loraweld save my-adapter gguf --save-method gguf --quantization-method q4_k_m,q8_0
 
   # show the plan (tensors merged/copied, output bytes, shard count, free disk) and stop
   loraweld save my-adapter merged --dry-run
@@ -36,7 +39,8 @@ Exit codes:
   2  bad input or usage: malformed file, adapter that does not fit its base, bad value, OUT not ours
   3  resources: not enough disk space (checked before heavy work, or the disk filled while writing)";
 
-/// Save fine-tuned models: write a LoRA adapter, or merge it into its base as sharded safetensors.
+/// Save fine-tuned models: write a LoRA adapter, or merge it into its base as sharded safetensors
+/// or GGUF.
 #[derive(Parser, Debug)]
 #[command(name = "loraweld", version, about, after_help = AFTER_HELP, term_width = 100)]
 pub struct Cli {
@@ -48,7 +52,7 @@ pub struct Cli {
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Save an adapter (`lora`) or merge it into its base (`merged_16bit`, `merged_4bit`).
+    /// Save an adapter (`lora`) or merge it into its base (`merged_16bit`, `merged_4bit`, `gguf`).
     #[command(after_help = AFTER_HELP)]
     Save(SaveArgs),
     /// Push a saved directory to a Hub model repo (LFS upload + one commit).
@@ -56,7 +60,8 @@ pub enum Command {
     Push(PushArgs),
     /// Re-hash every shard against the manifest and check headers and the index (exit 0 or 1).
     Verify(VerifyArgs),
-    /// Show the tensors, dtypes, shapes, quant types and parameter count of a model, adapter or file.
+    /// Show the tensors, dtypes, shapes, quant types and parameter count of a model, adapter or
+    /// file (safetensors or GGUF, with its metadata).
     Inspect(InspectArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(CompletionArgs),
@@ -196,6 +201,10 @@ fn save_methods() -> PossibleValuesParser {
             "merged, then written as bitsandbytes 4-bit: from a 4-bit base requantized with its settings, \
              from a 16-bit base with --quant-type/--blocksize (merged_4bit_forced, Unsloth's name, is the same)",
         ),
+        PossibleValue::new("gguf").help(
+            "merged, then written as GGUF files for llama.cpp / Ollama, one per --quantization-method, \
+             byte-identical with llama.cpp's converter and llama-quantize; no 16-bit copy on disk",
+        ),
     ])
 }
 
@@ -210,7 +219,7 @@ pub struct SaveArgs {
     /// Base model: a directory or a Hub repo id [default: the adapter's base_model_name_or_path].
     #[arg(long, value_name = "PATH|REPO", value_hint = ValueHint::DirPath)]
     pub base: Option<PathBuf>,
-    /// What to write: lora (the adapter), merged_16bit or merged_4bit (merged into the base).
+    /// What to write: lora (the adapter), merged_16bit or merged_4bit (merged into the base), gguf.
     #[arg(long, default_value = "merged_16bit", value_name = "METHOD", value_parser = save_methods())]
     pub save_method: String,
     /// Output dtype [default: the base's own].
@@ -278,6 +287,18 @@ pub struct SaveArgs {
         long_help = "With tied embeddings (only the input embedding stored), a LoRA on lm_head changes the shared matrix, so the input embedding changes too: that is what PEFT does, and the default. With this flag, lm_head.weight = W + delta is written beside an unchanged embedding and tie_word_embeddings is set to false, so the merged model computes what the adapter model computed."
     )]
     pub untie_embeddings: bool,
+    /// gguf: comma-separated methods, one .gguf each: not_quantized, fast_quantized (q8_0),
+    /// quantized (q4_k_m), or f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k_s/m/l,
+    /// q4_k_s/m, q5_k_s/m, q6_k [default: fast_quantized].
+    #[arg(long, value_name = "LIST")]
+    pub quantization_method: Option<String>,
+    /// gguf: general.name in the files (the converter's --model-name) [default: the base's name].
+    #[arg(long, value_name = "NAME")]
+    pub model_name: Option<String>,
+    /// gguf: the 16-bit GGUF llama-quantize types are made from in the route reproduced: bf16
+    /// or f16 (they differ where f16 has subnormals).
+    #[arg(long, default_value = "bf16", value_name = "DTYPE")]
+    pub gguf_intermediate: String,
     /// After saving, push OUT to this Hub model repo (shards upload while the merge runs).
     #[arg(long, value_name = "OWNER/NAME")]
     pub push_to_hub: Option<String>,
@@ -336,6 +357,22 @@ impl SaveArgs {
             o.blocksize = b;
         }
         o.double_quant = !self.no_double_quant;
+        if o.save_method == SaveMethod::Gguf {
+            if let Some(q) = &self.quantization_method {
+                o.quantization_method = GgufTarget::parse_list(q)?;
+            }
+            o.model_name = self.model_name.clone();
+            o.gguf_intermediate = FloatDtype::parse(&self.gguf_intermediate)?;
+        } else if self.quantization_method.is_some() || self.model_name.is_some() {
+            return Err(Error::Usage(format!(
+                "{}: only with --save-method gguf",
+                if self.quantization_method.is_some() {
+                    "--quantization-method"
+                } else {
+                    "--model-name"
+                }
+            )));
+        }
         o.hub = HubConfig::from_env(self.hub.token.as_deref());
         o.hub.progress = o.progress.clone();
         match &self.push_to_hub {

@@ -11,8 +11,11 @@ use crate::compute::general::{self, DeltaRows, GeneralTile};
 use crate::compute::{Backend, BaseRows, LoraRows, MergeTile};
 use crate::error::{Error, Result};
 use crate::format::dtype::FloatDtype;
-use crate::format::dtype::{decode_into, encode_into, float_of, round_through};
-use crate::plan::{BaseSrc, Extra, FactorSrc, FileRef, LoraSrc, Op, Plan, Src};
+use crate::format::dtype::{bf16_to_f32, decode_into, encode_into, f16_to_f32, float_of, round_through};
+use crate::format::ggml::{bf16_bits, f16_bits};
+use crate::format::ggml_rows::encode_rows;
+use crate::format::gguf::GgmlType;
+use crate::plan::{BaseSrc, Extra, FactorSrc, FileRef, GgufEnc, LoraSrc, Op, Plan, Src};
 use crate::writer::shard::{lead_for, AlignedBuf};
 
 use super::read::{tile_ranges, Release};
@@ -100,6 +103,9 @@ pub(crate) struct Computer<'a, 'p> {
     /// The op whose factors are loaded: all its input ranges are released when the next
     /// tensor starts (catching pages faulted in around tile edges and by small helper tensors).
     pub(super) prev: Option<&'p Op>,
+    /// A GGUF tile's merged 16-bit values, and the same as f32.
+    pub(super) gguf_bytes: Vec<u8>,
+    pub(super) gguf_vals: Vec<f32>,
 }
 
 impl<'a, 'p> Computer<'a, 'p> {
@@ -114,6 +120,8 @@ impl<'a, 'p> Computer<'a, 'p> {
             f32s: Vec::new(),
             absmax: None,
             prev: None,
+            gguf_bytes: Vec::new(),
+            gguf_vals: Vec::new(),
         }
     }
 
@@ -211,6 +219,59 @@ impl<'a, 'p> Computer<'a, 'p> {
         Ok(finite)
     }
 
+    /// The tile's rows of a GGUF tensor, into `out`: the merged values exactly as `merged_16bit`
+    /// writes them, then as llama.cpp's route treats them (f32, rows permuted and values shifted
+    /// as the converter does, rounded through the intermediate GGUF's type, encoded). Returns
+    /// "all finite" of the merged values.
+    pub(super) fn gguf_tile(
+        &mut self,
+        key: usize,
+        op: &'p Op,
+        tile: TileRows,
+        g: &GgufEnc,
+        rows_per_head: u64,
+        out: &mut [u8],
+    ) -> Result<bool> {
+        let n = tile.rows * tile.cols;
+        let mut merged = std::mem::take(&mut self.gguf_bytes);
+        merged.resize(n * g.merged.size(), 0);
+        let finite = self.encoded(key, op, tile, g.merged, &mut merged);
+        let mut vals = std::mem::take(&mut self.gguf_vals);
+        vals.resize(n, 0.0);
+        decode_into(&merged, g.merged, &mut vals);
+        self.gguf_bytes = merged;
+        let finite = finite?;
+        if g.heads.is_some() {
+            permute_heads(&mut vals, tile.cols, rows_per_head as usize);
+        }
+        let (add_one, through) = (g.add_one, g.through);
+        // The converter adds in the checkpoint's dtype where it keeps it (f16; bf16 becomes f32).
+        let add_in_f16 = g.merged == FloatDtype::F16;
+        let (enc, cols) = (g.enc, tile.cols);
+        on_pool(self.backend.host_pool(), || {
+            if add_one || through.is_some() {
+                vals.par_chunks_mut(1 << 16).for_each(|c| {
+                    for v in c {
+                        if add_one {
+                            *v += 1.0;
+                            if add_in_f16 {
+                                *v = round_through(*v, FloatDtype::F16);
+                            }
+                        }
+                        *v = match through {
+                            Some(GgmlType::F16) => f16_to_f32(f16_bits(*v)),
+                            Some(GgmlType::Bf16) => bf16_to_f32(bf16_bits(*v)),
+                            _ => *v,
+                        };
+                    }
+                });
+            }
+            encode_rows(enc, &vals, cols, out);
+        });
+        self.gguf_vals = vals;
+        Ok(finite)
+    }
+
     /// Rows of a general-path `op` (DoRA and friends) before any output rounding, rounded
     /// through `pre_round` when given, into `self.f32s`. Returns "all finite".
     pub(super) fn general_values(
@@ -272,6 +333,28 @@ pub(super) fn fast_tile<'f>(
         base,
         lora,
         out_dtype,
+    }
+}
+
+/// Undoes HF's rotary row order in place, head by head (`vals` holds whole heads of
+/// `rows_per_head` rows): the converter's `permute`, `w.reshape(heads, 2, hr / 2, cols)
+/// .swapaxes(1, 2)`, so row `j·2 + t` of a head comes from row `t·hr/2 + j`.
+pub(super) fn permute_heads(vals: &mut [f32], cols: usize, rows_per_head: usize) {
+    let half = rows_per_head / 2;
+    let head = rows_per_head * cols;
+    if half == 0 || head == 0 {
+        return;
+    }
+    let mut tmp = vec![0f32; head];
+    for h in vals.chunks_exact_mut(head) {
+        for j in 0..half {
+            for t in 0..2 {
+                let src = (t * half + j) * cols;
+                let dst = (j * 2 + t) * cols;
+                tmp[dst..dst + cols].copy_from_slice(&h[src..src + cols]);
+            }
+        }
+        h.copy_from_slice(&tmp);
     }
 }
 
@@ -337,10 +420,11 @@ pub(super) fn compute_stage<'a>(
             Work::Part { tensor } => {
                 let t0 = Instant::now();
                 let t = &plan.tensors[tensor];
-                let Op::Quant { group, part } = t.op else {
-                    return Err(Error::Internal(format!("part item for `{}`", t.name)));
+                let bytes = match &t.op {
+                    Op::Quant { group, part } => c.quant_part(*group, *part, cfg.tile_bytes)?,
+                    Op::Literal(b) => b.as_ref().clone(),
+                    _ => return Err(Error::Internal(format!("part item for `{}`", t.name))),
                 };
-                let bytes = c.quant_part(group, part, cfg.tile_bytes)?;
                 if bytes.len() as u64 != t.nbytes {
                     return Err(Error::Internal(format!(
                         "`{}`: made {} bytes, planned {}",
@@ -362,6 +446,10 @@ pub(super) fn compute_stage<'a>(
                     Op::Quant { group, .. } => {
                         let cols = plan.quant_groups[*group].shape[1];
                         (None, row0 * cols / 2, (rows * cols as usize).div_ceil(2))
+                    }
+                    _ if t.gguf.is_some() => {
+                        let rb = t.row_bytes();
+                        (None, row0 * rb, rows * rb as usize)
                     }
                     _ => {
                         let dt = float_of(t.dtype)
@@ -386,17 +474,16 @@ pub(super) fn compute_stage<'a>(
                 };
                 let waited = t_wait.elapsed();
                 let out = &mut buf.as_mut_slice()[lead..lead + len];
-                let finite = match (&t.op, out_dtype) {
-                    (Op::Quant { group, .. }, _) => c.quant_codes(*group, row0, rows, Some(out))?,
-                    (op, Some(dt)) => {
-                        let rows_of = TileRows {
-                            cols: t.cols as usize,
-                            row0,
-                            rows,
-                        };
-                        c.encoded(tensor, op, rows_of, dt, out)?
-                    }
-                    (_, None) => return Err(Error::Internal(format!("`{}`: no output dtype", t.name))),
+                let rows_of = TileRows {
+                    cols: t.cols as usize,
+                    row0,
+                    rows,
+                };
+                let finite = match (&t.op, out_dtype, &t.gguf) {
+                    (Op::Quant { group, .. }, _, _) => c.quant_codes(*group, row0, rows, Some(out))?,
+                    (op, _, Some(g)) => c.gguf_tile(tensor, op, rows_of, g, t.row_step(), out)?,
+                    (op, Some(dt), None) => c.encoded(tensor, op, rows_of, dt, out)?,
+                    (_, None, None) => return Err(Error::Internal(format!("`{}`: no output dtype", t.name))),
                 };
                 let packed = Packed::Aligned {
                     buf,

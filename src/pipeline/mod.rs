@@ -51,6 +51,10 @@ fn tile_buf_cap(plan: &Plan, tile_bytes: usize) -> usize {
     plan.tensors
         .iter()
         .filter_map(|t| match t.op {
+            Op::Compute { .. } if t.gguf.is_some() => {
+                let rows = tiles(t.rows, t.cols, t.row_step(), tile_bytes).iter().map(|&(_, n)| n).max()?;
+                Some((rows * t.row_bytes()) as usize + 4096)
+            }
             Op::Compute { .. } => {
                 let size = float_of(t.dtype)?.size();
                 let rows = tiles(t.rows, t.cols, 1, tile_bytes).iter().map(|&(_, n)| n).max()?;

@@ -50,7 +50,7 @@ pub(super) fn read_stage<'a>(plan: &Plan, inputs: Inputs<'a>, cfg: ExecConfig, t
                     }
                 }
                 Op::Compute { .. } => {
-                    for (row0, n) in tiles(t.rows, t.cols, 1, cfg.tile_bytes) {
+                    for (row0, n) in tiles(t.rows, t.cols, t.row_step(), cfg.tile_bytes) {
                         items.push(Work::Tile {
                             tensor: ti,
                             row0,
@@ -71,7 +71,7 @@ pub(super) fn read_stage<'a>(plan: &Plan, inputs: Inputs<'a>, cfg: ExecConfig, t
                         });
                     }
                 }
-                Op::Quant { .. } => items.push(Work::Part { tensor: ti }),
+                Op::Quant { .. } | Op::Literal(_) => items.push(Work::Part { tensor: ti }),
             }
             busy += t0.elapsed();
             for it in items {

@@ -49,6 +49,7 @@ pub fn plan_adapter(adapter: &Adapter, job: &Job) -> Plan {
                 params: t.numel(),
                 shard: 0,
                 offset: 0,
+                gguf: None,
             }
         })
         .collect();

@@ -194,6 +194,7 @@ mod tests {
             }),
             shard: 0,
             offset: 0,
+            gguf: None,
         }
     }
 

@@ -139,6 +139,7 @@ impl Outputs {
                     params: 0,
                     shard: 0,
                     offset: 0,
+                    gguf: None,
                 });
             }
             _ => self.counts.consumed_quant_helpers += 1,
@@ -177,6 +178,7 @@ impl Outputs {
                     op: Op::Copy(codes),
                     shard: 0,
                     offset: 0,
+                    gguf: None,
                 });
                 return Ok(());
             }
@@ -195,6 +197,7 @@ impl Outputs {
             params: numel,
             shard: 0,
             offset: 0,
+            gguf: None,
         });
         Ok(())
     }
@@ -281,6 +284,7 @@ impl Outputs {
                 params,
                 shard: 0,
                 offset: 0,
+                gguf: None,
             });
         }
     }

@@ -9,6 +9,7 @@
 
 mod adapter;
 mod describe;
+mod gguf;
 mod layout;
 mod matching;
 mod merge;
@@ -18,6 +19,7 @@ mod types;
 
 pub use adapter::plan_adapter;
 pub use describe::describe;
+pub(crate) use gguf::plan_gguf;
 pub use merge::plan_merged;
 pub use quantized::{find_quantized, is_quant_helper};
 pub use types::*;

@@ -89,6 +89,8 @@ pub enum Op {
         /// computed by the general CPU path.
         extra: Option<Box<Extra>>,
     },
+    /// Bytes made at plan time (a GGUF's generated tensors, like `rope_freqs.weight`).
+    Literal(std::sync::Arc<Vec<u8>>),
     /// One tensor of a weight written as bitsandbytes 4-bit (`Plan::quant_groups[group]`).
     Quant {
         /// Index into `Plan::quant_groups`.
@@ -246,6 +248,45 @@ pub struct OutTensor {
     pub shard: usize,
     /// Absolute offset of its first byte in its file.
     pub offset: u64,
+    /// A GGUF tensor: how the merged 16-bit values become its bytes.
+    pub gguf: Option<GgufEnc>,
+}
+
+/// How a GGUF tensor is made from the merged model's tensor, as llama.cpp's route makes it: the
+/// merged 16-bit values (what `merged_16bit` writes), to f32, rows permuted and values shifted
+/// as the converter does for the architecture, maybe rounded through the 16-bit GGUF that
+/// `llama-quantize` reads, then encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GgufEnc {
+    /// The merged checkpoint's dtype of this tensor.
+    pub merged: FloatDtype,
+    /// Undo HF's rotary row order with this many heads (Llama's q/k: `permute`).
+    pub heads: Option<u64>,
+    /// Add 1 to every value (Gemma's RMSNorm weights).
+    pub add_one: bool,
+    /// Round through this 16-bit type first (the intermediate GGUF of `llama-quantize`).
+    pub through: Option<crate::format::gguf::GgmlType>,
+    /// The stored type and who computes it.
+    pub enc: crate::format::ggml_rows::Encoding,
+}
+
+impl OutTensor {
+    /// Rows per tile: whole heads for a permuted GGUF tensor (the permutation stays inside a
+    /// head), else 1.
+    pub fn row_step(&self) -> u64 {
+        match self.gguf.and_then(|g| g.heads) {
+            Some(h) if h > 0 && self.rows.is_multiple_of(h) => self.rows / h,
+            _ => 1,
+        }
+    }
+
+    /// Bytes of one output row.
+    pub fn row_bytes(&self) -> u64 {
+        match &self.gguf {
+            Some(g) => g.enc.row_bytes(self.cols).unwrap_or(0),
+            None => self.cols * self.dtype.bits() / 8,
+        }
+    }
 }
 
 

@@ -80,9 +80,19 @@ pub(super) fn finish(around: &Around<'_>, report: &SaveReport, t0: Instant) -> R
                 }
             }
         }
+        SaveMethod::Gguf => {
+            // Ollama's recipe for the first file; the GGUF carries the chat template itself.
+            if let Some(first) = plan.shards.first() {
+                meta::write_file(dir, "Modelfile", meta::modelfile(&first.file_name).as_bytes())?;
+                files.push("Modelfile".into());
+            }
+        }
     }
-    let tok = meta::tokenizer_files(&adapter.dir, base_dir)?;
-    files.extend(meta::write_tokenizer(&tok, dir, job.padding_side)?);
+    if job.method != SaveMethod::Gguf {
+        // A GGUF holds its tokenizer; the other outputs load it from these files.
+        let tok = meta::tokenizer_files(&adapter.dir, base_dir)?;
+        files.extend(meta::write_tokenizer(&tok, dir, job.padding_side)?);
+    }
     let is_adapter = job.method == SaveMethod::Lora;
     let card = match adapter.dir.join("README.md") {
         p if is_adapter && p.is_file() => std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?,
@@ -120,7 +130,15 @@ pub(super) fn run_key(job: &Job, adapter: &Adapter, ck: Option<&Checkpoint>) -> 
         }
     }
     let (max_shard_size, order, variant) = job.safetensors_layout();
+    let gguf = job.gguf().map(|g| {
+        json!({
+            "targets": g.targets.iter().map(|t| format!("{t:?}")).collect::<Vec<_>>(),
+            "model_name": g.model_name,
+            "intermediate": g.intermediate.torch_name(),
+        })
+    });
     let options = json!({
+        "gguf": gguf,
         "save_method": job.method.as_str(),
         "dtype": job.dtype.map(|d| d.torch_name()),
         "max_shard_size": max_shard_size,

@@ -19,10 +19,11 @@ use crate::compute::{self, Backend};
 use crate::error::{Error, Result};
 use crate::hub::push::Session;
 use crate::hub::Need;
-use crate::job::Job;
+use crate::gguf::Model;
+use crate::job::{Job, SaveMethod};
 use crate::options::SaveOptions;
 use crate::pipeline::{ExecConfig, Inputs, ShardResult, StageTimes};
-use crate::plan::{describe, plan_adapter, plan_merged, Plan};
+use crate::plan::{describe, plan_adapter, plan_gguf, plan_merged, Plan};
 use crate::progress::ProgressHook;
 use crate::resolve::{resolve_adapter, resolve_base};
 use crate::writer::existing::{self, Existing};
@@ -40,6 +41,7 @@ pub fn save(opts: &SaveOptions) -> Result<SaveReport> {
     let found = Found::resolve(opts, &job)?;
     let at_out = check_out(&opts.out, &found)?;
     let mut plan = match &found.base {
+        Some(ck) if job.method == SaveMethod::Gguf => plan_gguf(ck, &found.adapter, &job, &gguf_model(opts, &found, ck)?)?,
         Some(ck) => plan_merged(ck, &found.adapter, &job)?,
         None => plan_adapter(&found.adapter, &job),
     };
@@ -181,6 +183,49 @@ impl Found {
         v.extend(self.base_dir.clone());
         v
     }
+}
+
+/// What the converter would read for a GGUF save: the base's config, the tokenizer files the
+/// merged checkpoint would hold (the adapter's own set, else the base's), the generation config
+/// (the adapter's, else the base's), and the name (`--model-name`, else the base's).
+fn gguf_model(opts: &SaveOptions, found: &Found, ck: &Checkpoint) -> Result<Model> {
+    let cfg_path = ck.dir.join("config.json");
+    let config = ck
+        .config
+        .as_ref()
+        .ok_or_else(|| Error::NotFound { path: cfg_path.clone() })?;
+    let tok = meta::tokenizer_files(&found.adapter.dir, found.base_dir.as_deref())?;
+    let tok_dir = tok
+        .first()
+        .and_then(|p| p.parent())
+        .unwrap_or(ck.dir.as_path())
+        .to_path_buf();
+    let generation = [Some(found.adapter.dir.as_path()), found.base_dir.as_deref()]
+        .into_iter()
+        .flatten()
+        .map(|d| d.join("generation_config.json"))
+        .find(|p| p.is_file());
+    let name = match opts.model_name.clone() {
+        Some(n) => n,
+        None => base_name(found, ck),
+    };
+    Model::open(config, &cfg_path, &tok_dir, generation.as_deref(), name)
+}
+
+/// The base model's name: the last part of the adapter's `base_model_name_or_path`, else of the
+/// base directory.
+fn base_name(found: &Found, ck: &Checkpoint) -> String {
+    let from_id = found
+        .adapter
+        .config
+        .base_model_name_or_path
+        .as_deref()
+        .and_then(|s| s.trim_end_matches('/').rsplit('/').next())
+        .filter(|s| !s.is_empty())
+        .map(str::to_string);
+    from_id
+        .or_else(|| ck.dir.canonicalize().ok()?.file_name().map(|n| n.to_string_lossy().to_string()))
+        .unwrap_or_else(|| "model".to_string())
 }
 
 /// Refuses the places a save never replaces, and whatever at `OUT` is not ours to replace.

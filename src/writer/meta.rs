@@ -175,6 +175,13 @@ pub fn write_tokenizer(files: &[PathBuf], out: &Path, padding: PaddingSide) -> R
     Ok(names)
 }
 
+/// An Ollama `Modelfile` for a GGUF in the same folder (`ollama create NAME -f Modelfile`).
+/// Ollama reads the chat template, stop tokens and special tokens from the GGUF's metadata, so
+/// the file names only the weights.
+pub fn modelfile(gguf_file: &str) -> String {
+    format!("FROM ./{gguf_file}\n")
+}
+
 /// A README model card with YAML front matter (`base_model`, `tags`, `library_name`,
 /// `pipeline_tag`), as the Hub renders it.
 pub fn model_card(base_model: Option<&str>, method: &str, is_adapter: bool) -> String {

@@ -1,0 +1,141 @@
+//! Rows of f32 values → the bytes of a ggml tensor type, computed the way the tool that writes
+//! that type in llama.cpp's own route computes them: the converter (gguf-py, numpy) writes F32,
+//! F16, BF16 and Q8_0 directly; `llama-quantize` (the C reference quantizers) writes every
+//! block-quantized type, Q8_0 included, from a 16-bit GGUF. The two Q8_0s round differently
+//! (numpy's halves-away-from-zero on `x / d` against C's `roundf(x * id)`), so the writer is
+//! part of the encoding.
+
+use rayon::prelude::*;
+
+use super::ggml::{bf16_bits, f16_bits, q8_0_block, Q8_0_BYTES};
+use super::gguf::GgmlType;
+use super::kquants::{q2_k_block, q3_k_block, q4_k_block, q5_k_block, q6_k_block, QK_K};
+use super::legacy_quants::{q4_0_block, q4_1_block, q5_0_block, q5_1_block, q8_0_c_block, QK};
+
+/// Who writes a tensor's bytes in llama.cpp's route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Writer {
+    /// `convert_hf_to_gguf.py` (gguf-py's numpy conversions).
+    Converter,
+    /// `llama-quantize` (ggml's `quantize_row_*_ref`).
+    Quantizer,
+}
+
+/// How one tensor's values become bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Encoding {
+    /// The stored type.
+    pub ty: GgmlType,
+    /// Who computes the bytes.
+    pub writer: Writer,
+}
+
+impl Encoding {
+    /// Bytes of one row of `n` values (`None` when `n` is not a whole number of blocks).
+    pub fn row_bytes(self, n: u64) -> Option<u64> {
+        self.ty.row_bytes(n)
+    }
+
+    /// Whether this writer can produce this type here.
+    pub fn supported(self) -> bool {
+        use GgmlType as T;
+        match self.writer {
+            Writer::Converter => matches!(self.ty, T::F32 | T::F16 | T::Bf16 | T::Q8_0),
+            Writer::Quantizer => matches!(
+                self.ty,
+                T::F32 | T::F16 | T::Bf16 | T::Q4_0 | T::Q4_1 | T::Q5_0 | T::Q5_1 | T::Q8_0 | T::Q2K | T::Q3K | T::Q4K | T::Q5K | T::Q6K
+            ),
+        }
+    }
+}
+
+fn blocks<const N: usize, const B: usize>(x: &[f32], out: &mut [u8], f: fn(&[f32; N], &mut [u8; B])) {
+    for (xs, o) in x.chunks_exact(N).zip(out.chunks_exact_mut(B)) {
+        let xs: &[f32; N] = xs.try_into().expect("chunks_exact gives N values");
+        let o: &mut [u8; B] = o.try_into().expect("chunks_exact_mut gives B bytes");
+        f(xs, o);
+    }
+}
+
+/// Encodes one row. `out` must be exactly `enc.row_bytes(x.len())` long.
+pub fn encode_row(enc: Encoding, x: &[f32], out: &mut [u8]) {
+    use GgmlType as T;
+    match (enc.ty, enc.writer) {
+        (T::F32, _) => {
+            for (o, v) in out.chunks_exact_mut(4).zip(x) {
+                o.copy_from_slice(&v.to_le_bytes());
+            }
+        }
+        // numpy's astype(float16) and ggml's fp32→fp16 are both IEEE round-to-nearest-even
+        // (format::ggml tests `f16_bits_ggml` against it), so one function serves both.
+        (T::F16, _) => {
+            for (o, v) in out.chunks_exact_mut(2).zip(x) {
+                o.copy_from_slice(&f16_bits(*v).to_le_bytes());
+            }
+        }
+        (T::Bf16, _) => {
+            for (o, v) in out.chunks_exact_mut(2).zip(x) {
+                o.copy_from_slice(&bf16_bits(*v).to_le_bytes());
+            }
+        }
+        (T::Q8_0, Writer::Converter) => blocks::<32, Q8_0_BYTES>(x, out, q8_0_block),
+        (T::Q8_0, Writer::Quantizer) => blocks::<QK, 34>(x, out, q8_0_c_block),
+        (T::Q4_0, _) => blocks::<QK, 18>(x, out, q4_0_block),
+        (T::Q4_1, _) => blocks::<QK, 20>(x, out, q4_1_block),
+        (T::Q5_0, _) => blocks::<QK, 22>(x, out, q5_0_block),
+        (T::Q5_1, _) => blocks::<QK, 24>(x, out, q5_1_block),
+        (T::Q2K, _) => blocks::<QK_K, 84>(x, out, q2_k_block),
+        (T::Q3K, _) => blocks::<QK_K, 110>(x, out, q3_k_block),
+        (T::Q4K, _) => blocks::<QK_K, 144>(x, out, q4_k_block),
+        (T::Q5K, _) => blocks::<QK_K, 176>(x, out, q5_k_block),
+        (T::Q6K, _) => blocks::<QK_K, 210>(x, out, q6_k_block),
+        (T::Q8_1 | T::Q8K, _) => unreachable!("planned encodings are checked with Encoding::supported"),
+    }
+}
+
+/// Encodes `rows` rows of `cols` values each, in parallel over rows (every row is independent,
+/// so the bytes are the same however the rows are shared out).
+pub fn encode_rows(enc: Encoding, x: &[f32], cols: usize, out: &mut [u8]) {
+    let rb = enc.row_bytes(cols as u64).unwrap_or(0) as usize;
+    if cols == 0 || rb == 0 {
+        return;
+    }
+    // Small rows (norms, biases: one value per "row") go in large groups.
+    let per = (1 << 16) / cols.max(1) + 1;
+    x.par_chunks(cols * per)
+        .zip(out.par_chunks_mut(rb * per))
+        .for_each(|(xs, os)| {
+            for (xr, or) in xs.chunks_exact(cols).zip(os.chunks_exact_mut(rb)) {
+                encode_row(enc, xr, or);
+            }
+        });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Row-parallel encoding equals one row at a time, for every type.
+    #[test]
+    fn rows_in_parallel_equal_rows_one_by_one() {
+        let cols = 512;
+        let rows = 300;
+        let x: Vec<f32> = (0..rows * cols).map(|i| ((i * 7919) % 1000) as f32 / 333.0 - 1.5).collect();
+        for ty in GgmlType::ALL {
+            for writer in [Writer::Converter, Writer::Quantizer] {
+                let enc = Encoding { ty, writer };
+                if !enc.supported() {
+                    continue;
+                }
+                let rb = enc.row_bytes(cols as u64).unwrap() as usize;
+                let mut a = vec![0u8; rb * rows];
+                let mut b = vec![0u8; rb * rows];
+                encode_rows(enc, &x, cols, &mut a);
+                for r in 0..rows {
+                    encode_row(enc, &x[r * cols..(r + 1) * cols], &mut b[r * rb..(r + 1) * rb]);
+                }
+                assert_eq!(a, b, "{ty:?} {writer:?}");
+            }
+        }
+    }
+}

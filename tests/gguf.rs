@@ -1,0 +1,209 @@
+//! `--save-method gguf` against llama.cpp's own tools: every reference in
+//! tests/fixtures/gguf_models (made by `convert_hf_to_gguf.py` and `llama-quantize` from PEFT's
+//! merged checkpoint, see scripts/make_gguf_model_fixtures.sh) is reproduced byte for byte from
+//! the base and the adapter in one run, with no 16-bit copy on disk. On a difference the test
+//! names the first metadata entry or tensor that differs, from the reference's per-entry hashes.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use loraweld::format::gguf;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::util::{SaveCase, Workdir};
+
+fn sets_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gguf_models")
+}
+
+fn manifest() -> Value {
+    let p = sets_dir().join("MANIFEST.json");
+    serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap()
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// One reference file, as MANIFEST.json lists it.
+#[derive(Debug, Clone)]
+struct Ref {
+    set: String,
+    route: String,
+    method: String,
+    intermediate: Option<String>,
+    json: PathBuf,
+}
+
+fn refs() -> Vec<Ref> {
+    let m = manifest();
+    let mut v = Vec::new();
+    for (set, s) in m["sets"].as_object().unwrap() {
+        let dir = sets_dir().join(s["refs_dir"].as_str().unwrap());
+        for r in s["refs"].as_array().unwrap() {
+            v.push(Ref {
+                set: set.clone(),
+                route: r["route"].as_str().unwrap().to_string(),
+                method: r["method"].as_str().unwrap().to_string(),
+                intermediate: r["intermediate"].as_str().map(str::to_string),
+                json: dir.join(r["json"].as_str().unwrap()),
+            });
+        }
+    }
+    v
+}
+
+/// The file loraweld names a method's output (`{name}.{TYPE}.gguf`, Unsloth's naming).
+fn our_name(method: &str) -> String {
+    format!("loraweld-test.{}.gguf", method.to_uppercase())
+}
+
+/// Compares one output with its reference: the whole file's sha256 and size, and on a
+/// difference the first KV and the first tensor whose bytes differ.
+fn compare(got: &Path, want: &Path) -> Result<(), String> {
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(want).unwrap()).unwrap();
+    let bytes = std::fs::read(got).map_err(|e| format!("{}: {e}", got.display()))?;
+    if bytes.len() as u64 == r["size"].as_u64().unwrap() && sha256(&bytes) == r["sha256"].as_str().unwrap() {
+        return Ok(());
+    }
+    let mut why = vec![format!(
+        "{}: {} bytes, reference {} ({})",
+        got.display(),
+        bytes.len(),
+        r["size"],
+        want.display()
+    )];
+    for kv in r["kv"].as_array().unwrap() {
+        let (off, n) = (
+            kv["offset"].as_u64().unwrap() as usize,
+            kv["nbytes"].as_u64().unwrap() as usize,
+        );
+        let ours = bytes.get(off..off + n).map(sha256);
+        if ours.as_deref() != kv["sha256"].as_str() {
+            why.push(format!("first differing KV: {} ({})", kv["key"], kv["type"]));
+            break;
+        }
+    }
+    match gguf::parse(&bytes) {
+        Ok(h) => {
+            let ours: BTreeMap<&str, (&gguf::Tensor, u64)> =
+                h.tensors.iter().map(|(t, o)| (t.name.as_str(), (t, *o))).collect();
+            for t in r["tensors"].as_array().unwrap() {
+                let name = t["name"].as_str().unwrap();
+                let Some((ti, off)) = ours.get(name) else {
+                    why.push(format!("tensor {name} missing"));
+                    break;
+                };
+                let n = t["nbytes"].as_u64().unwrap() as usize;
+                let data = bytes.get(*off as usize..*off as usize + n).map(sha256);
+                if !ti
+                    .ggml_type
+                    .name()
+                    .eq_ignore_ascii_case(t["ggml_type"].as_str().unwrap())
+                    || data.as_deref() != t["sha256"].as_str()
+                {
+                    why.push(format!(
+                        "first differing tensor: {name} (ours {}, reference {})",
+                        ti.ggml_type.name(),
+                        t["ggml_type"]
+                    ));
+                    break;
+                }
+            }
+        }
+        Err(e) => why.push(format!("does not parse: {e}")),
+    }
+    Err(why.join("\n  "))
+}
+
+/// Every reference of every set, from one run per set, route and intermediate type (so a run
+/// writes several files, sharing the merge). llama-quantize's own Q8_0 (a bf16 GGUF requantized
+/// by the C code) is not a route loraweld writes: `q8_0` is the converter's Q8_0, as in the
+/// issue's definition, so those references are listed and left out by name.
+#[test]
+fn every_reference_gguf_is_reproduced_byte_for_byte() {
+    let all = refs();
+    assert!(all.len() >= 30, "the manifest lists {} references", all.len());
+    let mut groups: BTreeMap<(String, String, String), Vec<Ref>> = BTreeMap::new();
+    let mut not_ours = Vec::new();
+    for r in all {
+        let inter = r.intermediate.clone().unwrap_or_else(|| "bf16".into());
+        if r.method == "q8_0" && r.intermediate.is_some() {
+            not_ours.push(format!("{}/{}", r.set, r.json.file_name().unwrap().to_string_lossy()));
+            continue;
+        }
+        groups
+            .entry((r.set.clone(), r.route.clone(), inter))
+            .or_default()
+            .push(r);
+    }
+    assert_eq!(not_ours, ["llama_spm/lora.Q8_0.json", "llama_spm/nf4.Q8_0.json"]);
+    let m = manifest();
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for ((set, route, inter), refs) in &groups {
+        let rt = &m["sets"][set]["routes"][route];
+        let dir = sets_dir().join(set);
+        let methods: Vec<&str> = refs.iter().map(|r| r.method.as_str()).collect();
+        let saved = SaveCase::new(dir.join(rt["adapter"].as_str().unwrap()))
+            .base(dir.join(rt["base"].as_str().unwrap()))
+            .args([
+                "--save-method",
+                "gguf",
+                "--quantization-method",
+                &methods.join(","),
+                "--model-name",
+                "loraweld-test",
+                "--gguf-intermediate",
+                inter,
+            ])
+            .run();
+        for r in refs {
+            checked += 1;
+            if let Err(e) = compare(&saved.out.join(our_name(&r.method)), &r.json) {
+                failures.push(format!("{set}/{route} {} via {inter}: {e}", r.method));
+            }
+        }
+        // One 16-bit checkpoint never touches the disk: only the GGUFs and their companions.
+        let mut listing: Vec<String> = std::fs::read_dir(&saved.out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .filter(|n| !n.ends_with(".gguf"))
+            .collect();
+        listing.sort();
+        assert_eq!(listing, ["Modelfile", "README.md", "loraweld-manifest.json"]);
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {checked} differ:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+/// What the converter would refuse is refused before any heavy work, in one line, exit 2, with
+/// nothing written: a tokenizer whose pre-tokenizer llama.cpp does not know (the bundled
+/// example's made-up BPE, with the converter's own reason), an architecture we do not
+/// reproduce, an unknown method (with a "did you mean"), GGUF flags without `gguf`.
+#[test]
+fn gguf_refusals_are_one_line_before_any_work() {
+    let w = Workdir::new();
+    let llama = crate::util::fixtures();
+    let variants = llama.parent().unwrap().join("variants");
+    let gguf = ["--save-method", "gguf"];
+    SaveCase::new(llama.join("lora")).args(gguf).assert_refused(
+        &w,
+        &["tokenizer.json", "BPE pre-tokenizer was not recognized", "chkhsh"],
+    );
+    SaveCase::new(variants.join("gpt2/adapter"))
+        .base(variants.join("base_gpt2"))
+        .args(gguf)
+        .assert_refused(&w, &["GPT2LMHeadModel is not supported", "LlamaForCausalLM"]);
+    SaveCase::new(llama.join("lora"))
+        .args(["--save-method", "gguf", "--quantization-method", "q8_0,q4_km"])
+        .assert_refused(&w, &["--quantization-method q4_km", "did you mean q4_k_m?"]);
+    SaveCase::new(llama.join("lora"))
+        .args(["--quantization-method", "q4_k_m"])
+        .assert_refused(&w, &["--quantization-method: only with --save-method gguf"]);
+}
