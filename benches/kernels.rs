@@ -96,5 +96,38 @@ fn bench(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench);
+/// GGUF row encoding, per core, for every instruction set the CPU has: 64 rows of 4096 values,
+/// reported as values per second (the k-quant searches dominate a Q4_K_M export).
+fn gguf_rows(c: &mut Criterion) {
+    use loraweld::format::ggml_rows::{encode_row_with, Encoding, Isa as RowIsa, Writer};
+    use loraweld::format::gguf::GgmlType;
+    let (rows, cols) = (64usize, 4096usize);
+    let x: Vec<f32> = (0..rows * cols)
+        .map(|i| (((i * 2654435761usize) % 100_003) as f32 / 50_001.5 - 1.0) * 0.02)
+        .collect();
+    for isa in RowIsa::available() {
+        let mut g = c.benchmark_group(format!("gguf rows {rows}x{cols} {isa:?}"));
+        g.throughput(Throughput::Elements((rows * cols) as u64));
+        for (ty, writer) in [
+            (GgmlType::Q4K, Writer::Quantizer),
+            (GgmlType::Q5K, Writer::Quantizer),
+            (GgmlType::Q6K, Writer::Quantizer),
+            (GgmlType::Q8_0, Writer::Converter),
+        ] {
+            let enc = Encoding { ty, writer };
+            let rb = enc.row_bytes(cols as u64).unwrap() as usize;
+            let mut out = vec![0u8; rb];
+            g.bench_function(format!("{ty:?}"), |b| {
+                b.iter(|| {
+                    for r in x.chunks_exact(cols) {
+                        encode_row_with(isa, enc, r, &mut out);
+                    }
+                })
+            });
+        }
+        g.finish();
+    }
+}
+
+criterion_group!(benches, bench, gguf_rows);
 criterion_main!(benches);

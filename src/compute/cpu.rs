@@ -86,7 +86,7 @@ impl Backend for CpuBackend {
         let isa = self.isa;
         // A packed once per tile for the kernel's register blocks (r x cols floats: small
         // beside the tile's rows x cols x r FMAs).
-        let nb = isa.block();
+        let nb = super::simd::block(isa);
         let col_block = match &tile.lora {
             Some(l) => (A_BLOCK_BYTES / (4 * l.r.max(1)) / nb).clamp(1, COL_BLOCK / nb) * nb,
             None => COL_BLOCK,

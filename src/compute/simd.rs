@@ -142,62 +142,14 @@ row_for!(row_avx512, "avx512f,avx512bw,avx512vl,avx2,fma", 128);
 // 8 vectors of 8 (16 ymm registers in all: 8 accumulators, the rest for A).
 row_for!(row_avx2, "avx2,fma", 64);
 
-/// An instruction set the kernels are compiled for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Isa {
-    /// No target features beyond the baseline.
-    Portable,
-    /// AVX2 + FMA.
-    Avx2,
-    /// AVX-512 (F, BW, VL) + FMA.
-    Avx512,
-}
+pub use crate::sys::Isa;
 
-impl Isa {
-    /// The best instruction set this CPU has.
-    pub fn detect() -> Isa {
-        #[cfg(target_arch = "x86_64")]
-        {
-            let avx2 = std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
-            let avx512 = avx2
-                && std::is_x86_feature_detected!("avx512f")
-                && std::is_x86_feature_detected!("avx512bw")
-                && std::is_x86_feature_detected!("avx512vl");
-            if avx512 {
-                return Isa::Avx512;
-            }
-            if avx2 {
-                return Isa::Avx2;
-            }
-        }
-        Isa::Portable
-    }
-
-    /// Every instruction set this CPU can run, best first.
-    pub fn available() -> Vec<Isa> {
-        match Isa::detect() {
-            Isa::Avx512 => vec![Isa::Avx512, Isa::Avx2, Isa::Portable],
-            Isa::Avx2 => vec![Isa::Avx2, Isa::Portable],
-            Isa::Portable => vec![Isa::Portable],
-        }
-    }
-
-    /// Columns per register block of the row kernel compiled for this instruction set.
-    pub fn block(self) -> usize {
-        match self {
-            Isa::Portable => 16,
-            Isa::Avx2 => 64,
-            Isa::Avx512 => 128,
-        }
-    }
-
-    /// A short name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Isa::Portable => "portable",
-            Isa::Avx2 => "avx2+fma",
-            Isa::Avx512 => "avx512",
-        }
+/// Columns per register block of the row kernel compiled for `isa`.
+pub fn block(isa: Isa) -> usize {
+    match isa {
+        Isa::Portable => 16,
+        Isa::Avx2 => 64,
+        Isa::Avx512 => 128,
     }
 }
 
@@ -208,7 +160,7 @@ fn has_avx2_fma() -> bool {
 /// Runs the row kernel compiled for `isa` (which must be one of [`Isa::available`]) on one row
 /// segment of `w.len()` columns; `a` starts at the segment's first column of `A`'s row 0 and
 /// `a_stride` is `A`'s row length; `panel` holds the segment's whole blocks of
-/// [`Isa::block`] columns of A packed by [`pack_panel`] (starting at the segment's first block).
+/// [`block`] columns of A packed by [`pack_panel`] (starting at the segment's first block).
 #[allow(clippy::too_many_arguments)] // as `row_body`: the kernel's operands
 pub fn row(
     w: &mut [f32],

@@ -7,6 +7,7 @@
 //! docs/formats.md §4.4.
 
 use super::ggml::f16_bits_ggml;
+use super::kquant_lanes::{self as lanes, Portable, Search};
 
 /// Values per k-quant super-block.
 pub const QK_K: usize = 256;
@@ -27,7 +28,8 @@ const GROUP_MAX_EPS: f32 = 1e-15;
 
 /// `nearest_int`: round to nearest, ties to even, by adding 1.5 · 2^23 and reading the low
 /// mantissa bits (valid for |x| ≤ 4194303).
-fn nearest_int(f: f32) -> i32 {
+#[inline(always)]
+pub(crate) fn nearest_int(f: f32) -> i32 {
     let val = f + 12_582_912.0;
     (val.to_bits() as i32 & 0x007f_ffff) - 0x0040_0000
 }
@@ -51,95 +53,6 @@ fn f16_to_f32(h: u16) -> f32 {
     half::f16::from_bits(h).to_f32()
 }
 
-/// `make_qkx2_quants`: a scale and a min for one sub-block of `x` (with weights), searching
-/// `nstep + 1` candidate scales; `min` is updated inside the search and later steps use the new
-/// value, as in C. Returns the scale and `-min`; the codes land in `l`.
-#[allow(clippy::too_many_arguments)] // the C function's signature, kept for a line-by-line port
-fn make_qkx2_quants(
-    x: &[f32],
-    weights: &[f32],
-    nmax: i32,
-    l: &mut [u8],
-    laux: &mut [u8],
-    rmin: f32,
-    rdelta: f32,
-    nstep: i32,
-    use_mad: bool,
-) -> (f32, f32) {
-    let n = x.len();
-    let mut min = x[0];
-    let mut max = x[0];
-    let mut sum_w = weights[0];
-    let mut sum_x = sum_w * x[0];
-    for i in 1..n {
-        if x[i] < min {
-            min = x[i];
-        }
-        if x[i] > max {
-            max = x[i];
-        }
-        let w = weights[i];
-        sum_w += w;
-        sum_x += w * x[i];
-    }
-    if min > 0.0 {
-        min = 0.0;
-    }
-    if max == min {
-        l[..n].fill(0);
-        return (0.0, -min);
-    }
-    let nmaxf = nmax as f32;
-    let mut iscale = nmaxf / (max - min);
-    let mut scale = 1.0 / iscale;
-    let mut best_error = 0.0f32;
-    for i in 0..n {
-        let q = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
-        l[i] = q as u8;
-        let diff = scale * (q as f32) + min - x[i];
-        let diff = if use_mad { diff.abs() } else { diff * diff };
-        best_error += weights[i] * diff;
-    }
-    if nstep < 1 {
-        return (scale, -min);
-    }
-    for is in 0..=nstep {
-        iscale = (rmin + rdelta * is as f32 + nmaxf) / (max - min);
-        let (mut sum_l, mut sum_l2, mut sum_xl) = (0.0f32, 0.0f32, 0.0f32);
-        for i in 0..n {
-            let q = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
-            laux[i] = q as u8;
-            let w = weights[i];
-            let lf = q as f32;
-            sum_l += w * lf;
-            sum_l2 += w * lf * lf;
-            sum_xl += w * lf * x[i];
-        }
-        let d = sum_w * sum_l2 - sum_l * sum_l;
-        if d > 0.0 {
-            let mut this_scale = (sum_w * sum_xl - sum_x * sum_l) / d;
-            let mut this_min = (sum_l2 * sum_x - sum_l * sum_xl) / d;
-            if this_min > 0.0 {
-                this_min = 0.0;
-                this_scale = sum_xl / sum_l2;
-            }
-            let mut cur_error = 0.0f32;
-            for i in 0..n {
-                let diff = this_scale * laux[i] as f32 + this_min - x[i];
-                let diff = if use_mad { diff.abs() } else { diff * diff };
-                cur_error += weights[i] * diff;
-            }
-            if cur_error < best_error {
-                l[..n].copy_from_slice(&laux[..n]);
-                best_error = cur_error;
-                scale = this_scale;
-                min = this_min;
-            }
-        }
-    }
-    (scale, -min)
-}
-
 /// `get_scale_min_k4`: sub-block `j`'s 6-bit scale and min from the packed 12 bytes.
 fn get_scale_min_k4(j: usize, q: &[u8; 12]) -> (u8, u8) {
     if j < 4 {
@@ -156,14 +69,11 @@ fn get_scale_min_k4(j: usize, q: &[u8; 12]) -> (u8, u8) {
 /// a scale and a min from `make_qkx2_quants` (codes up to `nmax`, the search starting at `rmin`
 /// for `nstep + 1` steps), quantized to 6 bits and packed into 12 bytes, and the codes
 /// recomputed from the packed values. Returns f16 `d`, f16 `dmin`, the packed scales, the codes.
-fn scale_min_codes(x: &[f32; QK_K], nmax: i32, rmin: f32, nstep: i32) -> (u16, u16, [u8; 12], [u8; QK_K]) {
-    let mut l = [0u8; QK_K];
-    let mut laux = [0u8; 32];
-    let mut weights = [0f32; 32];
-    let mut mins = [0f32; QK_K / 32];
-    let mut scales = [0f32; QK_K / 32];
-    let mut max_scale = 0.0f32;
-    let mut max_min = 0.0f32;
+#[inline(always)]
+fn scale_min_codes<S: Search>(x: &[f32; QK_K], nmax: i32, rmin: f32, nstep: i32) -> (u16, u16, [u8; 12], [u8; QK_K]) {
+    // The eight sub-blocks' searches run side by side (kquant_lanes.rs), lane j = sub-block j.
+    let xt: [[f32; 8]; 32] = lanes::transpose(x);
+    let mut wt = [[0f32; 8]; 32];
     for j in 0..QK_K / 32 {
         let xs = &x[32 * j..32 * j + 32];
         let mut sum_x2 = 0.0f32;
@@ -171,18 +81,25 @@ fn scale_min_codes(x: &[f32; QK_K], nmax: i32, rmin: f32, nstep: i32) -> (u16, u
             sum_x2 += v * v;
         }
         let av_x = (sum_x2 / 32.0).sqrt();
-        for (w, v) in weights.iter_mut().zip(xs) {
-            *w = av_x + v.abs();
+        for (i, v) in xs.iter().enumerate() {
+            wt[i][j] = av_x + v.abs();
         }
-        let (scale, min) =
-            make_qkx2_quants(xs, &weights, nmax, &mut l[32 * j..32 * j + 32], &mut laux, rmin, 0.1, nstep, false);
-        scales[j] = scale;
-        mins[j] = min;
-        if scale > max_scale {
-            max_scale = scale;
+    }
+    let mut lt = [[0u8; 8]; 32];
+    let (scales, mins) = S::qkx2_8(&xt, &wt, nmax, rmin, 0.1, nstep, false, &mut lt);
+    let mut l = [0u8; QK_K];
+    for (i, row) in lt.iter().enumerate() {
+        for (j, q) in row.iter().enumerate() {
+            l[32 * j + i] = *q;
         }
-        if min > max_min {
-            max_min = min;
+    }
+    let (mut max_scale, mut max_min) = (0.0f32, 0.0f32);
+    for j in 0..QK_K / 32 {
+        if scales[j] > max_scale {
+            max_scale = scales[j];
+        }
+        if mins[j] > max_min {
+            max_min = mins[j];
         }
     }
     let inv_scale = if max_scale > 0.0 { 63.0 / max_scale } else { 0.0 };
@@ -219,8 +136,15 @@ fn scale_min_codes(x: &[f32; QK_K], nmax: i32, rmin: f32, nstep: i32) -> (u16, u
 }
 
 /// One Q4_K block of 256 values (`quantize_row_q4_K_ref`).
+#[inline(always)]
 pub fn q4_k_block(x: &[f32; QK_K], out: &mut [u8; Q4_K_BYTES]) {
-    let (d, dmin, sc, l) = scale_min_codes(x, 15, -1.0, 20);
+    q4_k_block_with::<Portable>(x, out)
+}
+
+/// [`q4_k_block`] with the searches of `S`.
+#[inline(always)]
+pub(crate) fn q4_k_block_with<S: Search>(x: &[f32; QK_K], out: &mut [u8; Q4_K_BYTES]) {
+    let (d, dmin, sc, l) = scale_min_codes::<S>(x, 15, -1.0, 20);
     out[0..2].copy_from_slice(&d.to_le_bytes());
     out[2..4].copy_from_slice(&dmin.to_le_bytes());
     out[4..16].copy_from_slice(&sc);
@@ -234,8 +158,15 @@ pub fn q4_k_block(x: &[f32; QK_K], out: &mut [u8; Q4_K_BYTES]) {
 
 /// One Q5_K block of 256 values (`quantize_row_q5_K_ref`): Q4_K's scheme with 5-bit codes,
 /// their fifth bits gathered into 32 bytes of `qh` (two bits per 64 values).
+#[inline(always)]
 pub fn q5_k_block(x: &[f32; QK_K], out: &mut [u8; Q5_K_BYTES]) {
-    let (d, dmin, sc, l) = scale_min_codes(x, 31, -0.5, 15);
+    q5_k_block_with::<Portable>(x, out)
+}
+
+/// [`q5_k_block`] with the searches of `S`.
+#[inline(always)]
+pub(crate) fn q5_k_block_with<S: Search>(x: &[f32; QK_K], out: &mut [u8; Q5_K_BYTES]) {
+    let (d, dmin, sc, l) = scale_min_codes::<S>(x, 31, -0.5, 15);
     out[0..2].copy_from_slice(&d.to_le_bytes());
     out[2..4].copy_from_slice(&dmin.to_le_bytes());
     out[4..16].copy_from_slice(&sc);
@@ -274,29 +205,44 @@ fn pack_2bit(l: &[u8; QK_K], qs: &mut [u8]) {
 /// One Q2_K block of 256 values (`quantize_row_q2_K_ref`): per 16-value sub-block a scale and
 /// a min by `make_qkx2_quants` (codes 0–3, weights `|x|`, absolute error), both quantized to 4
 /// bits into one byte. 84 bytes: 16 scale bytes, 64 of codes, f16 d, f16 dmin.
+#[inline(always)]
 pub fn q2_k_block(x: &[f32; QK_K], out: &mut [u8; Q2_K_BYTES]) {
+    q2_k_block_with::<Portable>(x, out)
+}
+
+/// [`q2_k_block`] with the searches of `S`.
+#[inline(always)]
+pub(crate) fn q2_k_block_with<S: Search>(x: &[f32; QK_K], out: &mut [u8; Q2_K_BYTES]) {
+    // The sixteen sub-blocks' searches side by side (kquant_lanes.rs), eight at a time,
+    // weights |x|.
     let mut l = [0u8; QK_K];
-    let mut laux = [0u8; 16];
-    let mut weights = [0f32; 16];
-    let mut mins = [0f32; QK_K / 16];
-    let mut scales = [0f32; QK_K / 16];
+    let (mut scales, mut mins) = ([0f32; 16], [0f32; 16]);
+    for h in 0..2 {
+        let xt: [[f32; 8]; 16] = lanes::transpose(&x[128 * h..]);
+        let mut wt = xt;
+        for row in wt.iter_mut() {
+            for v in row.iter_mut() {
+                *v = v.abs();
+            }
+        }
+        let mut lt = [[0u8; 8]; 16];
+        let (s, m) = S::qkx2_8(&xt, &wt, 3, -0.5, 0.1, 15, true, &mut lt);
+        scales[8 * h..8 * h + 8].copy_from_slice(&s);
+        mins[8 * h..8 * h + 8].copy_from_slice(&m);
+        for (i, row) in lt.iter().enumerate() {
+            for (j, q) in row.iter().enumerate() {
+                l[16 * (8 * h + j) + i] = *q;
+            }
+        }
+    }
     let q4scale = 15.0f32;
-    let mut max_scale = 0.0f32;
-    let mut max_min = 0.0f32;
+    let (mut max_scale, mut max_min) = (0.0f32, 0.0f32);
     for j in 0..QK_K / 16 {
-        let xs = &x[16 * j..16 * j + 16];
-        for (w, v) in weights.iter_mut().zip(xs) {
-            *w = v.abs();
+        if scales[j] > max_scale {
+            max_scale = scales[j];
         }
-        let (scale, min) =
-            make_qkx2_quants(xs, &weights, 3, &mut l[16 * j..16 * j + 16], &mut laux, -0.5, 0.1, 15, true);
-        scales[j] = scale;
-        mins[j] = min;
-        if scale > max_scale {
-            max_scale = scale;
-        }
-        if min > max_min {
-            max_min = min;
+        if mins[j] > max_min {
+            max_min = mins[j];
         }
     }
     let mut sc = [0u8; QK_K / 16];
@@ -395,6 +341,7 @@ fn make_q3_quants(x: &[f32], nmax: i32, l: &mut [i8]) -> f32 {
 /// by `make_q3_quants`, quantized to 6 bits (low nibbles in bytes 0–7, their top two bits in
 /// bytes 8–11); 3-bit codes, their high bits in `hmask`. 110 bytes: 32 of hmask, 64 of codes,
 /// 12 of scales, f16 d.
+#[inline(always)]
 pub fn q3_k_block(x: &[f32; QK_K], out: &mut [u8; Q3_K_BYTES]) {
     let mut l = [0i8; QK_K];
     let mut scales = [0f32; QK_K / 16];
@@ -458,64 +405,31 @@ pub fn q3_k_block(x: &[f32; QK_K], out: &mut [u8; Q3_K_BYTES]) {
     rest[76..78].copy_from_slice(&d.to_le_bytes());
 }
 
-/// `make_qx_quants` with `rmse_type` 1 and no importance weights: a signed scale for one
-/// sub-block, searched over 18 candidates around `-nmax / max`. The codes land in `l`
-/// (offset by `nmax`).
-fn make_qx_quants(x: &[f32], nmax: i32, l: &mut [i8]) -> f32 {
-    let n = x.len();
-    let (amax, max) = signed_amax(x);
-    if amax < GROUP_MAX_EPS {
-        l[..n].fill(0);
-        return 0.0;
-    }
-    let nmaxf = nmax as f32;
-    let mut iscale = -nmaxf / max;
-    let mut sumlx = 0.0f32;
-    let mut suml2 = 0.0f32;
-    for i in 0..n {
-        let q = nearest_int(iscale * x[i]).clamp(-nmax, nmax - 1);
-        l[i] = (q + nmax) as i8;
-        let w = x[i] * x[i];
-        let lf = q as f32;
-        sumlx += w * x[i] * lf;
-        suml2 += w * lf * lf;
-    }
-    let mut scale = if suml2 != 0.0 { sumlx / suml2 } else { 0.0 };
-    let mut best = scale * sumlx;
-    for is in -9i32..=9 {
-        if is == 0 {
-            continue;
-        }
-        iscale = -(nmaxf + 0.1 * is as f32) / max;
-        sumlx = 0.0;
-        suml2 = 0.0;
-        for &v in x {
-            let lf = nearest_int(iscale * v).clamp(-nmax, nmax - 1) as f32;
-            let w = v * v;
-            sumlx += w * v * lf;
-            suml2 += w * lf * lf;
-        }
-        if suml2 > 0.0 && sumlx * sumlx > best * suml2 {
-            for i in 0..n {
-                let q = nearest_int(iscale * x[i]).clamp(-nmax, nmax - 1);
-                l[i] = (nmax + q) as i8;
-            }
-            scale = sumlx / suml2;
-            best = scale * sumlx;
-        }
-    }
-    scale
+/// One Q6_K block of 256 values (`quantize_row_q6_K_ref`).
+#[inline(always)]
+pub fn q6_k_block(x: &[f32; QK_K], out: &mut [u8; Q6_K_BYTES]) {
+    q6_k_block_with::<Portable>(x, out)
 }
 
-/// One Q6_K block of 256 values (`quantize_row_q6_K_ref`).
-pub fn q6_k_block(x: &[f32; QK_K], out: &mut [u8; Q6_K_BYTES]) {
+/// [`q6_k_block`] with the searches of `S`.
+#[inline(always)]
+pub(crate) fn q6_k_block_with<S: Search>(x: &[f32; QK_K], out: &mut [u8; Q6_K_BYTES]) {
+    // The sixteen sub-blocks' searches side by side (kquant_lanes.rs), eight at a time.
     let mut l = [0i8; QK_K];
-    let mut scales = [0f32; QK_K / 16];
+    let mut scales = [0f32; 16];
+    for h in 0..2 {
+        let xt: [[f32; 8]; 16] = lanes::transpose(&x[128 * h..]);
+        let mut lt = [[0i8; 8]; 16];
+        scales[8 * h..8 * h + 8].copy_from_slice(&S::qx_8(&xt, 32, &mut lt));
+        for (i, row) in lt.iter().enumerate() {
+            for (j, q) in row.iter().enumerate() {
+                l[16 * (8 * h + j) + i] = *q;
+            }
+        }
+    }
     let mut max_scale = 0.0f32;
     let mut max_abs_scale = 0.0f32;
-    for ib in 0..QK_K / 16 {
-        let scale = make_qx_quants(&x[16 * ib..16 * ib + 16], 32, &mut l[16 * ib..16 * ib + 16]);
-        scales[ib] = scale;
+    for &scale in &scales {
         let abs_scale = scale.abs();
         if abs_scale > max_abs_scale {
             max_abs_scale = abs_scale;
@@ -564,6 +478,148 @@ pub fn q6_k_block(x: &[f32; QK_K], out: &mut [u8; Q6_K_BYTES]) {
 mod tests {
     use super::*;
     use std::path::Path;
+
+    // The scalar ports of ggml's searches, line by line: the specification the lane-parallel
+    // versions (kquant_lanes.rs) are checked against.
+
+    /// `make_qkx2_quants`: a scale and a min for one sub-block of `x` (with weights), searching
+    /// `nstep + 1` candidate scales; `min` is updated inside the search and later steps use the new
+    /// value, as in C. Returns the scale and `-min`; the codes land in `l`.
+    #[allow(clippy::too_many_arguments)] // the C function's signature, kept for a line-by-line port
+    pub(super) fn make_qkx2_quants(
+        x: &[f32],
+        weights: &[f32],
+        nmax: i32,
+        l: &mut [u8],
+        laux: &mut [u8],
+        rmin: f32,
+        rdelta: f32,
+        nstep: i32,
+        use_mad: bool,
+    ) -> (f32, f32) {
+        let n = x.len();
+        let mut min = x[0];
+        let mut max = x[0];
+        let mut sum_w = weights[0];
+        let mut sum_x = sum_w * x[0];
+        for i in 1..n {
+            if x[i] < min {
+                min = x[i];
+            }
+            if x[i] > max {
+                max = x[i];
+            }
+            let w = weights[i];
+            sum_w += w;
+            sum_x += w * x[i];
+        }
+        if min > 0.0 {
+            min = 0.0;
+        }
+        if max == min {
+            l[..n].fill(0);
+            return (0.0, -min);
+        }
+        let nmaxf = nmax as f32;
+        let mut iscale = nmaxf / (max - min);
+        let mut scale = 1.0 / iscale;
+        let mut best_error = 0.0f32;
+        for i in 0..n {
+            let q = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
+            l[i] = q as u8;
+            let diff = scale * (q as f32) + min - x[i];
+            let diff = if use_mad { diff.abs() } else { diff * diff };
+            best_error += weights[i] * diff;
+        }
+        if nstep < 1 {
+            return (scale, -min);
+        }
+        for is in 0..=nstep {
+            iscale = (rmin + rdelta * is as f32 + nmaxf) / (max - min);
+            let (mut sum_l, mut sum_l2, mut sum_xl) = (0.0f32, 0.0f32, 0.0f32);
+            for i in 0..n {
+                let q = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
+                laux[i] = q as u8;
+                let w = weights[i];
+                let lf = q as f32;
+                sum_l += w * lf;
+                sum_l2 += w * lf * lf;
+                sum_xl += w * lf * x[i];
+            }
+            let d = sum_w * sum_l2 - sum_l * sum_l;
+            if d > 0.0 {
+                let mut this_scale = (sum_w * sum_xl - sum_x * sum_l) / d;
+                let mut this_min = (sum_l2 * sum_x - sum_l * sum_xl) / d;
+                if this_min > 0.0 {
+                    this_min = 0.0;
+                    this_scale = sum_xl / sum_l2;
+                }
+                let mut cur_error = 0.0f32;
+                for i in 0..n {
+                    let diff = this_scale * laux[i] as f32 + this_min - x[i];
+                    let diff = if use_mad { diff.abs() } else { diff * diff };
+                    cur_error += weights[i] * diff;
+                }
+                if cur_error < best_error {
+                    l[..n].copy_from_slice(&laux[..n]);
+                    best_error = cur_error;
+                    scale = this_scale;
+                    min = this_min;
+                }
+            }
+        }
+        (scale, -min)
+    }
+
+    /// `make_qx_quants` with `rmse_type` 1 and no importance weights: a signed scale for one
+    /// sub-block, searched over 18 candidates around `-nmax / max`. The codes land in `l`
+    /// (offset by `nmax`).
+    pub(super) fn make_qx_quants(x: &[f32], nmax: i32, l: &mut [i8]) -> f32 {
+        let n = x.len();
+        let (amax, max) = signed_amax(x);
+        if amax < GROUP_MAX_EPS {
+            l[..n].fill(0);
+            return 0.0;
+        }
+        let nmaxf = nmax as f32;
+        let mut iscale = -nmaxf / max;
+        let mut sumlx = 0.0f32;
+        let mut suml2 = 0.0f32;
+        for i in 0..n {
+            let q = nearest_int(iscale * x[i]).clamp(-nmax, nmax - 1);
+            l[i] = (q + nmax) as i8;
+            let w = x[i] * x[i];
+            let lf = q as f32;
+            sumlx += w * x[i] * lf;
+            suml2 += w * lf * lf;
+        }
+        let mut scale = if suml2 != 0.0 { sumlx / suml2 } else { 0.0 };
+        let mut best = scale * sumlx;
+        for is in -9i32..=9 {
+            if is == 0 {
+                continue;
+            }
+            iscale = -(nmaxf + 0.1 * is as f32) / max;
+            sumlx = 0.0;
+            suml2 = 0.0;
+            for &v in x {
+                let lf = nearest_int(iscale * v).clamp(-nmax, nmax - 1) as f32;
+                let w = v * v;
+                sumlx += w * v * lf;
+                suml2 += w * lf * lf;
+            }
+            if suml2 > 0.0 && sumlx * sumlx > best * suml2 {
+                for i in 0..n {
+                    let q = nearest_int(iscale * x[i]).clamp(-nmax, nmax - 1);
+                    l[i] = (nmax + q) as i8;
+                }
+                scale = sumlx / suml2;
+                best = scale * sumlx;
+            }
+        }
+        scale
+    }
+
 
     fn fixture(name: &str) -> Vec<u8> {
         let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gguf").join(name);
@@ -644,5 +700,105 @@ mod tests {
         let mut q6 = [0xffu8; Q6_K_BYTES];
         q6_k_block(&[0.0; QK_K], &mut q6);
         assert!(q6.iter().all(|&b| b == 0));
+    }
+}
+
+#[cfg(test)]
+mod lane_props {
+    use super::tests::{make_qkx2_quants, make_qx_quants};
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Values the real tensors and the edge cases hold: ordinary weights at every scale, exact
+    /// zeros of both signs, f16 and f32 subnormals, huge values, and now and then a NaN or inf.
+    fn value() -> impl Strategy<Value = f32> {
+        prop_oneof![
+            6 => (-1.0f32..1.0, -40i32..6).prop_map(|(m, e)| m * 10f32.powi(e)),
+            1 => Just(0.0f32),
+            1 => Just(-0.0f32),
+            1 => (1u32..0x0080_0000).prop_map(f32::from_bits),
+            1 => (-1.0f32..1.0).prop_map(|m| m * 6e-5),
+            1 => (-1.0f32..1.0).prop_map(|m| m * 3e38),
+            1 => prop_oneof![Just(f32::NAN), Just(f32::INFINITY), Just(-f32::INFINITY)],
+        ]
+    }
+
+    /// A block: random values, or one value everywhere (flat sub-blocks), or zeros.
+    fn block() -> impl Strategy<Value = Vec<f32>> {
+        prop_oneof![
+            8 => proptest::collection::vec(value(), QK_K),
+            1 => value().prop_map(|v| vec![v; QK_K]),
+            1 => Just(vec![0.0f32; QK_K]),
+        ]
+    }
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+
+        /// Q4_K/Q5_K's search (8 sub-blocks of 32, weights av_x + |x|) and Q2_K's (16 of 16,
+        /// weights |x|, absolute error): every lane equals the scalar port, bit for bit.
+        #[test]
+        fn qkx2_lanes_equal_the_scalar_port(x in block()) {
+            let xt: [[f32; 8]; 32] = lanes::transpose(&x);
+            let mut wt = [[0f32; 8]; 32];
+            let mut want = Vec::new();
+            for j in 0..8 {
+                let xs = &x[32 * j..32 * j + 32];
+                let mut sum_x2 = 0.0f32;
+                for v in xs {
+                    sum_x2 += v * v;
+                }
+                let av_x = (sum_x2 / 32.0).sqrt();
+                let w: Vec<f32> = xs.iter().map(|v| av_x + v.abs()).collect();
+                for i in 0..32 {
+                    wt[i][j] = w[i];
+                }
+                for (nmax, rmin, nstep) in [(15, -1.0, 20), (31, -0.5, 15)] {
+                    let (mut l, mut laux) = ([0u8; 32], [0u8; 32]);
+                    let (s, m) = make_qkx2_quants(xs, &w, nmax, &mut l, &mut laux, rmin, 0.1, nstep, false);
+                    want.push((nmax, j, s.to_bits(), m.to_bits(), l.to_vec()));
+                }
+            }
+            for (nmax, rmin, nstep) in [(15, -1.0, 20), (31, -0.5, 15)] {
+                let mut lt = [[0u8; 8]; 32];
+                let (s, m) = lanes::qkx2(&xt, &wt, nmax, rmin, 0.1, nstep, false, &mut lt);
+                for j in 0..8 {
+                    let l: Vec<u8> = (0..32).map(|i| lt[i][j]).collect();
+                    let w = want.iter().find(|w| w.0 == nmax && w.1 == j).unwrap();
+                    prop_assert_eq!((s[j].to_bits(), m[j].to_bits(), &l), (w.2, w.3, &w.4), "nmax {} sub-block {}: {:?}", nmax, j, bits(&x[32 * j..32 * j + 32]));
+                }
+            }
+            let xt: [[f32; 16]; 16] = lanes::transpose(&x);
+            let mut wt = xt;
+            wt.iter_mut().flatten().for_each(|v| *v = v.abs());
+            let mut lt = [[0u8; 16]; 16];
+            let (s, m) = lanes::qkx2(&xt, &wt, 3, -0.5, 0.1, 15, true, &mut lt);
+            for j in 0..16 {
+                let xs = &x[16 * j..16 * j + 16];
+                let w: Vec<f32> = xs.iter().map(|v| v.abs()).collect();
+                let (mut l, mut laux) = ([0u8; 16], [0u8; 16]);
+                let (ws, wm) = make_qkx2_quants(xs, &w, 3, &mut l, &mut laux, -0.5, 0.1, 15, true);
+                let got: Vec<u8> = (0..16).map(|i| lt[i][j]).collect();
+                prop_assert_eq!((s[j].to_bits(), m[j].to_bits(), got), (ws.to_bits(), wm.to_bits(), l.to_vec()), "Q2_K sub-block {}", j);
+            }
+        }
+
+        /// Q6_K's search (16 sub-blocks of 16): every lane equals the scalar port.
+        #[test]
+        fn qx_lanes_equal_the_scalar_port(x in block()) {
+            let xt: [[f32; 16]; 16] = lanes::transpose(&x);
+            let mut lt = [[0i8; 16]; 16];
+            let s = lanes::qx(&xt, 32, &mut lt);
+            for j in 0..16 {
+                let mut l = [0i8; 16];
+                let want = make_qx_quants(&x[16 * j..16 * j + 16], 32, &mut l);
+                let got: Vec<i8> = (0..16).map(|i| lt[i][j]).collect();
+                prop_assert_eq!((s[j].to_bits(), got), (want.to_bits(), l.to_vec()), "sub-block {}: {:?}", j, bits(&x[16 * j..16 * j + 16]));
+            }
+        }
     }
 }

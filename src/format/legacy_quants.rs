@@ -44,6 +44,7 @@ fn trunc_u8(v: f32) -> u8 {
 
 /// Q4_0: f16 `d = max / -8`, codes `min(15, (int8)(x·id + 8.5))`, first half of the block in the
 /// low nibbles, second half in the high ones. 18 bytes.
+#[inline(always)]
 pub fn q4_0_block(x: &[f32; QK], out: &mut [u8; 18]) {
     let d = signed_max(x) / -8.0;
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
@@ -59,6 +60,7 @@ pub fn q4_0_block(x: &[f32; QK], out: &mut [u8; 18]) {
 
 /// Q4_1: f16 `d = (max − min) / 15` and f16 `m = min`, codes `min(15, (int8)((x − min)·id + 0.5))`.
 /// 20 bytes.
+#[inline(always)]
 pub fn q4_1_block(x: &[f32; QK], out: &mut [u8; 20]) {
     let (min, max) = min_max(x);
     let d = (max - min) / 15.0;
@@ -76,6 +78,7 @@ pub fn q4_1_block(x: &[f32; QK], out: &mut [u8; 20]) {
 
 /// Q5_0: f16 `d = max / -16`, 5-bit codes `min(31, (int8)(x·id + 16.5))`; the fifth bits in a
 /// little-endian u32 `qh` (bit `j` for value `j`, bit `j + 16` for value `j + 16`). 22 bytes.
+#[inline(always)]
 pub fn q5_0_block(x: &[f32; QK], out: &mut [u8; 22]) {
     let d = signed_max(x) / -16.0;
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
@@ -95,6 +98,7 @@ pub fn q5_0_block(x: &[f32; QK], out: &mut [u8; 22]) {
 
 /// Q5_1: f16 `d = (max − min) / 31`, f16 `m = min`, 5-bit codes `(uint8)((x − min)·id + 0.5)`,
 /// fifth bits as in Q5_0. 24 bytes.
+#[inline(always)]
 pub fn q5_1_block(x: &[f32; QK], out: &mut [u8; 24]) {
     let (min, max) = min_max(x);
     let d = (max - min) / 31.0;
@@ -116,6 +120,7 @@ pub fn q5_1_block(x: &[f32; QK], out: &mut [u8; 24]) {
 
 /// Q8_0 as the C code does it: `d = max|x| / 127`, codes `roundf(x·id)` (halves away from
 /// zero). 34 bytes.
+#[inline(always)]
 pub fn q8_0_c_block(x: &[f32; QK], out: &mut [u8; 34]) {
     let mut amax = 0.0f32;
     for &v in x {

@@ -9,6 +9,9 @@ pub mod ggml;
 pub mod ggml_rows;
 pub mod gguf;
 pub mod gguf_rules;
+#[cfg(target_arch = "x86_64")]
+mod kquant_avx2;
+pub mod kquant_lanes;
 pub mod kquants;
 pub mod legacy_quants;
 pub mod nibbles;
