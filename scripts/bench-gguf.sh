@@ -59,6 +59,9 @@ step "loraweld --save-method gguf" "$d/lw.log" \
 # Unsloth's route: merged 16-bit checkpoint, converter to bf16, llama-quantize.
 step "  route 1/3: loraweld merged_16bit" "$d/m16.log" \
   "$LW" save "$d/lora" "$d/bench" --base "$d/base_nf4" --maximum-memory-usage "$BUDGET"
+# The reference the GGUF is byte-identical with has no model card (the converter would copy its
+# front matter into general.base_model.* / general.tags).
+rm -f "$d/bench/README.md"
 step "  route 2/3: convert_hf_to_gguf.py --outtype bf16" "$d/conv.log" \
   "$LLAMACPP_PY" "$LLAMACPP_CONVERT" "$d/bench" --outtype bf16 --model-name bench --outfile "$d/bench.BF16.gguf"
 step "  route 3/3: llama-quantize $UP" "$d/quant.log" \

@@ -17,8 +17,13 @@ use super::ggml::{bf16_bits, f16_bits, q8_0_block, Q8_0_BYTES};
 use super::gguf::GgmlType;
 #[cfg(target_arch = "x86_64")]
 use super::kquant_avx2::Avx2;
+#[cfg(target_arch = "x86_64")]
+use super::kquant_avx512::Avx512;
 use super::kquant_lanes::{Portable, Search};
-use super::kquants::{q2_k_block_with, q3_k_block, q4_k_block_with, q5_k_block_with, q6_k_block_with, QK_K};
+use super::kquants::{
+    q2_k_block_with, q3_k_block, q4_k_block_with, q4_k_pair_with, q5_k_block_with, q5_k_pair_with, q6_k_block_with,
+    QK_K,
+};
 use super::legacy_quants::{q4_0_block, q4_1_block, q5_0_block, q5_1_block, q8_0_c_block, QK};
 
 /// Who writes a tensor's bytes in llama.cpp's route.
@@ -78,7 +83,29 @@ unsafe fn row_avx2(enc: Encoding, x: &[f32], out: &mut [u8]) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 unsafe fn row_avx512(enc: Encoding, x: &[f32], out: &mut [u8]) {
-    row_body::<Avx2>(enc, x, out)
+    row_body::<Avx512>(enc, x, out)
+}
+
+/// Super-blocks two at a time (their searches side by side), the last one alone when odd.
+#[inline(always)]
+fn pairs<const B: usize>(
+    x: &[f32],
+    out: &mut [u8],
+    one: impl Fn(&[f32; QK_K], &mut [u8; B]),
+    two: impl Fn([&[f32; QK_K]; 2], [&mut [u8; B]; 2]),
+) {
+    let mut xs = x.chunks_exact(2 * QK_K);
+    let mut os = out.chunks_exact_mut(2 * B);
+    for (x2, o2) in (&mut xs).zip(&mut os) {
+        let (xa, xb) = x2.split_at(QK_K);
+        let (oa, ob) = o2.split_at_mut(B);
+        let xa: &[f32; QK_K] = xa.try_into().expect("chunks of 2 QK_K values");
+        let xb: &[f32; QK_K] = xb.try_into().expect("chunks of 2 QK_K values");
+        let oa: &mut [u8; B] = oa.try_into().expect("chunks of 2 B bytes");
+        let ob: &mut [u8; B] = ob.try_into().expect("chunks of 2 B bytes");
+        two([xa, xb], [oa, ob]);
+    }
+    blocks::<QK_K, B>(xs.remainder(), os.into_remainder(), one);
 }
 
 /// Encodes one row with the given instruction set (which this CPU must run: see
@@ -129,6 +156,8 @@ fn row_body<S: Search>(enc: Encoding, x: &[f32], out: &mut [u8]) {
         (T::Q5_1, _) => blocks::<QK, 24>(x, out, q5_1_block),
         (T::Q2K, _) => blocks::<QK_K, 84>(x, out, q2_k_block_with::<S>),
         (T::Q3K, _) => blocks::<QK_K, 110>(x, out, q3_k_block),
+        (T::Q4K, _) if S::WIDE => pairs::<144>(x, out, q4_k_block_with::<S>, q4_k_pair_with::<S>),
+        (T::Q5K, _) if S::WIDE => pairs::<176>(x, out, q5_k_block_with::<S>, q5_k_pair_with::<S>),
         (T::Q4K, _) => blocks::<QK_K, 144>(x, out, q4_k_block_with::<S>),
         (T::Q5K, _) => blocks::<QK_K, 176>(x, out, q5_k_block_with::<S>),
         (T::Q6K, _) => blocks::<QK_K, 210>(x, out, q6_k_block_with::<S>),

@@ -249,6 +249,52 @@ pub(crate) trait Search {
     ) -> ([f32; 8], [f32; 8]);
     /// [`qx`] on eight lanes.
     fn qx_8<const M: usize>(xt: &[[f32; 8]; M], nmax: i32, l: &mut [[i8; 8]; M]) -> [f32; 8];
+
+    /// Whether sixteen lanes are one instruction wide (then Q4_K/Q5_K blocks go in pairs).
+    const WIDE: bool = false;
+
+    /// [`qkx2`] on sixteen lanes: two eight-lane calls unless the implementation has wider ones.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn qkx2_16<const M: usize>(
+        xt: &[[f32; 16]; M],
+        wt: &[[f32; 16]; M],
+        nmax: i32,
+        rmin: f32,
+        rdelta: f32,
+        nstep: i32,
+        use_mad: bool,
+        l: &mut [[u8; 16]; M],
+    ) -> ([f32; 16], [f32; 16]) {
+        let (mut scale, mut min) = ([0f32; 16], [0f32; 16]);
+        for h in 0..2 {
+            let x8: [[f32; 8]; M] = std::array::from_fn(|i| std::array::from_fn(|k| xt[i][8 * h + k]));
+            let w8: [[f32; 8]; M] = std::array::from_fn(|i| std::array::from_fn(|k| wt[i][8 * h + k]));
+            let mut l8 = [[0u8; 8]; M];
+            let (s, m) = Self::qkx2_8(&x8, &w8, nmax, rmin, rdelta, nstep, use_mad, &mut l8);
+            scale[8 * h..8 * h + 8].copy_from_slice(&s);
+            min[8 * h..8 * h + 8].copy_from_slice(&m);
+            for (row, r8) in l.iter_mut().zip(&l8) {
+                row[8 * h..8 * h + 8].copy_from_slice(r8);
+            }
+        }
+        (scale, min)
+    }
+
+    /// [`qx`] on sixteen lanes: two eight-lane calls unless the implementation has wider ones.
+    #[inline(always)]
+    fn qx_16<const M: usize>(xt: &[[f32; 16]; M], nmax: i32, l: &mut [[i8; 16]; M]) -> [f32; 16] {
+        let mut scale = [0f32; 16];
+        for h in 0..2 {
+            let x8: [[f32; 8]; M] = std::array::from_fn(|i| std::array::from_fn(|k| xt[i][8 * h + k]));
+            let mut l8 = [[0i8; 8]; M];
+            scale[8 * h..8 * h + 8].copy_from_slice(&Self::qx_8(&x8, nmax, &mut l8));
+            for (row, r8) in l.iter_mut().zip(&l8) {
+                row[8 * h..8 * h + 8].copy_from_slice(r8);
+            }
+        }
+        scale
+    }
 }
 
 /// The generic loops.

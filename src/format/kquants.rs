@@ -65,14 +65,9 @@ fn get_scale_min_k4(j: usize, q: &[u8; 12]) -> (u8, u8) {
     }
 }
 
-/// The part Q4_K and Q5_K share (`quantize_row_q4_K_ref` / `_q5_K_ref`): per 32-value sub-block
-/// a scale and a min from `make_qkx2_quants` (codes up to `nmax`, the search starting at `rmin`
-/// for `nstep + 1` steps), quantized to 6 bits and packed into 12 bytes, and the codes
-/// recomputed from the packed values. Returns f16 `d`, f16 `dmin`, the packed scales, the codes.
+/// Q4_K/Q5_K's weights for one block: per sub-block `sqrt(mean(x²)) + |x|`, transposed.
 #[inline(always)]
-fn scale_min_codes<S: Search>(x: &[f32; QK_K], nmax: i32, rmin: f32, nstep: i32) -> (u16, u16, [u8; 12], [u8; QK_K]) {
-    // The eight sub-blocks' searches run side by side (kquant_lanes.rs), lane j = sub-block j.
-    let xt: [[f32; 8]; 32] = lanes::transpose(x);
+fn weights8(x: &[f32]) -> [[f32; 8]; 32] {
     let mut wt = [[0f32; 8]; 32];
     for j in 0..QK_K / 32 {
         let xs = &x[32 * j..32 * j + 32];
@@ -85,6 +80,18 @@ fn scale_min_codes<S: Search>(x: &[f32; QK_K], nmax: i32, rmin: f32, nstep: i32)
             wt[i][j] = av_x + v.abs();
         }
     }
+    wt
+}
+
+/// One Q4_K/Q5_K block's searches: scales, mins and codes per sub-block.
+type Searched = ([f32; 8], [f32; 8], [u8; QK_K]);
+
+/// The eight sub-blocks' searches of one block side by side (kquant_lanes.rs), lane j =
+/// sub-block j.
+#[inline(always)]
+fn search8<S: Search>(x: &[f32; QK_K], nmax: i32, rmin: f32, nstep: i32) -> Searched {
+    let xt: [[f32; 8]; 32] = lanes::transpose(x);
+    let wt = weights8(x);
     let mut lt = [[0u8; 8]; 32];
     let (scales, mins) = S::qkx2_8(&xt, &wt, nmax, rmin, 0.1, nstep, false, &mut lt);
     let mut l = [0u8; QK_K];
@@ -93,6 +100,38 @@ fn scale_min_codes<S: Search>(x: &[f32; QK_K], nmax: i32, rmin: f32, nstep: i32)
             l[32 * j + i] = *q;
         }
     }
+    (scales, mins, l)
+}
+
+/// Two blocks' searches side by side: lanes 0-7 the first block's sub-blocks, 8-15 the
+/// second's (one AVX-512 instruction wide).
+#[inline(always)]
+fn search16<S: Search>(x0: &[f32; QK_K], x1: &[f32; QK_K], nmax: i32, rmin: f32, nstep: i32) -> [Searched; 2] {
+    let (t0, t1): ([[f32; 8]; 32], [[f32; 8]; 32]) = (lanes::transpose(x0), lanes::transpose(x1));
+    let (w0, w1) = (weights8(x0), weights8(x1));
+    let join = |a: &[[f32; 8]; 32], b: &[[f32; 8]; 32]| -> [[f32; 16]; 32] {
+        std::array::from_fn(|i| std::array::from_fn(|k| if k < 8 { a[i][k] } else { b[i][k - 8] }))
+    };
+    let mut lt = [[0u8; 16]; 32];
+    let (s, m) = S::qkx2_16(&join(&t0, &t1), &join(&w0, &w1), nmax, rmin, 0.1, nstep, false, &mut lt);
+    let part = |h: usize| -> Searched {
+        let mut l = [0u8; QK_K];
+        for (i, row) in lt.iter().enumerate() {
+            for j in 0..8 {
+                l[32 * j + i] = row[8 * h + j];
+            }
+        }
+        let pick = |v: &[f32; 16]| -> [f32; 8] { std::array::from_fn(|k| v[8 * h + k]) };
+        (pick(&s), pick(&m), l)
+    };
+    [part(0), part(1)]
+}
+
+/// The part Q4_K and Q5_K share (`quantize_row_q4_K_ref` / `_q5_K_ref`) after the searches:
+/// the sub-blocks' scales and mins quantized to 6 bits and packed into 12 bytes, and the codes
+/// recomputed from the packed values. Returns f16 `d`, f16 `dmin`, the packed scales, the codes.
+#[inline(always)]
+fn scale_min_codes(x: &[f32; QK_K], nmax: i32, (scales, mins, mut l): Searched) -> (u16, u16, [u8; 12], [u8; QK_K]) {
     let (mut max_scale, mut max_min) = (0.0f32, 0.0f32);
     for j in 0..QK_K / 32 {
         if scales[j] > max_scale {
@@ -144,7 +183,22 @@ pub fn q4_k_block(x: &[f32; QK_K], out: &mut [u8; Q4_K_BYTES]) {
 /// [`q4_k_block`] with the searches of `S`.
 #[inline(always)]
 pub(crate) fn q4_k_block_with<S: Search>(x: &[f32; QK_K], out: &mut [u8; Q4_K_BYTES]) {
-    let (d, dmin, sc, l) = scale_min_codes::<S>(x, 15, -1.0, 20);
+    let searched = search8::<S>(x, 15, -1.0, 20);
+    q4_k_pack(x, searched, out);
+}
+
+/// Two Q4_K blocks whose searches run side by side.
+#[inline(always)]
+pub(crate) fn q4_k_pair_with<S: Search>(x: [&[f32; QK_K]; 2], out: [&mut [u8; Q4_K_BYTES]; 2]) {
+    let [s0, s1] = search16::<S>(x[0], x[1], 15, -1.0, 20);
+    let [o0, o1] = out;
+    q4_k_pack(x[0], s0, o0);
+    q4_k_pack(x[1], s1, o1);
+}
+
+#[inline(always)]
+fn q4_k_pack(x: &[f32; QK_K], searched: Searched, out: &mut [u8; Q4_K_BYTES]) {
+    let (d, dmin, sc, l) = scale_min_codes(x, 15, searched);
     out[0..2].copy_from_slice(&d.to_le_bytes());
     out[2..4].copy_from_slice(&dmin.to_le_bytes());
     out[4..16].copy_from_slice(&sc);
@@ -166,7 +220,22 @@ pub fn q5_k_block(x: &[f32; QK_K], out: &mut [u8; Q5_K_BYTES]) {
 /// [`q5_k_block`] with the searches of `S`.
 #[inline(always)]
 pub(crate) fn q5_k_block_with<S: Search>(x: &[f32; QK_K], out: &mut [u8; Q5_K_BYTES]) {
-    let (d, dmin, sc, l) = scale_min_codes::<S>(x, 31, -0.5, 15);
+    let searched = search8::<S>(x, 31, -0.5, 15);
+    q5_k_pack(x, searched, out);
+}
+
+/// Two Q5_K blocks whose searches run side by side.
+#[inline(always)]
+pub(crate) fn q5_k_pair_with<S: Search>(x: [&[f32; QK_K]; 2], out: [&mut [u8; Q5_K_BYTES]; 2]) {
+    let [s0, s1] = search16::<S>(x[0], x[1], 31, -0.5, 15);
+    let [o0, o1] = out;
+    q5_k_pack(x[0], s0, o0);
+    q5_k_pack(x[1], s1, o1);
+}
+
+#[inline(always)]
+fn q5_k_pack(x: &[f32; QK_K], searched: Searched, out: &mut [u8; Q5_K_BYTES]) {
+    let (d, dmin, sc, l) = scale_min_codes(x, 31, searched);
     out[0..2].copy_from_slice(&d.to_le_bytes());
     out[2..4].copy_from_slice(&dmin.to_le_bytes());
     out[4..16].copy_from_slice(&sc);
@@ -215,24 +284,19 @@ pub fn q2_k_block(x: &[f32; QK_K], out: &mut [u8; Q2_K_BYTES]) {
 pub(crate) fn q2_k_block_with<S: Search>(x: &[f32; QK_K], out: &mut [u8; Q2_K_BYTES]) {
     // The sixteen sub-blocks' searches side by side (kquant_lanes.rs), eight at a time,
     // weights |x|.
-    let mut l = [0u8; QK_K];
-    let (mut scales, mut mins) = ([0f32; 16], [0f32; 16]);
-    for h in 0..2 {
-        let xt: [[f32; 8]; 16] = lanes::transpose(&x[128 * h..]);
-        let mut wt = xt;
-        for row in wt.iter_mut() {
-            for v in row.iter_mut() {
-                *v = v.abs();
-            }
+    let xt: [[f32; 16]; 16] = lanes::transpose(x);
+    let mut wt = xt;
+    for row in wt.iter_mut() {
+        for v in row.iter_mut() {
+            *v = v.abs();
         }
-        let mut lt = [[0u8; 8]; 16];
-        let (s, m) = S::qkx2_8(&xt, &wt, 3, -0.5, 0.1, 15, true, &mut lt);
-        scales[8 * h..8 * h + 8].copy_from_slice(&s);
-        mins[8 * h..8 * h + 8].copy_from_slice(&m);
-        for (i, row) in lt.iter().enumerate() {
-            for (j, q) in row.iter().enumerate() {
-                l[16 * (8 * h + j) + i] = *q;
-            }
+    }
+    let mut lt = [[0u8; 16]; 16];
+    let (scales, mins) = S::qkx2_16(&xt, &wt, 3, -0.5, 0.1, 15, true, &mut lt);
+    let mut l = [0u8; QK_K];
+    for (i, row) in lt.iter().enumerate() {
+        for (j, q) in row.iter().enumerate() {
+            l[16 * j + i] = *q;
         }
     }
     let q4scale = 15.0f32;
@@ -415,16 +479,13 @@ pub fn q6_k_block(x: &[f32; QK_K], out: &mut [u8; Q6_K_BYTES]) {
 #[inline(always)]
 pub(crate) fn q6_k_block_with<S: Search>(x: &[f32; QK_K], out: &mut [u8; Q6_K_BYTES]) {
     // The sixteen sub-blocks' searches side by side (kquant_lanes.rs), eight at a time.
+    let xt: [[f32; 16]; 16] = lanes::transpose(x);
+    let mut lt = [[0i8; 16]; 16];
+    let scales = S::qx_16(&xt, 32, &mut lt);
     let mut l = [0i8; QK_K];
-    let mut scales = [0f32; 16];
-    for h in 0..2 {
-        let xt: [[f32; 8]; 16] = lanes::transpose(&x[128 * h..]);
-        let mut lt = [[0i8; 8]; 16];
-        scales[8 * h..8 * h + 8].copy_from_slice(&S::qx_8(&xt, 32, &mut lt));
-        for (i, row) in lt.iter().enumerate() {
-            for (j, q) in row.iter().enumerate() {
-                l[16 * (8 * h + j) + i] = *q;
-            }
+    for (i, row) in lt.iter().enumerate() {
+        for (j, q) in row.iter().enumerate() {
+            l[16 * j + i] = *q;
         }
     }
     let mut max_scale = 0.0f32;

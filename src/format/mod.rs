@@ -11,6 +11,8 @@ pub mod gguf;
 pub mod gguf_rules;
 #[cfg(target_arch = "x86_64")]
 mod kquant_avx2;
+#[cfg(target_arch = "x86_64")]
+mod kquant_avx512;
 pub mod kquant_lanes;
 pub mod kquants;
 pub mod legacy_quants;

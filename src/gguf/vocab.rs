@@ -1265,78 +1265,82 @@ impl HfTokenizer {
 
 /// `_set_vocab_gpt2` (with `get_vocab_base`).
 fn set_vocab_gpt2(kvs: &mut Kvs, dir: &Path, hp: &Hparams, pre: Option<&str>) -> Result<()> {
-    let model_type = hp.get("model_type").and_then(Json::as_str);
-    let tk = HfTokenizer::load(dir, model_type)?;
-    let vocab: HashMap<String, u32> = tk.tok.get_vocab(true);
-    let vocab_size = match hp.get("vocab_size") {
-        Some(v) => vocab_size_of(dir, v)?,
-        None => vocab.len(),
-    };
-    let max_id = vocab.values().copied().max().unwrap_or(0);
-    if vocab.is_empty() || max_id as usize >= vocab_size {
-        return Err(unsupported(
-            dir,
-            format!(
-                "the tokenizer's largest id {max_id} is not below vocab_size {vocab_size} (the converter's assert)"
-            ),
-        ));
-    }
-
-    let ids = tk.encode(CHKTXT, true)?;
-    let hash = chkhsh(&ids);
-    let tokpre = match pre {
-        Some(p) => p.to_owned(),
-        None => pre_name(&hash).map(str::to_owned).ok_or_else(|| {
-            unsupported(
-                &dir.join("tokenizer.json"),
-                format!(
-                    "BPE pre-tokenizer was not recognized - update get_vocab_base_pre() (chkhsh: {hash}; llama.cpp's convert_hf_to_gguf.py does not know this tokenizer)"
-                ),
-            )
-        })?,
-    };
-
-    let added = tk.tok.get_added_tokens_decoder();
-    let added_contents: HashSet<&str> = added.values().map(|t| t.content.as_str()).collect();
-    let mut reverse: BTreeMap<u32, &str> = BTreeMap::new();
-    for (t, &id) in &vocab {
-        let slot = reverse.entry(id).or_insert(t.as_str());
-        // Two strings on one id (an added token over a model token): prefer the added one.
-        if added.get(&id).is_some_and(|a| a.content == *t) {
-            *slot = t.as_str();
-        }
-    }
-    let mut tokens = Vec::with_capacity(vocab_size);
-    let mut types = Vec::with_capacity(vocab_size);
-    for i in 0..vocab_size {
-        let Some(tok) = u32::try_from(i).ok().and_then(|i| reverse.get(&i)) else {
-            tokens.push(format!("[PAD{i}]"));
-            types.push(UNUSED);
-            continue;
+    // The tokenizer is dropped before tokenizer.json is read again as JSON below: the two
+    // at once were the peak of a Llama-3 export's memory.
+    let (tokpre, tokens, types) = {
+        let model_type = hp.get("model_type").and_then(Json::as_str);
+        let tk = HfTokenizer::load(dir, model_type)?;
+        let vocab: HashMap<String, u32> = tk.tok.get_vocab(true);
+        let vocab_size = match hp.get("vocab_size") {
+            Some(v) => vocab_size_of(dir, v)?,
+            None => vocab.len(),
         };
-        let mut token = (*tok).to_owned();
-        if added_contents.contains(token.as_str()) {
-            let a = u32::try_from(i).ok().and_then(|i| added.get(&i)).ok_or_else(|| {
-                unsupported(
-                    dir,
-                    format!("added token {token:?} is also at id {i}, which is not an added token"),
-                )
-            })?;
-            if !a.normalized {
-                token = tk.decode(&tk.encode(&token, false)?)?;
-            }
-            if a.special || looks_special(&token) {
-                types.push(CONTROL);
-            } else {
-                token = token.replace('\u{2581}', " ");
-                types.push(USER_DEFINED);
-            }
-        } else {
-            types.push(NORMAL);
+        let max_id = vocab.values().copied().max().unwrap_or(0);
+        if vocab.is_empty() || max_id as usize >= vocab_size {
+            return Err(unsupported(
+                dir,
+                format!(
+                    "the tokenizer's largest id {max_id} is not below vocab_size {vocab_size} (the converter's assert)"
+                ),
+            ));
         }
-        tokens.push(token);
-    }
 
+        let ids = tk.encode(CHKTXT, true)?;
+        let hash = chkhsh(&ids);
+        let tokpre = match pre {
+            Some(p) => p.to_owned(),
+            None => pre_name(&hash).map(str::to_owned).ok_or_else(|| {
+                unsupported(
+                    &dir.join("tokenizer.json"),
+                    format!(
+                        "BPE pre-tokenizer was not recognized - update get_vocab_base_pre() (chkhsh: {hash}; llama.cpp's convert_hf_to_gguf.py does not know this tokenizer)"
+                    ),
+                )
+            })?,
+        };
+
+        let added = tk.tok.get_added_tokens_decoder();
+        let added_contents: HashSet<&str> = added.values().map(|t| t.content.as_str()).collect();
+        let mut reverse: BTreeMap<u32, &str> = BTreeMap::new();
+        for (t, &id) in &vocab {
+            let slot = reverse.entry(id).or_insert(t.as_str());
+            // Two strings on one id (an added token over a model token): prefer the added one.
+            if added.get(&id).is_some_and(|a| a.content == *t) {
+                *slot = t.as_str();
+            }
+        }
+        let mut tokens = Vec::with_capacity(vocab_size);
+        let mut types = Vec::with_capacity(vocab_size);
+        for i in 0..vocab_size {
+            let Some(tok) = u32::try_from(i).ok().and_then(|i| reverse.get(&i)) else {
+                tokens.push(format!("[PAD{i}]"));
+                types.push(UNUSED);
+                continue;
+            };
+            let mut token = (*tok).to_owned();
+            if added_contents.contains(token.as_str()) {
+                let a = u32::try_from(i).ok().and_then(|i| added.get(&i)).ok_or_else(|| {
+                    unsupported(
+                        dir,
+                        format!("added token {token:?} is also at id {i}, which is not an added token"),
+                    )
+                })?;
+                if !a.normalized {
+                    token = tk.decode(&tk.encode(&token, false)?)?;
+                }
+                if a.special || looks_special(&token) {
+                    types.push(CONTROL);
+                } else {
+                    token = token.replace('\u{2581}', " ");
+                    types.push(USER_DEFINED);
+                }
+            } else {
+                types.push(NORMAL);
+            }
+            tokens.push(token);
+        }
+        (tokpre, tokens, types)
+    };
     kvs.string(K_MODEL, "gpt2");
     kvs.string(K_PRE, &tokpre);
     kvs.array(K_TOKENS, strings(tokens));

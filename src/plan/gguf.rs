@@ -44,6 +44,15 @@ type FileTensor = (usize, Encoding, Option<GgmlType>);
 /// A file's metadata, in order.
 type Metadata = Vec<(String, gguf_file::Value)>;
 
+/// The ggml type of a float dtype.
+fn float_ggml(d: FloatDtype) -> GgmlType {
+    match d {
+        FloatDtype::Bf16 => GgmlType::Bf16,
+        FloatDtype::F16 => GgmlType::F16,
+        FloatDtype::F32 => GgmlType::F32,
+    }
+}
+
 /// The file type a GGUF target means for this model: `not_quantized` is the merged model's
 /// 16-bit type.
 pub fn file_type(target: GgufTarget, model_dtype: Option<FloatDtype>) -> FileType {
@@ -125,7 +134,9 @@ pub(crate) fn plan_gguf(ck: &Checkpoint, adapter: &Adapter, job: &Job, model: &M
                     merged: m,
                     heads: c.heads,
                     add_one: c.add_one,
-                    through: *through,
+                    // A round trip through the merged values' own 16-bit type changes nothing
+                    // (the values are that type's, unless Gemma's +1 moved them).
+                    through: through.filter(|t| c.add_one || Some(*t) != c.merged.map(float_ggml)),
                     enc: *enc,
                 }),
             });
@@ -245,9 +256,9 @@ fn file_plan(
         _ => FileType::Bf16,
     };
     let input = direct(inter);
-    let in_kvs = model.kvs(inter, params);
-    let kvs = gguf_rules::quantized_kvs(&in_kvs, ft);
-    let info = gguf_rules::ModelInfo::from_kvs(&in_kvs).map_err(|e| Error::Internal(format!("gguf: {e}")))?;
+    // llama-quantize keeps the input's keys (the vocabulary is most of them: one copy at a time).
+    let kvs = gguf_rules::quantized_kvs(&model.kvs(inter, params), ft);
+    let info = gguf_rules::ModelInfo::from_kvs(&kvs).map_err(|e| Error::Internal(format!("gguf: {e}")))?;
     let names: Vec<&str> = input.iter().map(|(i, _, _)| converted[*i].name.as_str()).collect();
     let order = gguf_rules::quantize_order(&names);
     let in_tensors: Vec<gguf_rules::InTensor<'_>> = order
