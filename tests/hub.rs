@@ -658,3 +658,54 @@ fn a_variant_base_is_fetched_by_its_own_file_names() {
         "`model.v3.safetensors` is not in the cache",
     );
 }
+
+/// `--save-method gguf --push-to-hub` uploads the GGUF files (LFS) with the Modelfile and the
+/// card in one commit, as Unsloth's `push_to_hub_gguf` does; what lands is what was written.
+#[test]
+fn push_gguf_files() {
+    let w = Workdir::new();
+    let hub = hub();
+    let home = w.join("hf");
+    let out = w.join("gguf");
+    let set = fixtures().parent().unwrap().join("gguf_models/llama_spm");
+    let err = ok(loraweld(
+        &hub,
+        &home,
+        &[
+            "save",
+            set.join("lora").to_str().unwrap(),
+            out.to_str().unwrap(),
+            "--base",
+            set.join("base_bf16").to_str().unwrap(),
+            "--save-method",
+            "gguf",
+            "--quantization-method",
+            "q4_k_m,q8_0",
+            "--model-name",
+            "loraweld-test",
+            "--push-to-hub",
+            "mock-user/gguf",
+        ],
+    ));
+    assert!(err.contains("pushed"), "{err}");
+    let files = hub.files("mock-user/gguf", "main").unwrap();
+    assert_eq!(
+        files.keys().cloned().collect::<Vec<_>>(),
+        [
+            ".gitattributes",
+            "Modelfile",
+            "README.md",
+            "loraweld-test.Q4_K_M.gguf",
+            "loraweld-test.Q8_0.gguf"
+        ]
+    );
+    assert_eq!(hub.stats().objects_stored, 2, "the two GGUF files went through LFS");
+    assert_eq!(hub.stats().commits, 1);
+    // Every file whole (the LFS uploads were verified against the sha256 the packer computed).
+    for (name, bytes) in tree(&out) {
+        if name != "loraweld-manifest.json" {
+            assert_eq!(files[&name], bytes.len() as u64, "{name}");
+        }
+    }
+    assert_eq!(hub.stats().verifies, 2);
+}

@@ -7,8 +7,14 @@
 //! Plain loops over `[f32; N]`; compiled with AVX2 or AVX-512 enabled (`ggml_rows.rs`), each loop
 //! body is one vector instruction.
 
-use super::kquants::nearest_int;
 
+/// `nearest_int`: round to nearest, ties to even, by adding 1.5 · 2^23 and reading the low
+/// mantissa bits (valid for |x| ≤ 4194303).
+#[inline(always)]
+pub(crate) fn nearest_int(f: f32) -> i32 {
+    let val = f + 12_582_912.0;
+    (val.to_bits() as i32 & 0x007f_ffff) - 0x0040_0000
+}
 /// `make_qkx2_quants` on `N` sub-blocks of `M` values (`xt[i][k]`: value `i` of sub-block `k`),
 /// with their weights; codes into `l`. Returns each lane's scale and `-min`, as the scalar
 /// function does.

@@ -7,6 +7,7 @@
 //! docs/formats.md §4.4.
 
 use super::ggml::f16_bits_ggml;
+pub(crate) use super::kquant_lanes::nearest_int;
 use super::kquant_lanes::{self as lanes, Portable, Search};
 
 /// Values per k-quant super-block.
@@ -26,13 +27,6 @@ pub const Q6_K_BYTES: usize = 210;
 /// ggml's sub-blocks with all values below this are all zero.
 const GROUP_MAX_EPS: f32 = 1e-15;
 
-/// `nearest_int`: round to nearest, ties to even, by adding 1.5 · 2^23 and reading the low
-/// mantissa bits (valid for |x| ≤ 4194303).
-#[inline(always)]
-pub(crate) fn nearest_int(f: f32) -> i32 {
-    let val = f + 12_582_912.0;
-    (val.to_bits() as i32 & 0x007f_ffff) - 0x0040_0000
-}
 
 /// The largest magnitude and the value that has it, the first one on ties, as ggml's
 /// quantizers find them (`if (ax > amax) { amax = ax; max = x[i]; }`).

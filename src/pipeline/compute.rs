@@ -233,14 +233,43 @@ impl<'a, 'p> Computer<'a, 'p> {
         out: &mut [u8],
     ) -> Result<bool> {
         let n = tile.rows * tile.cols;
-        let mut merged = std::mem::take(&mut self.gguf_bytes);
-        merged.resize(n * g.merged.size(), 0);
-        let finite = self.encoded(key, op, tile, g.merged, &mut merged);
         let mut vals = std::mem::take(&mut self.gguf_vals);
         vals.resize(n, 0.0);
-        decode_into(&merged, g.merged, &mut vals);
-        self.gguf_bytes = merged;
-        let finite = finite?;
+        let pool = self.backend.host_pool();
+        let decode = |bytes: &[u8], dt: FloatDtype, vals: &mut [f32]| {
+            let step = 1 << 16;
+            on_pool(pool, || {
+                vals.par_chunks_mut(step)
+                    .zip(bytes.par_chunks(step * dt.size()))
+                    .for_each(|(v, b)| decode_into(b, dt, v))
+            })
+        };
+        let finite = match op {
+            // A tensor the merge leaves alone (its bytes are what merged_16bit copies): its
+            // values straight from the input, as a copy does not look at them.
+            Op::Compute {
+                base: base @ BaseSrc::Float(_, dt),
+                lora: None,
+                extra: None,
+            } if *dt == g.merged => {
+                self.load(key, op);
+                let (rows, release) = self.base_rows(base, tile.cols, tile.row0, tile.rows);
+                release.populate();
+                if let BaseRows::Float { bytes, dtype } = rows {
+                    decode(bytes, dtype, &mut vals);
+                }
+                release.run();
+                true
+            }
+            _ => {
+                let mut merged = std::mem::take(&mut self.gguf_bytes);
+                merged.resize(n * g.merged.size(), 0);
+                let finite = self.encoded(key, op, tile, g.merged, &mut merged);
+                decode(&merged, g.merged, &mut vals);
+                self.gguf_bytes = merged;
+                finite?
+            }
+        };
         if g.heads.is_some() {
             permute_heads(&mut vals, tile.cols, rows_per_head as usize);
         }
@@ -248,7 +277,7 @@ impl<'a, 'p> Computer<'a, 'p> {
         // The converter adds in the checkpoint's dtype where it keeps it (f16; bf16 becomes f32).
         let add_in_f16 = g.merged == FloatDtype::F16;
         let (enc, cols) = (g.enc, tile.cols);
-        on_pool(self.backend.host_pool(), || {
+        on_pool(pool, || {
             if add_one || through.is_some() {
                 vals.par_chunks_mut(1 << 16).for_each(|c| {
                     for v in c {
