@@ -219,18 +219,17 @@ impl<'a, 'p> Computer<'a, 'p> {
         Ok(finite)
     }
 
-    /// The tile's rows of a GGUF tensor, into `out`: the merged values exactly as `merged_16bit`
-    /// writes them, then as llama.cpp's route treats them (f32, rows permuted and values shifted
-    /// as the converter does, rounded through the intermediate GGUF's type, encoded). Returns
-    /// "all finite" of the merged values.
-    pub(super) fn gguf_tile(
+    /// The tile's rows of a GGUF tensor as f32, into `self.gguf_vals`: the merged values exactly
+    /// as `merged_16bit` writes them, then as the converter treats them (rows permuted, values
+    /// shifted). Returns "all finite" of the merged values. [`Self::gguf_encode`] makes the bytes
+    /// of each file that wants them.
+    pub(super) fn gguf_values(
         &mut self,
         key: usize,
         op: &'p Op,
         tile: TileRows,
         g: &GgufEnc,
         rows_per_head: u64,
-        out: &mut [u8],
     ) -> Result<bool> {
         let n = tile.rows * tile.cols;
         let mut vals = std::mem::take(&mut self.gguf_vals);
@@ -273,32 +272,51 @@ impl<'a, 'p> Computer<'a, 'p> {
         if g.heads.is_some() {
             permute_heads(&mut vals, tile.cols, rows_per_head as usize);
         }
-        let (add_one, through) = (g.add_one, g.through);
+        let add_one = g.add_one;
         // The converter adds in the checkpoint's dtype where it keeps it (f16; bf16 becomes f32).
         let add_in_f16 = g.merged == FloatDtype::F16;
-        let (enc, cols) = (g.enc, tile.cols);
-        on_pool(pool, || {
-            if add_one || through.is_some() {
+        if add_one {
+            on_pool(pool, || {
                 vals.par_chunks_mut(1 << 16).for_each(|c| {
                     for v in c {
-                        if add_one {
-                            *v += 1.0;
-                            if add_in_f16 {
-                                *v = round_through(*v, FloatDtype::F16);
-                            }
+                        *v += 1.0;
+                        if add_in_f16 {
+                            *v = round_through(*v, FloatDtype::F16);
                         }
-                        *v = match through {
-                            Some(GgmlType::F16) => f16_to_f32(f16_bits(*v)),
-                            Some(GgmlType::Bf16) => bf16_to_f32(bf16_bits(*v)),
-                            _ => *v,
-                        };
                     }
-                });
-            }
-            encode_rows(enc, &vals, cols, out);
-        });
+                })
+            });
+        }
         self.gguf_vals = vals;
         Ok(finite)
+    }
+
+    /// The bytes of one file's encoding of the values [`Self::gguf_values`] made: rounded through
+    /// the intermediate GGUF's type where llama-quantize reads one, then encoded, row-parallel.
+    pub(super) fn gguf_encode(&self, g: &GgufEnc, cols: usize, out: &mut [u8]) {
+        let (enc, through) = (g.enc, g.through);
+        let vals = &self.gguf_vals;
+        on_pool(self.backend.host_pool(), || match through {
+            None => encode_rows(enc, vals, cols, out),
+            Some(t) => {
+                // Row groups of about 64k values, each rounded into its own scratch.
+                let rb = enc.row_bytes(cols as u64).unwrap_or(0) as usize;
+                let per = ((1 << 16) / cols.max(1)).max(1);
+                vals.par_chunks(cols * per)
+                    .zip(out.par_chunks_mut(rb * per))
+                    .for_each(|(v, o)| {
+                        let rounded: Vec<f32> = v
+                            .iter()
+                            .map(|x| match t {
+                                GgmlType::F16 => f16_to_f32(f16_bits(*x)),
+                                GgmlType::Bf16 => bf16_to_f32(bf16_bits(*x)),
+                                _ => *x,
+                            })
+                            .collect();
+                        encode_rows(enc, &rounded, cols, o);
+                    })
+            }
+        })
     }
 
     /// Rows of a general-path `op` (DoRA and friends) before any output rounding, rounded
@@ -441,33 +459,105 @@ pub(super) fn compute_stage<'a>(
 ) -> Result<Duration> {
     let mut busy = Duration::ZERO;
     let mut c = Computer::new(plan, inputs, backend);
+    // Files an interrupted run finished get no bytes (a lead may be one: its twins still do).
+    let live = |t: &usize| !plan.shards[plan.tensors[*t].shard].skip;
+    // A buffer for `len` bytes placed at in-page offset `lead`; waiting here for one is the
+    // back-pressure from the disk. A tile larger than the plan's largest (never, by
+    // construction) gets its own. `None`: the pipeline is stopping.
+    let take = |lead: usize, len: usize| -> Option<(AlignedBuf, Duration)> {
+        let t_wait = Instant::now();
+        let buf = if lead + len <= pool_cap { pool.recv().ok()? } else { AlignedBuf::new(lead + len) };
+        Some((buf, t_wait.elapsed()))
+    };
+    macro_rules! send {
+        ($p:expr) => {
+            if tx.send($p).is_err() {
+                return Ok(busy);
+            }
+        };
+    }
     for w in rx {
-        let out = match w {
-            Work::StartShard(i) => Packed::StartShard(i),
-            Work::EndShard(i) => Packed::EndShard(i),
-            Work::Copy { data, file, abs, at } => Packed::Borrowed { data, file, abs, at },
+        match w {
+            Work::StartShard(i) => send!(Packed::StartShard(i)),
+            Work::EndShard(i) => send!(Packed::EndShard(i)),
+            Work::Copy {
+                shard,
+                data,
+                file,
+                abs,
+                at,
+            } => send!(Packed::Borrowed {
+                shard,
+                data,
+                file,
+                abs,
+                at
+            }),
             Work::Part { tensor } => {
-                let t0 = Instant::now();
-                let t = &plan.tensors[tensor];
-                let bytes = match &t.op {
-                    Op::Quant { group, part } => c.quant_part(*group, *part, cfg.tile_bytes)?,
-                    Op::Literal(b) => b.as_ref().clone(),
-                    _ => return Err(Error::Internal(format!("part item for `{}`", t.name))),
-                };
-                if bytes.len() as u64 != t.nbytes {
-                    return Err(Error::Internal(format!(
-                        "`{}`: made {} bytes, planned {}",
-                        t.name,
-                        bytes.len(),
-                        t.nbytes
-                    )));
+                for ti in plan.with_twins(tensor).filter(live) {
+                    let t0 = Instant::now();
+                    let t = &plan.tensors[ti];
+                    let bytes = match &t.op {
+                        Op::Quant { group, part } => c.quant_part(*group, *part, cfg.tile_bytes)?,
+                        Op::Literal(b) => b.as_ref().clone(),
+                        _ => return Err(Error::Internal(format!("part item for `{}`", t.name))),
+                    };
+                    if bytes.len() as u64 != t.nbytes {
+                        return Err(Error::Internal(format!(
+                            "`{}`: made {} bytes, planned {}",
+                            t.name,
+                            bytes.len(),
+                            t.nbytes
+                        )));
+                    }
+                    busy += t0.elapsed();
+                    send!(Packed::Owned {
+                        shard: t.shard,
+                        bytes,
+                        at: t.offset
+                    });
                 }
-                busy += t0.elapsed();
-                Packed::Owned { bytes, at: t.offset }
             }
             Work::Tile { tensor, row0, rows } => {
-                let t0 = Instant::now();
                 let t = &plan.tensors[tensor];
+                let rows_of = TileRows {
+                    cols: t.cols as usize,
+                    row0,
+                    rows,
+                };
+                if let Some(g) = &t.gguf {
+                    // The values once, then each file's bytes of them.
+                    let t0 = Instant::now();
+                    let finite = c.gguf_values(tensor, &t.op, rows_of, g, t.row_step())?;
+                    if !finite && !cfg.allow_nonfinite {
+                        return Err(Error::NonFinite { tensor: t.name.clone() });
+                    }
+                    busy += t0.elapsed();
+                    for ti in plan.with_twins(tensor).filter(live) {
+                        let tw = &plan.tensors[ti];
+                        let Some(gw) = &tw.gguf else {
+                            return Err(Error::Internal(format!("`{}`: a twin without an encoding", tw.name)));
+                        };
+                        let rb = tw.row_bytes();
+                        let (skip, len) = (row0 * rb, rows * rb as usize);
+                        let lead = lead_for(tw.offset + skip);
+                        let Some((mut buf, _waited)) = take(lead, len) else {
+                            return Ok(busy);
+                        };
+                        let t1 = Instant::now();
+                        c.gguf_encode(gw, rows_of.cols, &mut buf.as_mut_slice()[lead..lead + len]);
+                        busy += t1.elapsed();
+                        send!(Packed::Aligned {
+                            shard: tw.shard,
+                            buf,
+                            lead,
+                            len,
+                            at: tw.offset + skip,
+                        });
+                    }
+                    continue;
+                }
+                let t0 = Instant::now();
                 // Where the tile's bytes start in the tensor, and how many: `merged_4bit`'s
                 // packed codes (two per byte; a tile starts on a block, so on a whole byte), or
                 // values of the output dtype.
@@ -475,10 +565,6 @@ pub(super) fn compute_stage<'a>(
                     Op::Quant { group, .. } => {
                         let cols = plan.quant_groups[*group].shape[1];
                         (None, row0 * cols / 2, (rows * cols as usize).div_ceil(2))
-                    }
-                    _ if t.gguf.is_some() => {
-                        let rb = t.row_bytes();
-                        (None, row0 * rb, rows * rb as usize)
                     }
                     _ => {
                         let dt = float_of(t.dtype)
@@ -490,45 +576,27 @@ pub(super) fn compute_stage<'a>(
                 // The tile goes where its bytes sit in their 4 KiB page of the shard, so the
                 // writer can hand the buffer to the disk without copying it.
                 let lead = lead_for(t.offset + skip);
-                // Waiting here for a buffer is the back-pressure from the disk. A tile larger
-                // than the plan's largest (never, by construction) gets its own.
-                let t_wait = Instant::now();
-                let mut buf = if lead + len <= pool_cap {
-                    let Ok(b) = pool.recv() else {
-                        return Ok(busy);
-                    };
-                    b
-                } else {
-                    AlignedBuf::new(lead + len)
+                let Some((mut buf, waited)) = take(lead, len) else {
+                    return Ok(busy);
                 };
-                let waited = t_wait.elapsed();
                 let out = &mut buf.as_mut_slice()[lead..lead + len];
-                let rows_of = TileRows {
-                    cols: t.cols as usize,
-                    row0,
-                    rows,
-                };
-                let finite = match (&t.op, out_dtype, &t.gguf) {
-                    (Op::Quant { group, .. }, _, _) => c.quant_codes(*group, row0, rows, Some(out))?,
-                    (op, _, Some(g)) => c.gguf_tile(tensor, op, rows_of, g, t.row_step(), out)?,
-                    (op, Some(dt), None) => c.encoded(tensor, op, rows_of, dt, out)?,
-                    (_, None, None) => return Err(Error::Internal(format!("`{}`: no output dtype", t.name))),
-                };
-                let packed = Packed::Aligned {
-                    buf,
-                    lead,
-                    len,
-                    at: t.offset + skip,
+                let finite = match (&t.op, out_dtype) {
+                    (Op::Quant { group, .. }, _) => c.quant_codes(*group, row0, rows, Some(out))?,
+                    (op, Some(dt)) => c.encoded(tensor, op, rows_of, dt, out)?,
+                    (_, None) => return Err(Error::Internal(format!("`{}`: no output dtype", t.name))),
                 };
                 if !finite && !cfg.allow_nonfinite {
                     return Err(Error::NonFinite { tensor: t.name.clone() });
                 }
                 busy += t0.elapsed().saturating_sub(waited);
-                packed
+                send!(Packed::Aligned {
+                    shard: t.shard,
+                    buf,
+                    lead,
+                    len,
+                    at: t.offset + skip,
+                });
             }
-        };
-        if tx.send(out).is_err() {
-            return Ok(busy);
         }
     }
     Ok(busy)

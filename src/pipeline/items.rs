@@ -155,8 +155,9 @@ pub(super) enum Work<'a> {
         tensor: usize,
     },
     StartShard(usize),
-    /// Input bytes copied as they are to `at` in the output file.
+    /// Input bytes copied as they are to `at` in output file `shard`.
     Copy {
+        shard: usize,
         data: &'a [u8],
         file: &'a MappedFile,
         abs: usize,
@@ -170,23 +171,26 @@ pub(super) enum Work<'a> {
     EndShard(usize),
 }
 
-/// Output bytes and where they go in their file (`at`, absolute, as planned).
+/// Output bytes and where they go: file `shard`, at `at` (absolute, as planned).
 pub(super) enum Packed<'a> {
     StartShard(usize),
     /// A computed tile at `buf[lead..lead + len]`, placed for a copy-free direct write.
     Aligned {
+        shard: usize,
         buf: AlignedBuf,
         lead: usize,
         len: usize,
         at: u64,
     },
     Borrowed {
+        shard: usize,
         data: &'a [u8],
         file: &'a MappedFile,
         abs: usize,
         at: u64,
     },
     Owned {
+        shard: usize,
         bytes: Vec<u8>,
         at: u64,
     },

@@ -28,7 +28,8 @@ pub(super) fn pack_stage(
 ) -> Result<(Vec<ShardResult>, Duration)> {
     let mut busy = Duration::ZERO;
     let mut results = Vec::with_capacity(plan.shards.len());
-    let mut open: Option<(usize, OutputFile)> = None;
+    // Files written in lockstep are open together.
+    let mut open: std::collections::BTreeMap<usize, OutputFile> = std::collections::BTreeMap::new();
     let opts = OutputOptions {
         sha256: cfg.sha256,
         copy_file_range: cfg.copy_file_range,
@@ -41,30 +42,39 @@ pub(super) fn pack_stage(
             Packed::StartShard(i) => {
                 let sh = &plan.shards[i];
                 let f = OutputFile::begin(dir, &sh.file_name, &sh.head, sh.file_len, pool.clone(), opts)?;
-                open = Some((i, f));
+                open.insert(i, f);
             }
-            Packed::Borrowed { data, file, abs, at } => {
-                let (_, f) = open.as_mut().ok_or_else(no_file)?;
+            Packed::Borrowed {
+                shard,
+                data,
+                file,
+                abs,
+                at,
+            } => {
+                let f = open.get_mut(&shard).ok_or_else(no_file)?;
                 f.put_from(at, file.file(), abs as u64, data)?;
                 file.release(abs, abs + data.len());
             }
-            Packed::Owned { bytes, at } => {
-                let (_, f) = open.as_mut().ok_or_else(no_file)?;
+            Packed::Owned { shard, bytes, at } => {
+                let f = open.get_mut(&shard).ok_or_else(no_file)?;
                 f.put(at, &bytes)?;
             }
-            Packed::Aligned { buf, lead, len, at } => {
-                let (_, f) = open.as_mut().ok_or_else(no_file)?;
+            Packed::Aligned {
+                shard,
+                buf,
+                lead,
+                len,
+                at,
+            } => {
+                let f = open.get_mut(&shard).ok_or_else(no_file)?;
                 if let Some(back) = f.put_owned(at, buf, lead, len)? {
                     let _ = pool.try_send(back);
                 }
             }
             Packed::EndShard(i) => {
-                let (oi, f) = open
-                    .take()
+                let f = open
+                    .remove(&i)
                     .ok_or_else(|| Error::Internal("shard end without start".into()))?;
-                if oi != i {
-                    return Err(Error::Internal(format!("{}: ended out of order", plan.shards[i].file_name)));
-                }
                 results.push(f.finish()?);
                 if let (Some(cb), Some(r)) = (on_shard, results.last()) {
                     cb(&dir.join(&plan.shards[i].file_name), r);

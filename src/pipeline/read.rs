@@ -16,11 +16,22 @@ use super::items::{tiles, ExecConfig, Inputs, Work};
 pub(super) fn read_stage<'a>(plan: &Plan, inputs: Inputs<'a>, cfg: ExecConfig, tx: Sender<Work<'a>>) -> Result<Duration> {
     let mut busy = Duration::ZERO;
     for (si, shard) in plan.shards.iter().enumerate() {
-        if shard.skip {
+        // A file that follows another is written by its lead's walk; a lead is walked while any
+        // file of its group still needs writing.
+        if shard.follows.is_some() {
             continue;
         }
-        if tx.send(Work::StartShard(si)).is_err() {
-            return Ok(busy);
+        let group: Vec<usize> = (0..plan.shards.len())
+            .filter(|&j| j == si || plan.shards[j].follows == Some(si))
+            .filter(|&j| !plan.shards[j].skip)
+            .collect();
+        if group.is_empty() {
+            continue;
+        }
+        for &j in &group {
+            if tx.send(Work::StartShard(j)).is_err() {
+                return Ok(busy);
+            }
         }
         for &ti in &shard.tensors {
             if crate::sys::interrupted() {
@@ -38,6 +49,7 @@ pub(super) fn read_stage<'a>(plan: &Plan, inputs: Inputs<'a>, cfg: ExecConfig, t
                     while off < data.len() || (data.is_empty() && off == 0) {
                         let end = (off + cfg.tile_bytes).min(data.len());
                         items.push(Work::Copy {
+                            shard: si,
                             data: &data[off..end],
                             file,
                             abs: abs + off,
@@ -88,8 +100,10 @@ pub(super) fn read_stage<'a>(plan: &Plan, inputs: Inputs<'a>, cfg: ExecConfig, t
                 }
             }
         }
-        if tx.send(Work::EndShard(si)).is_err() {
-            return Ok(busy);
+        for &j in &group {
+            if tx.send(Work::EndShard(j)).is_err() {
+                return Ok(busy);
+            }
         }
     }
     Ok(busy)

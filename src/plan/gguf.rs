@@ -94,6 +94,10 @@ pub(crate) fn plan_gguf(ck: &Checkpoint, adapter: &Adapter, job: &Job, model: &M
     let converted = convert(&merged, model)?;
     let mut tensors: Vec<OutTensor> = Vec::new();
     let mut shards: Vec<PlannedFile> = Vec::new();
+    // Files whose tensors come in the same order (the converter's, or llama-quantize's) are
+    // written in lockstep: the first of each order leads, and one read of the inputs serves all.
+    let mut leads: Vec<(Vec<usize>, usize)> = Vec::new();
+    let mut twins: Vec<Vec<usize>> = Vec::new();
     for &target in &spec.targets {
         let ft = file_type(target, merged.model_dtype);
         let (kvs, file_tensors) = file_plan(&converted, model, ft, spec.intermediate)?;
@@ -107,6 +111,11 @@ pub(crate) fn plan_gguf(ck: &Checkpoint, adapter: &Adapter, job: &Job, model: &M
             .collect();
         let (head, offsets, len) = gguf_file::lay_out(&kvs, &specs)?;
         let si = shards.len();
+        let order: Vec<usize> = file_tensors.iter().map(|(i, _, _)| *i).collect();
+        let follows = leads.iter().find(|(o, _)| *o == order).map(|(_, lead)| *lead);
+        if follows.is_none() {
+            leads.push((order, si));
+        }
         let mut members = Vec::with_capacity(file_tensors.len());
         for ((i, enc, through), off) in file_tensors.iter().zip(offsets) {
             let c = &converted[*i];
@@ -141,12 +150,20 @@ pub(crate) fn plan_gguf(ck: &Checkpoint, adapter: &Adapter, job: &Job, model: &M
                 }),
             });
         }
+        twins.resize(tensors.len(), Vec::new());
+        if let Some(lead) = follows {
+            for (k, &t) in members.iter().enumerate() {
+                let lt = shards[lead].tensors[k];
+                twins[lt].push(t);
+            }
+        }
         shards.push(PlannedFile {
             file_name: file_name(model.name(), ft),
             tensors: members,
             head,
             file_len: len,
             skip: false,
+            follows,
         });
     }
     let total_size = tensors.iter().map(|t| t.nbytes).sum();
@@ -164,6 +181,7 @@ pub(crate) fn plan_gguf(ck: &Checkpoint, adapter: &Adapter, job: &Job, model: &M
         config_updates: merged.config_updates,
         quant_groups: Vec::new(),
         layout_args: merged.layout_args,
+        twins,
     })
 }
 

@@ -117,6 +117,7 @@ pub(crate) fn layout(
         }
         shards.push(PlannedFile {
             skip: false,
+            follows: None,
             file_name,
             file_len: file.len,
             head: file.head,
@@ -126,6 +127,7 @@ pub(crate) fn layout(
     let total_size = tensors.iter().map(|t| t.nbytes).sum();
     let total_parameters = tensors.iter().map(|t| t.params).sum();
     Plan {
+        twins: Vec::new(),
         job: job.clone(),
         tensors,
         shards,

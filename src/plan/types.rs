@@ -334,6 +334,9 @@ pub struct Plan {
     pub quant_groups: Vec<QuantGroup>,
     /// What `layout` was called with, to lay the files out again once JSON sizes are known.
     pub layout_args: LayoutArgs,
+    /// For a tensor of a file that others follow (`PlannedFile::follows`), the tensors at the
+    /// same place in those files, made from the same values; empty otherwise (or for all).
+    pub twins: Vec<Vec<usize>>,
 }
 
 /// The arguments of a layout, kept for `relayout`.
@@ -362,6 +365,11 @@ impl LayoutArgs {
 }
 
 impl Plan {
+    /// The tensors made from the same values as `t`: itself, then its twins.
+    pub fn with_twins(&self, t: usize) -> impl Iterator<Item = usize> + '_ {
+        std::iter::once(t).chain(self.twins.get(t).into_iter().flatten().copied())
+    }
+
     /// Bytes of all planned files.
     pub fn file_bytes(&self) -> u64 {
         self.shards.iter().map(|s| s.file_len).sum()

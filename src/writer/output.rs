@@ -54,6 +54,9 @@ pub struct PlannedFile {
     pub file_len: u64,
     /// Already written and verified by an earlier, interrupted run: do not write again.
     pub skip: bool,
+    /// Written in lockstep with this earlier file (the same tensors in the same order from the
+    /// same inputs, encoded differently): one read of the inputs serves both.
+    pub follows: Option<usize>,
 }
 
 /// An output file format.
