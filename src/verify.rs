@@ -62,7 +62,7 @@ pub fn verify(dir: &Path) -> Result<VerifyReport> {
         dir: dir.to_path_buf(),
         problems,
         files: found.files,
-        tensors: found.tensors_in.len(),
+        tensors: found.tensors_in.len() + found.gguf_tensors,
         had_manifest: manifest.is_some(),
     })
 }
@@ -105,6 +105,8 @@ struct Found {
     tensors_in: BTreeMap<String, String>,
     /// Bytes of tensor data in all files.
     data_bytes: u64,
+    /// Tensors in GGUF files (each a whole model, so not keyed by name across files).
+    gguf_tensors: usize,
 }
 
 /// Hashes every `.safetensors` file against the manifest and checks its header.
@@ -123,6 +125,7 @@ fn check_files(dir: &Path, expected: &Expected, problems: &mut Vec<String>) -> R
         files: Vec::new(),
         tensors_in: BTreeMap::new(),
         data_bytes: 0,
+        gguf_tensors: 0,
     };
     for n in &names {
         let p = dir.join(n);
@@ -190,6 +193,7 @@ fn check_gguf(n: &str, bytes: &[u8], found: &mut Found, problems: &mut Vec<Strin
         }
         end = off + nb.next_multiple_of(gguf::ALIGNMENT);
         found.data_bytes += nb;
+        found.gguf_tensors += 1;
     }
     if end != bytes.len() as u64 {
         problems.push(format!("{n}: {} bytes, but its tensors end at {end}", bytes.len()));

@@ -89,3 +89,57 @@ fn completions_are_generated() {
     assert!(out.contains("_loraweld()"), "{}", &out[..200.min(out.len())]);
     assert!(out.contains("--max-shard-size"));
 }
+
+/// A GGUF output: `verify` re-hashes it against the manifest and checks its layout (a flipped
+/// byte and a truncated file are caught); `inspect` shows its metadata and tensor types.
+#[test]
+fn verify_and_inspect_read_gguf_outputs() {
+    let w = Workdir::new();
+    let out = w.join("gguf");
+    let set = fixtures().parent().unwrap().join("gguf_models/llama_spm");
+    LoraweldCommand::save([
+        set.join("lora"),
+        out.clone(),
+        "--base".into(),
+        set.join("base_bf16"),
+        "--save-method".into(),
+        "gguf".into(),
+        "--quantization-method".into(),
+        "q4_k_m".into(),
+        "--model-name".into(),
+        "t".into(),
+    ])
+    .ok();
+    let ok = LoraweldCommand::new(["verify".as_ref(), out.as_os_str()]).ok();
+    assert!(ok.contains("gguf: ok (1 files, 102 tensors)"), "{ok}");
+    let file = out.join("t.Q4_K_M.gguf");
+    let shown = LoraweldCommand::new(["inspect".as_ref(), file.as_os_str()]).ok();
+    for line in [
+        "(gguf): 102 tensors",
+        "general.architecture                         str  \"llama\"",
+        "general.file_type                            u32  15",
+        "tokenizer.ggml.tokens                        arr  [1000 × str]",
+        "blk.0.attn_v.weight",
+        "q6_K",
+    ] {
+        assert!(shown.contains(line), "{line:?} not in\n{shown}");
+    }
+    let bytes = std::fs::read(&file).unwrap();
+    let mut flipped = bytes.clone();
+    let last = flipped.len() - 100;
+    flipped[last] ^= 1;
+    std::fs::write(&file, &flipped).unwrap();
+    let fails = |want: &str| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_loraweld"))
+            .arg("verify")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1));
+        let stdout = String::from_utf8(o.stdout).unwrap();
+        assert!(stdout.contains(want), "{want:?} not in\n{stdout}");
+    };
+    fails("t.Q4_K_M.gguf: blake3 or size differs from the manifest");
+    std::fs::write(&file, &bytes[..bytes.len() - 64]).unwrap();
+    fails("bytes, but its tensors end at");
+}
