@@ -104,6 +104,9 @@ pub struct GgufSpec {
     /// The shard limit of the merged checkpoint the converter reads: its files' order is the
     /// order of the tensors in f16/bf16/q8_0 files.
     pub merged_shard_size: u64,
+    /// Also write the `general.base_model.*` and `general.tags` keys the converter copies from
+    /// the model card `merged_16bit` writes.
+    pub card_metadata: bool,
 }
 
 /// The output format and how its files are cut. The packer writes through the writer's

@@ -373,6 +373,9 @@ pub struct SaveOptions {
     /// `gguf`: the 16-bit GGUF whose `llama-quantize` route the k-quant files reproduce
     /// (bf16, or f16).
     pub gguf_intermediate: FloatDtype,
+    /// `gguf`: also write the keys the converter copies from the model card (`base_model`,
+    /// `tags`) of the merged checkpoint.
+    pub gguf_card_metadata: bool,
 }
 
 impl SaveOptions {
@@ -406,6 +409,7 @@ impl SaveOptions {
             quantization_method: vec![GgufTarget::File(FileType::Q8_0)],
             model_name: None,
             gguf_intermediate: FloatDtype::Bf16,
+            gguf_card_metadata: false,
         }
     }
 }
@@ -463,6 +467,7 @@ impl SaveOptions {
                 model_name: self.model_name.clone(),
                 intermediate: self.gguf_intermediate,
                 merged_shard_size: self.max_shard_size,
+                card_metadata: self.gguf_card_metadata,
             }),
             _ => OutputFormat::Safetensors {
                 max_shard_size: self.max_shard_size,

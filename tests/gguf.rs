@@ -207,3 +207,65 @@ fn gguf_refusals_are_one_line_before_any_work() {
         .args(["--quantization-method", "q4_k_m"])
         .assert_refused(&w, &["--quantization-method: only with --save-method gguf"]);
 }
+
+/// `--gguf-card-metadata`: the keys the converter copies from the model card merged_16bit writes
+/// (`general.base_model.*` from the base id by gguf-py's heuristics, `general.tags`), for ids of
+/// every kind (org/name with a version or a size, a Hub URL, a relative path): the head equals
+/// the converter's (refs/card, scripts/make_gguf_card_fixtures.sh) byte for byte, and every
+/// tensor equals the reference q8_0 file's.
+#[test]
+fn card_metadata_matches_the_converter_reading_our_card() {
+    let set = sets_dir().join("llama_spm");
+    let refs = set.join("refs/card");
+    let ids = std::fs::read_to_string(refs.join("ids.txt")).unwrap();
+    let tensors: Value =
+        serde_json::from_str(&std::fs::read_to_string(set.join("refs/lora.q8_0.json")).unwrap()).unwrap();
+    let mut checked = 0;
+    for line in ids.lines() {
+        let (n, id) = line.split_once('\t').unwrap();
+        let w = Workdir::new();
+        let lora = w.join("lora");
+        std::fs::create_dir_all(&lora).unwrap();
+        for f in ["adapter_model.safetensors", "adapter_config.json"] {
+            std::fs::copy(set.join("lora").join(f), lora.join(f)).unwrap();
+        }
+        let cfg_path = lora.join("adapter_config.json");
+        let mut cfg: Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+        cfg["base_model_name_or_path"] = Value::String(id.to_string());
+        std::fs::write(&cfg_path, serde_json::to_string_pretty(&cfg).unwrap()).unwrap();
+        let saved = SaveCase::new(&lora)
+            .base(set.join("base_bf16"))
+            .args([
+                "--save-method",
+                "gguf",
+                "--quantization-method",
+                "q8_0",
+                "--model-name",
+                "loraweld-test",
+                "--gguf-card-metadata",
+            ])
+            .run();
+        let bytes = std::fs::read(saved.out.join("loraweld-test.Q8_0.gguf")).unwrap();
+        let want = std::fs::read(refs.join(format!("{n}.head.gguf"))).unwrap();
+        assert_eq!(
+            &bytes[..want.len().min(bytes.len())],
+            &want[..],
+            "{id}: the head differs"
+        );
+        let h = gguf::parse(&bytes).unwrap();
+        assert_eq!(h.data_start as usize, want.len(), "{id}");
+        assert!(h.kvs.iter().any(|(k, _)| k == "general.base_model.0.name"), "{id}");
+        for (t, want) in h.tensors.iter().zip(tensors["tensors"].as_array().unwrap()) {
+            let (off, nb) = (t.1 as usize, want["nbytes"].as_u64().unwrap() as usize);
+            assert_eq!(t.0.name, want["name"].as_str().unwrap(), "{id}");
+            assert_eq!(
+                Some(sha256(&bytes[off..off + nb])),
+                want["sha256"].as_str().map(str::to_string),
+                "{id}: {}",
+                t.0.name
+            );
+        }
+        checked += 1;
+    }
+    assert_eq!(checked, 4);
+}

@@ -299,6 +299,10 @@ pub struct SaveArgs {
     /// or f16 (they differ where f16 has subnormals).
     #[arg(long, default_value = "bf16", value_name = "DTYPE")]
     pub gguf_intermediate: String,
+    /// gguf: also write general.base_model.* and general.tags, as llama.cpp's converter copies
+    /// them from the model card of the merged checkpoint.
+    #[arg(long)]
+    pub gguf_card_metadata: bool,
     /// After saving, push OUT to this Hub model repo (shards upload while the merge runs).
     #[arg(long, value_name = "OWNER/NAME")]
     pub push_to_hub: Option<String>,
@@ -363,6 +367,7 @@ impl SaveArgs {
             }
             o.model_name = self.model_name.clone();
             o.gguf_intermediate = FloatDtype::parse(&self.gguf_intermediate)?;
+            o.gguf_card_metadata = self.gguf_card_metadata;
         } else if self.quantization_method.is_some() || self.model_name.is_some() {
             return Err(Error::Usage(format!(
                 "{}: only with --save-method gguf",

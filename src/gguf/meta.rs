@@ -71,6 +71,9 @@ pub(crate) fn kvs(model: &Model, ft: FileType, params: u64) -> Vec<(String, Valu
     sampling(model.generation.as_ref(), &mut kv);
     kv.put("general.name", Value::String(model.name.clone()));
     kv.put("general.size_label", Value::String(size_label(params)));
+    if let Some((base, tags)) = &model.card {
+        card_kvs(base.as_deref(), tags, params, &mut kv);
+    }
     match model.arch {
         Arch::Phi3 => phi3_params(cfg, &rope, ft, &mut kv),
         _ => text_params(model.arch, cfg, &rope, ft, &mut kv),
@@ -264,6 +267,186 @@ fn sampling(gen: Option<&Json>, kv: &mut Kvs) {
     }
 }
 
+
+/// What the converter takes from a model card whose front matter names `base_model` and `tags`
+/// (the pipeline tag already appended): `general.base_model.*` from the id, `general.tags`.
+fn card_kvs(base: Option<&str>, tags: &[String], params: u64, kv: &mut Kvs) {
+    if let Some(id) = base {
+        kv.put("general.base_model.count", Value::U32(1));
+        let key = |k: &str| format!("general.base_model.0.{k}");
+        let (mut name, mut org, mut version, mut repo_url) = (None, None, None, None);
+        if ["http://", "https://", "ssh://"].iter().any(|p| id.starts_with(p)) {
+            repo_url = Some(id.to_string());
+            let hf = regex::Regex::new(r"^https?://huggingface.co/([^/]+/[^/]+)$").expect("a valid regex");
+            if let Some(c) = hf.captures(id) {
+                let (full, o, v) = model_id_components(&c[1], params);
+                (name, org, version) = (Some(full), o, v);
+            }
+        } else {
+            let (full, o, v) = model_id_components(id, params);
+            if let Some(o) = &o {
+                repo_url = Some(format!("https://huggingface.co/{o}/{full}"));
+            }
+            (name, org, version) = (Some(full), o, v);
+        }
+        if let Some(n) = name {
+            kv.put(key("name"), Value::String(id_to_title(&n)));
+        }
+        if let Some(v) = version {
+            kv.put(key("version"), Value::String(v));
+        }
+        if let Some(o) = org {
+            kv.put(key("organization"), Value::String(id_to_title(&o)));
+        }
+        if let Some(u) = repo_url {
+            kv.put(key("repo_url"), Value::String(u));
+        }
+    }
+    kv.put("general.tags", Value::Array(tags.iter().map(|t| Value::String(t.clone())).collect()));
+}
+
+/// gguf-py's `Metadata.id_to_title`: words split on spaces and `-`, each all-lowercase word that is
+/// not a version or number title-cased (Python's `str.title`), joined by spaces.
+pub(crate) fn id_to_title(s: &str) -> String {
+    let version = regex::Regex::new(r"^(v\d+(?:\.\d+)*|\d.*)$").expect("a valid regex");
+    s.trim()
+        .replace('-', " ")
+        .split_whitespace()
+        .map(|w| {
+            let lower = w.chars().any(char::is_lowercase) && !w.chars().any(char::is_uppercase);
+            if lower && !version.is_match(w) {
+                py_title(w)
+            } else {
+                w.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Python's `str.title()`: a letter after a non-letter is upper-cased, any other letter lower-cased.
+fn py_title(w: &str) -> String {
+    let mut out = String::new();
+    let mut prev_cased = false;
+    for c in w.chars() {
+        if c.is_alphabetic() {
+            if prev_cased {
+                out.extend(c.to_lowercase());
+            } else {
+                out.extend(c.to_uppercase());
+            }
+            prev_cased = true;
+        } else {
+            out.push(c);
+            prev_cased = false;
+        }
+    }
+    out
+}
+
+/// What gguf-py's `Metadata.get_model_id_components` makes of a model id, as far as a base-model
+/// entry uses it: the name part, the organization (`None` for `./` paths), the version.
+pub(crate) fn model_id_components(id: &str, total_params: u64) -> (String, Option<String>, Option<String>) {
+    use regex::Regex;
+    if id.contains(' ') {
+        return (id.to_string(), None, None);
+    }
+    let (org, full) = match id.split_once('/') {
+        Some((o, f)) => (Some(o.to_string()), f.to_string()),
+        None => (None, id.to_string()),
+    };
+    let org = org.filter(|o| !o.starts_with('.'));
+    let re = |p: &str| Regex::new(&format!("(?i)^(?:{p})$")).expect("a valid regex");
+    let (version_re, type_re) = (re(r"(v|iter)?\d+([.]\d+)*"), re(r"i?q\d(_\w)*|b?fp?(16|32)"));
+    let size_re = re(r"(([A]|\d+[x])?\d+([._]\d+)?[KMBT][\d]?|small|mini|medium|large|x?xl)");
+    let finetune_re = re(r"chat|instruct|vision|lora");
+    #[derive(Default, Clone)]
+    struct T {
+        version: bool,
+        other: bool,
+        size: bool,
+        finetune: bool,
+        basename: bool,
+    }
+    let mut parts: Vec<String> = full.split('-').filter(|p| !p.is_empty()).map(str::to_string).collect();
+    let mut types = vec![T::default(); parts.len()];
+    for (i, part) in parts.iter_mut().enumerate() {
+        let t = &mut types[i];
+        if version_re.is_match(part) {
+            t.version = true;
+        } else if type_re.is_match(part) {
+            t.other = true;
+            *part = part.to_uppercase();
+        } else if i > 0 && size_re.is_match(part) {
+            let mut p: Vec<char> = part.replace('_', ".").chars().collect();
+            let n = p.len();
+            if p[n - 1].is_ascii_digit() && n >= 2 {
+                let (a, b) = (p[n - 2], p[n - 1]);
+                p.truncate(n - 2);
+                p.extend(['.', b, a]);
+            }
+            let n = p.len();
+            if n > 1 && p[n - 2].is_ascii_digit() && "kmbt".contains(p[n - 1]) {
+                p[n - 1] = p[n - 1].to_ascii_uppercase();
+            }
+            if total_params != 0 {
+                let unit = " KMBT".find(p[p.len() - 1]).map_or(-1, |k| k as i32);
+                let num: String = p[..p.len() - 1].iter().collect();
+                if let Ok(v) = num.parse::<f64>() {
+                    let label = v * 1000f64.powi(unit);
+                    let total = total_params as f64;
+                    if (label - total).abs() > (7 * total_params / 8) as f64 {
+                        t.finetune = true;
+                        let last = p.len() - 1;
+                        p[last] = p[last].to_ascii_lowercase();
+                    }
+                }
+            }
+            if !t.finetune {
+                t.size = true;
+            }
+            *part = p.into_iter().collect();
+        } else if i > 0 && finetune_re.is_match(part) {
+            t.finetune = true;
+        }
+    }
+    let empty = |t: &T| !(t.version || t.other || t.size || t.finetune || t.basename);
+    if parts.iter().zip(&types).any(|(n, t)| t.size && n.chars().any(|c| c.is_ascii_digit())) {
+        for (n, t) in parts.iter().zip(types.iter_mut()) {
+            if t.size && n.chars().all(char::is_alphabetic) {
+                t.size = false;
+            }
+        }
+    }
+    let mut at_start = true;
+    for (part, t) in parts.iter().zip(types.iter_mut()) {
+        let alpha = part.chars().next().is_some_and(char::is_alphabetic);
+        if at_start && ((empty(t) && alpha) || t.version) {
+            t.basename = true;
+        } else {
+            at_start = false;
+            if empty(t) {
+                t.finetune = true;
+            }
+        }
+    }
+    for t in types.iter_mut().rev() {
+        let others = t.version || t.other || t.size || t.finetune;
+        if t.basename && others {
+            t.basename = false;
+        } else {
+            break;
+        }
+    }
+    let version: Vec<&str> = parts
+        .iter()
+        .zip(&types)
+        .filter(|(_, t)| t.version && !t.basename)
+        .map(|(p, _)| p.as_str())
+        .collect();
+    (full, org, (!version.is_empty()).then(|| version.join("-")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -277,5 +460,17 @@ mod tests {
         assert_eq!(size_label(999), "1.0K");
         assert_eq!(size_label(400), "0.40K");
         assert_eq!(size_label(12_345_678), "12M");
+    }
+
+    /// gguf-py's `id_to_title` and the id heuristics, on the shapes base-model ids come in.
+    #[test]
+    fn model_ids_as_gguf_py() {
+        assert_eq!(id_to_title("base_nf4"), "Base_Nf4");
+        assert_eq!(id_to_title("Llama-3.2-1B-Instruct"), "Llama 3.2 1B Instruct");
+        assert_eq!(id_to_title("qwen2.5-v1.0-chat"), "Qwen2.5 v1.0 Chat");
+        let c = |id: &str| model_id_components(id, 4_800_000);
+        assert_eq!(c("mistralai/Mistral-7B-v0.1"), ("Mistral-7B-v0.1".into(), Some("mistralai".into()), Some("v0.1".into())));
+        assert_eq!(c("../base_bf16"), ("base_bf16".into(), None, None));
+        assert_eq!(c("a model"), ("a model".into(), None, None));
     }
 }

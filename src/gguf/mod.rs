@@ -45,6 +45,9 @@ pub(crate) struct Model {
     generation: Option<Json>,
     /// The tokenizer's KVs, in the converter's order.
     vocab: Vec<(String, Value)>,
+    /// A model card's `base_model` and tags (the pipeline tag last) to take metadata from, as
+    /// the converter does when the folder it reads has one.
+    card: Option<(Option<String>, Vec<String>)>,
 }
 
 impl Model {
@@ -69,7 +72,14 @@ impl Model {
             name,
             generation,
             vocab,
+            card: None,
         })
+    }
+
+    /// Also writes what the converter takes from a model card with this front matter.
+    pub fn with_card(mut self, base_model: Option<String>, tags: Vec<String>) -> Self {
+        self.card = Some((base_model, tags));
+        self
     }
 
     /// `general.name`, also the files' stem.

@@ -135,6 +135,7 @@ pub(super) fn run_key(job: &Job, adapter: &Adapter, ck: Option<&Checkpoint>) -> 
             "targets": g.targets.iter().map(|t| format!("{t:?}")).collect::<Vec<_>>(),
             "model_name": g.model_name,
             "intermediate": g.intermediate.torch_name(),
+            "card_metadata": g.card_metadata,
         })
     });
     let options = json!({

@@ -209,7 +209,17 @@ fn gguf_model(opts: &SaveOptions, found: &Found, ck: &Checkpoint) -> Result<Mode
         Some(n) => n,
         None => base_name(found, ck),
     };
-    Model::open(config, &cfg_path, &tok_dir, generation.as_deref(), name)
+    let model = Model::open(config, &cfg_path, &tok_dir, generation.as_deref(), name)?;
+    Ok(match opts.gguf_card_metadata {
+        // The card merged_16bit writes, as the converter would read it from that folder.
+        true => {
+            let (base, mut tags, pipeline) =
+                meta::card_front(found.adapter.config.base_model_name_or_path.as_deref(), false);
+            tags.push(pipeline.to_string());
+            model.with_card(base, tags)
+        }
+        false => model,
+    })
 }
 
 /// The base model's name: the last part of the adapter's `base_model_name_or_path`, else of the

@@ -182,11 +182,29 @@ pub fn modelfile(gguf_file: &str) -> String {
     format!("FROM ./{gguf_file}\n")
 }
 
+/// The front matter of our model card: `base_model`, the tags, the pipeline tag.
+pub fn card_front(base_model: Option<&str>, is_adapter: bool) -> (Option<String>, Vec<String>, &'static str) {
+    let mut tags = Vec::new();
+    if let Some(b) = base_model {
+        tags.push(if is_adapter {
+            format!("base_model:adapter:{b}")
+        } else {
+            format!("base_model:merge:{b}")
+        });
+    }
+    if is_adapter {
+        tags.push("lora".into());
+    }
+    tags.extend(["transformers".to_string(), "loraweld".to_string()]);
+    (base_model.map(str::to_string), tags, "text-generation")
+}
+
 /// A README model card with YAML front matter (`base_model`, `tags`, `library_name`,
 /// `pipeline_tag`), as the Hub renders it.
 pub fn model_card(base_model: Option<&str>, method: &str, is_adapter: bool) -> String {
+    let (base, tags, pipeline) = card_front(base_model, is_adapter);
     let mut s = String::from("---\n");
-    if let Some(b) = base_model {
+    if let Some(b) = &base {
         s.push_str(&format!("base_model: {}\n", yaml_str(b)));
     }
     s.push_str(if is_adapter {
@@ -194,16 +212,11 @@ pub fn model_card(base_model: Option<&str>, method: &str, is_adapter: bool) -> S
     } else {
         "library_name: transformers\n"
     });
-    s.push_str("pipeline_tag: text-generation\ntags:\n");
-    if is_adapter {
-        if let Some(b) = base_model {
-            s.push_str(&format!("- {}\n", yaml_str(&format!("base_model:adapter:{b}"))));
-        }
-        s.push_str("- lora\n");
-    } else if let Some(b) = base_model {
-        s.push_str(&format!("- {}\n", yaml_str(&format!("base_model:merge:{b}"))));
+    s.push_str(&format!("pipeline_tag: {pipeline}\ntags:\n"));
+    for t in &tags {
+        s.push_str(&format!("- {}\n", yaml_str(t)));
     }
-    s.push_str("- transformers\n- loraweld\n---\n\n");
+    s.push_str("---\n\n");
     s.push_str(&format!(
         "# Model card\n\nSaved with [loraweld](https://github.com/loraweld/loraweld) (`save_method={method}`){}.\n",
         base_model.map(|b| format!(" from base `{b}`")).unwrap_or_default()
