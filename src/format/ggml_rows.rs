@@ -65,9 +65,7 @@ impl Encoding {
 
 #[inline(always)]
 fn blocks<const N: usize, const B: usize>(x: &[f32], out: &mut [u8], f: impl Fn(&[f32; N], &mut [u8; B])) {
-    for (xs, o) in x.chunks_exact(N).zip(out.chunks_exact_mut(B)) {
-        let xs: &[f32; N] = xs.try_into().expect("chunks_exact gives N values");
-        let o: &mut [u8; B] = o.try_into().expect("chunks_exact_mut gives B bytes");
+    for (xs, o) in x.as_chunks::<N>().0.iter().zip(out.as_chunks_mut::<B>().0) {
         f(xs, o);
     }
 }
@@ -94,18 +92,18 @@ fn pairs<const B: usize>(
     one: impl Fn(&[f32; QK_K], &mut [u8; B]),
     two: impl Fn([&[f32; QK_K]; 2], [&mut [u8; B]; 2]),
 ) {
-    let mut xs = x.chunks_exact(2 * QK_K);
-    let mut os = out.chunks_exact_mut(2 * B);
-    for (x2, o2) in (&mut xs).zip(&mut os) {
-        let (xa, xb) = x2.split_at(QK_K);
-        let (oa, ob) = o2.split_at_mut(B);
-        let xa: &[f32; QK_K] = xa.try_into().expect("chunks of 2 QK_K values");
-        let xb: &[f32; QK_K] = xb.try_into().expect("chunks of 2 QK_K values");
-        let oa: &mut [u8; B] = oa.try_into().expect("chunks of 2 B bytes");
-        let ob: &mut [u8; B] = ob.try_into().expect("chunks of 2 B bytes");
-        two([xa, xb], [oa, ob]);
+    // A row is whole blocks, as planned.
+    let xs = x.as_chunks::<QK_K>().0;
+    let os = out.as_chunks_mut::<B>().0;
+    let pairs = xs.len().min(os.len()) / 2;
+    let (os2, os1) = os.split_at_mut(2 * pairs);
+    for (x2, o2) in xs.chunks_exact(2).zip(os2.chunks_exact_mut(2)) {
+        let [oa, ob] = o2 else { continue };
+        two([&x2[0], &x2[1]], [oa, ob]);
     }
-    blocks::<QK_K, B>(xs.remainder(), os.into_remainder(), one);
+    for (xb, ob) in xs[2 * pairs..].iter().zip(os1) {
+        one(xb, ob);
+    }
 }
 
 /// Encodes one row with the given instruction set (which this CPU must run: see

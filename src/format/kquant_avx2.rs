@@ -1,222 +1,73 @@
-//! The lane-parallel k-quant searches of `kquant_lanes.rs` for eight lanes, written with AVX2
-//! intrinsics: the compiler's own vectorization of the generic loops stays at four lanes and
-//! branches on the masks. Operation for operation the same as the generic (and so the scalar)
-//! code: each `_ps` op is the IEEE f32 operation of one lane, the selects keep the scalar
-//! comparisons (including which way NaN and -0 go), and there is no fused multiply-add.
+//! The k-quant searches (`kquant_simd.rs`) on eight lanes with AVX2: the primitives, and the
+//! [`Search`] that uses them. Masks are all-ones lanes of a vector.
 #![expect(unsafe_code)]
 
 use std::arch::x86_64::*;
 
-/// ggml's `nearest_int` on eight lanes: add 1.5 · 2^23, keep the low mantissa bits.
-#[inline]
-#[target_feature(enable = "avx2")]
-fn nearest(v: __m256) -> __m256i {
-    let t = _mm256_castps_si256(_mm256_add_ps(v, _mm256_set1_ps(12_582_912.0)));
-    _mm256_sub_epi32(
-        _mm256_and_si256(t, _mm256_set1_epi32(0x007f_ffff)),
-        _mm256_set1_epi32(0x0040_0000),
-    )
+use super::kquant_lanes::Search;
+
+type V = __m256;
+type I = __m256i;
+type Mask = __m256;
+
+macro_rules! prim {
+    ($($name:ident($($a:ident: $t:ty),*) -> $r:ty $body:block)*) => {$(
+        #[inline]
+        #[target_feature(enable = "avx2")]
+        fn $name($($a: $t),*) -> $r $body
+    )*};
 }
 
-/// `clamp(q, lo, hi)` on i32 lanes.
-#[inline]
-#[target_feature(enable = "avx2")]
-fn clamp(q: __m256i, lo: i32, hi: i32) -> __m256i {
-    _mm256_min_epi32(_mm256_max_epi32(q, _mm256_set1_epi32(lo)), _mm256_set1_epi32(hi))
-}
-
-#[inline]
-#[target_feature(enable = "avx2")]
-fn abs(v: __m256) -> __m256 {
-    _mm256_castsi256_ps(_mm256_and_si256(_mm256_castps_si256(v), _mm256_set1_epi32(0x7fff_ffff)))
-}
-
-/// `m ? a : b` per lane.
-#[inline]
-#[target_feature(enable = "avx2")]
-fn sel(m: __m256, a: __m256, b: __m256) -> __m256 {
-    _mm256_blendv_ps(b, a, m)
-}
-
-#[inline]
-#[target_feature(enable = "avx2")]
-fn ld(a: &[f32; 8]) -> __m256 {
-    // SAFETY: `a` is eight f32s; loadu has no alignment requirement.
-    unsafe { _mm256_loadu_ps(a.as_ptr()) }
-}
-
-#[inline]
-#[target_feature(enable = "avx2")]
-fn st(v: __m256) -> [f32; 8] {
-    let mut a = [0f32; 8];
-    // SAFETY: `a` holds eight f32s; storeu has no alignment requirement.
-    unsafe { _mm256_storeu_ps(a.as_mut_ptr(), v) };
-    a
-}
-
-#[inline]
-#[target_feature(enable = "avx2")]
-fn sti(v: __m256i) -> [i32; 8] {
-    let mut a = [0i32; 8];
-    // SAFETY: `a` holds eight i32s; storeu has no alignment requirement.
-    unsafe { _mm256_storeu_si256(a.as_mut_ptr().cast(), v) };
-    a
-}
-
-/// `kquant_lanes::qkx2` for eight lanes of `M` values.
-#[inline]
-#[target_feature(enable = "avx2")]
-#[allow(clippy::too_many_arguments)] // the scalar function's parameters
-pub(crate) fn qkx2<const M: usize>(
-    xt: &[[f32; 8]; M],
-    wt: &[[f32; 8]; M],
-    nmax: i32,
-    rmin: f32,
-    rdelta: f32,
-    nstep: i32,
-    use_mad: bool,
-    l: &mut [[u8; 8]; M],
-) -> ([f32; 8], [f32; 8]) {
-    let zero = _mm256_setzero_ps();
-    let mut min = ld(&xt[0]);
-    let mut max = min;
-    let mut sum_w = ld(&wt[0]);
-    let mut sum_x = _mm256_mul_ps(sum_w, min);
-    for i in 1..M {
-        let v = ld(&xt[i]);
-        let w = ld(&wt[i]);
-        // (v < min) ? v : min and (v > max) ? v : max, NaN keeping the old value.
-        min = _mm256_min_ps(v, min);
-        max = _mm256_max_ps(v, max);
-        sum_w = _mm256_add_ps(sum_w, w);
-        sum_x = _mm256_add_ps(sum_x, _mm256_mul_ps(w, v));
+prim! {
+    splat(x: f32) -> V { _mm256_set1_ps(x) }
+    add(a: V, b: V) -> V { _mm256_add_ps(a, b) }
+    sub(a: V, b: V) -> V { _mm256_sub_ps(a, b) }
+    mul(a: V, b: V) -> V { _mm256_mul_ps(a, b) }
+    div(a: V, b: V) -> V { _mm256_div_ps(a, b) }
+    vmin(v: V, m: V) -> V { _mm256_min_ps(v, m) }
+    vmax(v: V, m: V) -> V { _mm256_max_ps(v, m) }
+    gt(a: V, b: V) -> Mask { _mm256_cmp_ps::<_CMP_GT_OQ>(a, b) }
+    eq(a: V, b: V) -> Mask { _mm256_cmp_ps::<_CMP_EQ_OQ>(a, b) }
+    lt(a: V, b: V) -> Mask { _mm256_cmp_ps::<_CMP_LT_OQ>(a, b) }
+    ne(a: V, b: V) -> Mask { _mm256_cmp_ps::<_CMP_NEQ_UQ>(a, b) }
+    both(a: Mask, b: Mask) -> Mask { _mm256_and_ps(a, b) }
+    sel(m: Mask, a: V, b: V) -> V { _mm256_blendv_ps(b, a, m) }
+    cvt(q: I) -> V { _mm256_cvtepi32_ps(q) }
+    addi(q: I, n: i32) -> I { _mm256_add_epi32(q, _mm256_set1_epi32(n)) }
+    zero_where(m: Mask, q: I) -> I { _mm256_andnot_si256(_mm256_castps_si256(m), q) }
+    abs(v: V) -> V { _mm256_castsi256_ps(_mm256_and_si256(_mm256_castps_si256(v), _mm256_set1_epi32(0x7fff_ffff))) }
+    neg(v: V) -> V { _mm256_xor_ps(v, _mm256_set1_ps(-0.0)) }
+    nearest(v: V) -> I {
+        let t = _mm256_castps_si256(_mm256_add_ps(v, _mm256_set1_ps(12_582_912.0)));
+        _mm256_sub_epi32(_mm256_and_si256(t, _mm256_set1_epi32(0x007f_ffff)), _mm256_set1_epi32(0x0040_0000))
     }
-    min = sel(_mm256_cmp_ps::<_CMP_GT_OQ>(min, zero), zero, min);
-    let flat = _mm256_cmp_ps::<_CMP_EQ_OQ>(max, min);
-    let flat_min = min;
-    let nmaxf = _mm256_set1_ps(nmax as f32);
-    let mut iscale = _mm256_div_ps(nmaxf, _mm256_sub_ps(max, min));
-    let mut scale = _mm256_div_ps(_mm256_set1_ps(1.0), iscale);
-    let mut code_iscale = iscale;
-    let mut code_min = min;
-    let err = |d: __m256| if use_mad { abs(d) } else { _mm256_mul_ps(d, d) };
-    let mut best_error = zero;
-    for i in 0..M {
-        let x = ld(&xt[i]);
-        let q = _mm256_cvtepi32_ps(clamp(nearest(_mm256_mul_ps(iscale, _mm256_sub_ps(x, min))), 0, nmax));
-        let diff = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(scale, q), min), x);
-        best_error = _mm256_add_ps(best_error, _mm256_mul_ps(ld(&wt[i]), err(diff)));
+    clamp(q: I, lo: i32, hi: i32) -> I {
+        _mm256_min_epi32(_mm256_max_epi32(q, _mm256_set1_epi32(lo)), _mm256_set1_epi32(hi))
     }
-    let mut laux = [_mm256_setzero_ps(); M];
-    for is in (0..=nstep).filter(|_| nstep >= 1) {
-        let c = _mm256_set1_ps(rmin + rdelta * is as f32 + nmax as f32);
-        iscale = _mm256_div_ps(c, _mm256_sub_ps(max, min));
-        let (mut sum_l, mut sum_l2, mut sum_xl) = (zero, zero, zero);
-        for i in 0..M {
-            let x = ld(&xt[i]);
-            let lf = _mm256_cvtepi32_ps(clamp(nearest(_mm256_mul_ps(iscale, _mm256_sub_ps(x, min))), 0, nmax));
-            laux[i] = lf;
-            let wl = _mm256_mul_ps(ld(&wt[i]), lf);
-            sum_l = _mm256_add_ps(sum_l, wl);
-            sum_l2 = _mm256_add_ps(sum_l2, _mm256_mul_ps(wl, lf));
-            sum_xl = _mm256_add_ps(sum_xl, _mm256_mul_ps(wl, x));
-        }
-        let d = _mm256_sub_ps(_mm256_mul_ps(sum_w, sum_l2), _mm256_mul_ps(sum_l, sum_l));
-        let ok = _mm256_cmp_ps::<_CMP_GT_OQ>(d, zero);
-        let ts = _mm256_div_ps(_mm256_sub_ps(_mm256_mul_ps(sum_w, sum_xl), _mm256_mul_ps(sum_x, sum_l)), d);
-        let tm = _mm256_div_ps(_mm256_sub_ps(_mm256_mul_ps(sum_l2, sum_x), _mm256_mul_ps(sum_l, sum_xl)), d);
-        let pos = _mm256_cmp_ps::<_CMP_GT_OQ>(tm, zero);
-        let this_min = sel(pos, zero, tm);
-        let this_scale = sel(pos, _mm256_div_ps(sum_xl, sum_l2), ts);
-        let mut cur = zero;
-        for i in 0..M {
-            let diff = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(this_scale, laux[i]), this_min), ld(&xt[i]));
-            cur = _mm256_add_ps(cur, _mm256_mul_ps(ld(&wt[i]), err(diff)));
-        }
-        let better = _mm256_and_ps(ok, _mm256_cmp_ps::<_CMP_LT_OQ>(cur, best_error));
-        best_error = sel(better, cur, best_error);
-        scale = sel(better, this_scale, scale);
-        code_iscale = sel(better, iscale, code_iscale);
-        code_min = sel(better, min, code_min);
-        min = sel(better, this_min, min);
+    ld(a: &[f32; 8]) -> V {
+        // SAFETY: eight f32s; loadu has no alignment requirement.
+        unsafe { _mm256_loadu_ps(a.as_ptr()) }
     }
-    let flat_i = _mm256_castps_si256(flat);
-    for i in 0..M {
-        let q = clamp(nearest(_mm256_mul_ps(code_iscale, _mm256_sub_ps(ld(&xt[i]), code_min))), 0, nmax);
-        let q = sti(_mm256_andnot_si256(flat_i, q));
-        for k in 0..8 {
-            l[i][k] = q[k] as u8;
-        }
+    st(v: V) -> [f32; 8] {
+        let mut a = [0f32; 8];
+        // SAFETY: eight f32s; storeu has no alignment requirement.
+        unsafe { _mm256_storeu_ps(a.as_mut_ptr(), v) };
+        a
     }
-    scale = sel(flat, zero, scale);
-    min = sel(flat, flat_min, min);
-    (st(scale), st(_mm256_xor_ps(min, _mm256_set1_ps(-0.0))))
+    sti(v: I) -> [i32; 8] {
+        let mut a = [0i32; 8];
+        // SAFETY: eight i32s; storeu has no alignment requirement.
+        unsafe { _mm256_storeu_si256(a.as_mut_ptr().cast(), v) };
+        a
+    }
 }
 
-/// ggml's sub-blocks with all values below this are all zero.
-const GROUP_MAX_EPS: f32 = 1e-15;
-
-/// `kquant_lanes::qx` for eight lanes of `M` values.
-#[inline]
-#[target_feature(enable = "avx2")]
-pub(crate) fn qx<const M: usize>(xt: &[[f32; 8]; M], nmax: i32, l: &mut [[i8; 8]; M]) -> [f32; 8] {
-    let zero = _mm256_setzero_ps();
-    let (mut amax, mut max) = (zero, zero);
-    for row in xt {
-        let v = ld(row);
-        let gt = _mm256_cmp_ps::<_CMP_GT_OQ>(abs(v), amax);
-        amax = sel(gt, abs(v), amax);
-        max = sel(gt, v, max);
-    }
-    let nmaxf = nmax as f32;
-    let (lo, hi) = (-nmax, nmax - 1);
-    let sums = |iscale: __m256| {
-        let (mut sumlx, mut suml2) = (zero, zero);
-        for row in xt {
-            let x = ld(row);
-            let lf = _mm256_cvtepi32_ps(clamp(nearest(_mm256_mul_ps(iscale, x)), lo, hi));
-            let w = _mm256_mul_ps(x, x);
-            sumlx = _mm256_add_ps(sumlx, _mm256_mul_ps(_mm256_mul_ps(w, x), lf));
-            suml2 = _mm256_add_ps(suml2, _mm256_mul_ps(_mm256_mul_ps(w, lf), lf));
-        }
-        (sumlx, suml2)
-    };
-    let iscale0 = _mm256_div_ps(_mm256_set1_ps(-nmaxf), max);
-    let (sumlx, suml2) = sums(iscale0);
-    let nz = _mm256_cmp_ps::<_CMP_NEQ_UQ>(suml2, zero);
-    let mut scale = sel(nz, _mm256_div_ps(sumlx, suml2), zero);
-    let mut best = _mm256_mul_ps(scale, sumlx);
-    let mut best_iscale = iscale0;
-    for is in -9i32..=9 {
-        if is == 0 {
-            continue;
-        }
-        let iscale = _mm256_div_ps(_mm256_set1_ps(-(nmaxf + 0.1 * is as f32)), max);
-        let (sumlx, suml2) = sums(iscale);
-        let win = _mm256_and_ps(
-            _mm256_cmp_ps::<_CMP_GT_OQ>(suml2, zero),
-            _mm256_cmp_ps::<_CMP_GT_OQ>(_mm256_mul_ps(sumlx, sumlx), _mm256_mul_ps(best, suml2)),
-        );
-        best_iscale = sel(win, iscale, best_iscale);
-        scale = sel(win, _mm256_div_ps(sumlx, suml2), scale);
-        best = sel(win, _mm256_mul_ps(scale, sumlx), best);
-    }
-    let tiny = _mm256_cmp_ps::<_CMP_LT_OQ>(amax, _mm256_set1_ps(GROUP_MAX_EPS));
-    let tiny_i = _mm256_castps_si256(tiny);
-    for (lrow, row) in l.iter_mut().zip(xt) {
-        let q = clamp(nearest(_mm256_mul_ps(best_iscale, ld(row))), lo, hi);
-        let q = sti(_mm256_andnot_si256(tiny_i, _mm256_add_epi32(q, _mm256_set1_epi32(nmax))));
-        for k in 0..8 {
-            lrow[k] = q[k] as i8;
-        }
-    }
-    st(sel(tiny, zero, scale))
-}
+super::kquant_simd::simd_searches!("avx2", 8);
 
 /// The searches with these intrinsics.
 pub(crate) struct Avx2;
 
-impl super::kquant_lanes::Search for Avx2 {
+impl Search for Avx2 {
     #[inline(always)]
     fn qkx2_8<const M: usize>(
         xt: &[[f32; 8]; M],

@@ -14,6 +14,8 @@ mod kquant_avx2;
 #[cfg(target_arch = "x86_64")]
 mod kquant_avx512;
 pub mod kquant_lanes;
+#[cfg(target_arch = "x86_64")]
+mod kquant_simd;
 pub mod kquants;
 pub mod legacy_quants;
 pub mod nibbles;
