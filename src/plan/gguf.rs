@@ -266,7 +266,7 @@ fn file_plan(
             })
             .collect()
     };
-    if matches!(ft, FileType::F32 | FileType::F16 | FileType::Bf16 | FileType::Q8_0) {
+    if !ft.is_quantize() {
         return Ok((model.kvs(ft, params), direct(ft)));
     }
     let inter = match intermediate {
