@@ -41,7 +41,12 @@ pub(super) fn pack_stage(
         match p {
             Packed::StartShard(i) => {
                 let sh = &plan.shards[i];
-                let f = OutputFile::begin(dir, &sh.file_name, &sh.head, sh.file_len, pool.clone(), opts)?;
+                let f = if sh.scattered {
+                    let data = sh.tensors.iter().map(|&t| plan.tensors[t].nbytes).sum();
+                    OutputFile::begin_scattered(dir, &sh.file_name, &sh.head, sh.file_len, data, opts)?
+                } else {
+                    OutputFile::begin(dir, &sh.file_name, &sh.head, sh.file_len, pool.clone(), opts)?
+                };
                 open.insert(i, f);
             }
             Packed::Borrowed {

@@ -5,6 +5,7 @@
 //! GGUF it would read. Every file is laid out (header, tokenizer, offsets) before any weight is
 //! read.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::merge::plan_merged;
@@ -112,7 +113,13 @@ pub(crate) fn plan_gguf(ck: &Checkpoint, adapter: &Adapter, job: &Job, model: &M
         let (head, offsets, len) = gguf_file::lay_out(&kvs, &specs)?;
         let si = shards.len();
         let order: Vec<usize> = file_tensors.iter().map(|(i, _, _)| *i).collect();
-        let follows = leads.iter().find(|(o, _)| *o == order).map(|(_, lead)| *lead);
+        // Same order as a lead: written in lockstep with it. Another order (the converter's
+        // and llama-quantize's differ): still made from the first lead's read, each tensor
+        // written at its place as it comes.
+        let (follows, scattered) = match leads.iter().find(|(o, _)| *o == order) {
+            Some((_, lead)) => (Some(*lead), false),
+            None => (leads.first().map(|(_, lead)| *lead), !leads.is_empty()),
+        };
         if follows.is_none() {
             leads.push((order, si));
         }
@@ -152,9 +159,17 @@ pub(crate) fn plan_gguf(ck: &Checkpoint, adapter: &Adapter, job: &Job, model: &M
         }
         twins.resize(tensors.len(), Vec::new());
         if let Some(lead) = follows {
-            for (k, &t) in members.iter().enumerate() {
-                let lt = shards[lead].tensors[k];
-                twins[lt].push(t);
+            // The lead's tensor made from the same converted tensor.
+            let of_lead: HashMap<usize, usize> = leads
+                .iter()
+                .find(|(_, l)| *l == lead)
+                .map(|(o, _)| o.iter().copied().zip(shards[lead].tensors.iter().copied()).collect())
+                .unwrap_or_default();
+            for ((i, _, _), &t) in file_tensors.iter().zip(&members) {
+                let lt = of_lead.get(i).ok_or_else(|| {
+                    Error::Internal(format!("gguf: `{}` is in one file but not another", converted[*i].name))
+                })?;
+                twins[*lt].push(t);
             }
         }
         shards.push(PlannedFile {
@@ -164,6 +179,7 @@ pub(crate) fn plan_gguf(ck: &Checkpoint, adapter: &Adapter, job: &Job, model: &M
             file_len: len,
             skip: false,
             follows,
+            scattered,
         });
     }
     let total_size = tensors.iter().map(|t| t.nbytes).sum();

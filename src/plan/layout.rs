@@ -118,6 +118,7 @@ pub(crate) fn layout(
         shards.push(PlannedFile {
             skip: false,
             follows: None,
+            scattered: false,
             file_name,
             file_len: file.len,
             head: file.head,

@@ -2,7 +2,8 @@
 //! are called and how each is laid out (the head bytes before the data, where every tensor's
 //! bytes go, the file's length); an [`OutputFile`] writes one planned file front to back,
 //! placing each tensor's bytes at its planned offset (zeros between, where a format aligns),
-//! hashing as it goes, and finishing it. The plan asks the format; the packer writes through
+//! hashing as it goes, and finishing it (or, for a file whose tensors arrive in another file's
+//! order, writes each piece where it belongs and hashes the file once it is whole). The plan asks the format; the packer writes through
 //! `OutputFile`, whatever the format. Sharded safetensors ([`Safetensors`]) is the first
 //! format; GGUF (one file, its own header, alignment and block-quantized tensor types) is next.
 
@@ -54,9 +55,12 @@ pub struct PlannedFile {
     pub file_len: u64,
     /// Already written and verified by an earlier, interrupted run: do not write again.
     pub skip: bool,
-    /// Written in lockstep with this earlier file (the same tensors in the same order from the
-    /// same inputs, encoded differently): one read of the inputs serves both.
+    /// Written in lockstep with this earlier file (the same tensors from the same inputs,
+    /// encoded differently): one read of the inputs serves both.
     pub follows: Option<usize>,
+    /// Its tensors come in the order of the file it follows, not its own: each piece is written
+    /// at its offset, and the file is hashed once whole.
+    pub scattered: bool,
 }
 
 /// An output file format.
@@ -197,10 +201,22 @@ pub struct OutputOptions<'a> {
     pub progress: Option<&'a AtomicU64>,
 }
 
-/// One planned file being written, front to back.
+/// Where a file's bytes go: a stream, front to back (hashed on the way), or a file written at
+/// any offset (hashed when finished).
+enum Sink {
+    Stream(ShardWriter),
+    Scattered {
+        file: std::fs::File,
+        path: std::path::PathBuf,
+        /// Bytes that will be written: the head and every tensor (the gaps are zeros already).
+        want: u64,
+    },
+}
+
+/// One planned file being written.
 pub struct OutputFile<'a> {
     name: String,
-    writer: ShardWriter,
+    sink: Sink,
     digests: Digests,
     pos: u64,
     len: u64,
@@ -222,7 +238,7 @@ impl<'a> OutputFile<'a> {
         writer.set_clone(opts.copy_file_range);
         let mut f = OutputFile {
             name: name.to_string(),
-            writer,
+            sink: Sink::Stream(writer),
             digests: Digests::new(opts.sha256),
             pos: 0,
             len,
@@ -230,6 +246,62 @@ impl<'a> OutputFile<'a> {
         };
         f.put(0, head)?;
         Ok(f)
+    }
+
+    /// Creates `dir/name`, `len` bytes of zeros but for the head, for pieces (`data` bytes in
+    /// all) that come in any order (through the page cache: they are not page-aligned runs).
+    pub fn begin_scattered(
+        dir: &Path,
+        name: &str,
+        head: &[u8],
+        len: u64,
+        data: u64,
+        opts: OutputOptions<'a>,
+    ) -> Result<Self> {
+        let path = dir.join(name);
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        file.set_len(len).map_err(|e| Error::io(&path, e))?;
+        let mut f = OutputFile {
+            name: name.to_string(),
+            sink: Sink::Scattered {
+                file,
+                path,
+                want: head.len() as u64 + data,
+            },
+            digests: Digests::new(opts.sha256),
+            pos: 0,
+            len,
+            opts,
+        };
+        f.put(0, head)?;
+        Ok(f)
+    }
+
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<bool> {
+        use std::os::unix::fs::FileExt;
+        let Sink::Scattered { file, path, .. } = &self.sink else {
+            return Ok(false);
+        };
+        if offset + data.len() as u64 > self.len {
+            return Err(Error::Internal(format!(
+                "{}: bytes planned at {offset}..{}, past its {} bytes",
+                self.name,
+                offset + data.len() as u64,
+                self.len
+            )));
+        }
+        file.write_all_at(data, offset).map_err(|e| Error::io(path, e))?;
+        self.pos += data.len() as u64;
+        if let Some(p) = self.opts.progress {
+            p.fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        Ok(true)
     }
 
     /// Zeros up to `offset` (a format's alignment padding); never backwards.
@@ -242,7 +314,7 @@ impl<'a> OutputFile<'a> {
         }
         if offset > self.pos {
             let zeros = vec![0u8; (offset - self.pos) as usize];
-            self.writer.write(&zeros)?;
+            self.stream()?.write(&zeros)?;
             self.digests.update(&zeros);
             self.pos = offset;
         }
@@ -259,8 +331,11 @@ impl<'a> OutputFile<'a> {
 
     /// Writes `data` at `offset`.
     pub fn put(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        if self.write_at(offset, data)? {
+            return Ok(());
+        }
         self.pad_to(offset)?;
-        self.writer.write(data)?;
+        self.stream()?.write(data)?;
         self.advance(data);
         Ok(())
     }
@@ -268,8 +343,11 @@ impl<'a> OutputFile<'a> {
     /// Writes `data`, which sits at `abs` in `src`, at `offset`: cloned with `copy_file_range`
     /// where the filesystem shares blocks, else copied.
     pub fn put_from(&mut self, offset: u64, src: &std::fs::File, abs: u64, data: &[u8]) -> Result<()> {
+        if self.write_at(offset, data)? {
+            return Ok(());
+        }
         self.pad_to(offset)?;
-        self.writer.write_from(src, abs, data)?;
+        self.stream()?.write_from(src, abs, data)?;
         self.advance(data);
         Ok(())
     }
@@ -278,21 +356,51 @@ impl<'a> OutputFile<'a> {
     /// its bytes have the in-page offset they have in the file); returns the buffer when the
     /// writer is done with it.
     pub fn put_owned(&mut self, offset: u64, buf: AlignedBuf, lead: usize, len: usize) -> Result<Option<AlignedBuf>> {
+        if self.write_at(offset, &buf.as_slice()[lead..lead + len])? {
+            return Ok(Some(buf));
+        }
         self.pad_to(offset)?;
         self.digests.update(&buf.as_slice()[lead..lead + len]);
         self.pos += len as u64;
         if let Some(p) = self.opts.progress {
             p.fetch_add(len as u64, Ordering::Relaxed);
         }
-        self.writer.write_owned(buf, lead, len)
+        self.stream()?.write_owned(buf, lead, len)
+    }
+
+    fn stream(&mut self) -> Result<&mut ShardWriter> {
+        match &mut self.sink {
+            Sink::Stream(w) => Ok(w),
+            Sink::Scattered { .. } => Err(Error::Internal(format!("{}: streamed into a scattered file", self.name))),
+        }
     }
 
     /// Pads to the planned length, syncs, and checks the file is exactly as planned.
     pub fn finish(mut self) -> Result<ShardResult> {
         let len = self.len;
-        self.pad_to(len)?;
-        let cloned_bytes = self.writer.cloned_bytes();
-        let on_disk = self.writer.finish()?;
+        let (on_disk, cloned_bytes) = match self.sink {
+            Sink::Stream(_) => {
+                self.pad_to(len)?;
+                let Sink::Stream(w) = self.sink else {
+                    return Err(Error::Internal("unreachable sink".into()));
+                };
+                let cloned = w.cloned_bytes();
+                (w.finish()?, cloned)
+            }
+            Sink::Scattered { file, path, want } => {
+                if self.pos != want {
+                    return Err(Error::Internal(format!(
+                        "{}: {} bytes written of {want} planned",
+                        self.name, self.pos
+                    )));
+                }
+                // Every piece is in place: sync, then hash the whole file front to back.
+                file.sync_data().map_err(|e| Error::io(&path, e))?;
+                let on_disk = hash_back(&file, &path, &mut self.digests)?;
+                crate::sys::drop_cache(&file);
+                (on_disk, 0)
+            }
+        };
         if on_disk != len {
             return Err(Error::Internal(format!(
                 "{}: file is {on_disk} bytes, planned {len}",
@@ -309,6 +417,21 @@ impl<'a> OutputFile<'a> {
             }),
             cloned_bytes,
         })
+    }
+}
+
+/// Feeds a finished file to the digests, front to back; returns its length.
+fn hash_back(file: &std::fs::File, path: &Path, digests: &mut Digests) -> Result<u64> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; 8 << 20];
+    let mut at = 0u64;
+    loop {
+        let n = file.read_at(&mut buf, at).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            return Ok(at);
+        }
+        digests.update(&buf[..n]);
+        at += n as u64;
     }
 }
 
@@ -374,5 +497,30 @@ mod tests {
         assert_eq!(r.bytes, 16);
         assert_eq!(r.blake3, blake3::hash(&bytes).to_hex().to_string());
         assert_eq!(r.sha256.unwrap().len(), 64);
+    }
+
+    #[test]
+    fn a_scattered_file_comes_out_as_the_streamed_one() {
+        let d = tempfile::tempdir().unwrap();
+        let opts = OutputOptions {
+            sha256: true,
+            copy_file_range: None,
+            progress: None,
+        };
+        let mut f = OutputFile::begin_scattered(d.path(), "x.bin", b"HEAD", 16, 7, opts).unwrap();
+        f.put(8, b"defg").unwrap();
+        f.put(4, b"abc").unwrap();
+        assert!(f.put(14, b"xyz").is_err(), "past the planned length");
+        let r = f.finish().unwrap();
+        let bytes = std::fs::read(d.path().join("x.bin")).unwrap();
+        assert_eq!(bytes, b"HEADabc\0defg\0\0\0\0");
+        assert_eq!(r.blake3, blake3::hash(&bytes).to_hex().to_string());
+        use sha2::Digest;
+        let sha: String = sha2::Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(r.sha256.unwrap(), sha);
+
+        let mut short = OutputFile::begin_scattered(d.path(), "y.bin", b"HEAD", 16, 7, opts).unwrap();
+        short.put(4, b"abc").unwrap();
+        assert!(short.finish().is_err(), "a piece never came");
     }
 }
