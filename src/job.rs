@@ -92,6 +92,16 @@ pub enum GgufTarget {
     File(FileType),
 }
 
+impl GgufTarget {
+    /// The name it is asked by.
+    pub fn name(self) -> &'static str {
+        match self {
+            GgufTarget::NotQuantized => "not_quantized",
+            GgufTarget::File(ft) => ft.name(),
+        }
+    }
+}
+
 /// What a GGUF save writes and how it reproduces llama.cpp's route.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GgufSpec {

@@ -366,8 +366,9 @@ pub struct SaveOptions {
     pub hub: HubConfig,
     /// Push the saved directory to this repo afterwards (`--push-to-hub`).
     pub push_to_hub: Option<PushOptions>,
-    /// `gguf`: the files to write (Unsloth's `quantization_method`). Default `fast_quantized`.
-    pub quantization_method: Vec<GgufTarget>,
+    /// `gguf`: the files to write (Unsloth's `quantization_method`); `None`: `fast_quantized`.
+    /// `lora`: `Some` writes the adapter as llama.cpp LoRA GGUFs (f32, f16, bf16, q8_0).
+    pub quantization_method: Option<Vec<GgufTarget>>,
     /// `gguf`: `general.name` (the converter's `--model-name`); `None`: the base model's name.
     pub model_name: Option<String>,
     /// `gguf`: the 16-bit GGUF whose `llama-quantize` route the k-quant files reproduce
@@ -406,7 +407,7 @@ impl SaveOptions {
             // The one place the library reads the Hub's environment variables.
             hub: HubConfig::from_env(None),
             push_to_hub: None,
-            quantization_method: vec![GgufTarget::File(FileType::Q8_0)],
+            quantization_method: None,
             model_name: None,
             gguf_intermediate: FloatDtype::Bf16,
             gguf_card_metadata: false,
@@ -447,6 +448,31 @@ impl SaveOptions {
                 self.blocksize
             )));
         }
+        match (self.save_method, &self.quantization_method) {
+            (SaveMethod::Gguf, _) | (_, None) => {}
+            (SaveMethod::Lora, Some(q)) => {
+                if let Some(t) = q
+                    .iter()
+                    .find(|t| !matches!(t, GgufTarget::File(ft) if !ft.is_quantize()))
+                {
+                    return Err(Error::Usage(format!(
+                        "--quantization-method {}: a LoRA GGUF is f32, f16, bf16 or q8_0 (convert_lora_to_gguf.py's types)",
+                        t.name()
+                    )));
+                }
+                if self.gguf_card_metadata {
+                    return Err(Error::Usage(
+                        "--gguf-card-metadata: only with --save-method gguf".into(),
+                    ));
+                }
+            }
+            (m, Some(_)) => {
+                return Err(Error::Usage(format!(
+                    "--quantization-method: only with --save-method gguf or lora (not {})",
+                    m.as_str()
+                )))
+            }
+        }
         Ok(())
     }
 }
@@ -461,14 +487,18 @@ impl SaveOptions {
                 "--gguf-intermediate f32: expected bf16 or f16 (the 16-bit GGUF llama-quantize starts from)".into(),
             ));
         }
-        let output = match self.save_method {
-            SaveMethod::Gguf => OutputFormat::Gguf(GgufSpec {
-                targets: self.quantization_method.clone(),
+        let gguf = |targets: Vec<GgufTarget>| {
+            OutputFormat::Gguf(GgufSpec {
+                targets,
                 model_name: self.model_name.clone(),
                 intermediate: self.gguf_intermediate,
                 merged_shard_size: self.max_shard_size,
                 card_metadata: self.gguf_card_metadata,
-            }),
+            })
+        };
+        let output = match (self.save_method, &self.quantization_method) {
+            (SaveMethod::Gguf, q) => gguf(q.clone().unwrap_or_else(|| vec![GgufTarget::File(FileType::Q8_0)])),
+            (SaveMethod::Lora, Some(q)) => gguf(q.clone()),
             _ => OutputFormat::Safetensors {
                 max_shard_size: self.max_shard_size,
                 order: self.shard_order,

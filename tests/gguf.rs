@@ -182,6 +182,56 @@ fn every_reference_gguf_is_reproduced_byte_for_byte() {
     );
 }
 
+/// `--save-method lora --quantization-method ...` against `convert_lora_to_gguf.py`: every case
+/// of LORA_REFS.json (each set's PEFT adapter, copied into a folder whose name walks gguf-py's
+/// name heuristics) gives the converter's files, under the converter's default names, byte for
+/// byte, with all four types from one run. The QLoRA adapter is run with its NF4 base, whose
+/// bitsandbytes config the converter refuses (its reference read the 16-bit base's config).
+#[test]
+fn every_lora_adapter_gguf_is_reproduced_byte_for_byte() {
+    let m: Value = serde_json::from_str(&std::fs::read_to_string(sets_dir().join("LORA_REFS.json")).unwrap()).unwrap();
+    let cases = m["cases"].as_array().unwrap();
+    assert!(cases.len() >= 6, "LORA_REFS.json lists {} cases", cases.len());
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for c in cases {
+        let set = sets_dir().join(c["set"].as_str().unwrap());
+        let w = Workdir::new();
+        let folder = w.join(c["folder"].as_str().unwrap());
+        std::fs::create_dir_all(&folder).unwrap();
+        for e in std::fs::read_dir(set.join(c["adapter"].as_str().unwrap())).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), folder.join(e.file_name())).unwrap();
+        }
+        let files = c["files"].as_array().unwrap();
+        let methods: Vec<&str> = files.iter().map(|f| f["method"].as_str().unwrap()).collect();
+        let saved = SaveCase::new(&folder)
+            .base(set.join(c["ours_base"].as_str().unwrap()))
+            .args(["--save-method", "lora", "--quantization-method", &methods.join(",")])
+            .run();
+        for f in files {
+            checked += 1;
+            let want = set.join("refs_lora").join(f["json"].as_str().unwrap());
+            if let Err(e) = compare(&saved.out.join(f["file"].as_str().unwrap()), &want) {
+                failures.push(format!("{} {}: {e}", c["folder"], f["method"]));
+            }
+        }
+        let mut listing: Vec<String> = std::fs::read_dir(&saved.out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .filter(|n| !n.ends_with(".gguf"))
+            .collect();
+        listing.sort();
+        assert_eq!(listing, ["README.md", "loraweld-manifest.json"], "{}", c["folder"]);
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {checked} differ:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
 /// What the converter would refuse is refused before any heavy work, in one line, exit 2, with
 /// nothing written: a tokenizer whose pre-tokenizer llama.cpp does not know (the bundled
 /// example's made-up BPE, with the converter's own reason), an architecture we do not
@@ -206,6 +256,23 @@ fn gguf_refusals_are_one_line_before_any_work() {
     SaveCase::new(llama.join("lora"))
         .args(["--quantization-method", "q4_k_m"])
         .assert_refused(&w, &["--quantization-method: only with --save-method gguf"]);
+    // A LoRA GGUF: the converter's four types only; what llama.cpp would apply wrongly, by name.
+    let lora_gguf = |q: &'static str| ["--save-method", "lora", "--quantization-method", q];
+    SaveCase::new(llama.join("lora"))
+        .args(lora_gguf("q4_k_m"))
+        .assert_refused(&w, &["--quantization-method q4_k_m", "f32, f16, bf16 or q8_0"]);
+    SaveCase::new(variants.join("llama_dora/adapter"))
+        .base(variants.join("base_llama"))
+        .args(lora_gguf("f16"))
+        .assert_refused(&w, &["LoRA GGUF: DoRA", "magnitude"]);
+    SaveCase::new(variants.join("llama_rslora_patterns/adapter"))
+        .base(variants.join("base_llama"))
+        .args(lora_gguf("f16"))
+        .assert_refused(&w, &["LoRA GGUF: use_rslora"]);
+    SaveCase::new(variants.join("llama_embed_head/adapter"))
+        .base(variants.join("base_llama"))
+        .args(lora_gguf("f16"))
+        .assert_refused(&w, &["LoRA GGUF", "embedding"]);
 }
 
 /// `--gguf-card-metadata`: the keys the converter copies from the model card merged_16bit writes

@@ -361,16 +361,17 @@ impl SaveArgs {
             o.blocksize = b;
         }
         o.double_quant = !self.no_double_quant;
-        if o.save_method == SaveMethod::Gguf {
+        let lora_gguf = o.save_method == SaveMethod::Lora && self.quantization_method.is_some();
+        if o.save_method == SaveMethod::Gguf || lora_gguf {
             if let Some(q) = &self.quantization_method {
-                o.quantization_method = GgufTarget::parse_list(q)?;
+                o.quantization_method = Some(GgufTarget::parse_list(q)?);
             }
             o.model_name = self.model_name.clone();
             o.gguf_intermediate = FloatDtype::parse(&self.gguf_intermediate)?;
             o.gguf_card_metadata = self.gguf_card_metadata;
         } else if self.quantization_method.is_some() || self.model_name.is_some() {
             return Err(Error::Usage(format!(
-                "{}: only with --save-method gguf",
+                "{}: only with --save-method gguf (or lora with --quantization-method)",
                 if self.quantization_method.is_some() {
                     "--quantization-method"
                 } else {

@@ -318,7 +318,8 @@ fn llama3_rope_factors(base: f64, dim: u64, factor: f64, low: f64, high: f64, ol
 /// norms and anything not a `.weight`; else the outtype, with Q8_0 falling back to F16 where a
 /// row is not whole blocks of 32.
 pub(crate) fn converter_type(name: &str, shape: &[u64], ft: FileType) -> GgmlType {
-    if shape.len() <= 1 || name.ends_with("_norm.weight") || !name.ends_with(".weight") {
+    let stored = [".weight", ".lora_a", ".lora_b"].iter().any(|s| name.ends_with(s));
+    if shape.len() <= 1 || name.ends_with("_norm.weight") || !stored {
         return GgmlType::F32;
     }
     match ft {

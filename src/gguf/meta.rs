@@ -85,6 +85,30 @@ pub(crate) fn kvs(model: &Model, ft: FileType, params: u64) -> Vec<(String, Valu
     kv.0
 }
 
+/// The KVs of a LoRA adapter GGUF: the architecture, the type, `Metadata.set_gguf_meta_model`'s
+/// keys from the folder-name heuristics, the alpha (`set_gguf_parameters` is replaced, so no
+/// hyperparameters and no vocabulary), the quantization version.
+pub(crate) fn lora_kvs(model: &Model, parts: &IdParts, alpha: f32) -> Vec<(String, Value)> {
+    let mut kv = Kvs::default();
+    kv.put("general.architecture", Value::String(model.arch.gguf_name().into()));
+    kv.put("general.type", Value::String("adapter".into()));
+    kv.put("adapter.type", Value::String("lora".into()));
+    kv.put("general.name", Value::String(model.name.clone()));
+    let text = |k: &str, v: &Option<String>, kv: &mut Kvs| {
+        if let Some(v) = v {
+            kv.put(format!("general.{k}"), Value::String(v.clone()));
+        }
+    };
+    text("version", &parts.version, &mut kv);
+    text("organization", &parts.org.as_deref().map(id_to_title), &mut kv);
+    text("finetune", &parts.finetune, &mut kv);
+    text("basename", &parts.basename, &mut kv);
+    text("size_label", &parts.size_label, &mut kv);
+    kv.put("adapter.lora.alpha", Value::F32(alpha));
+    kv.put("general.quantization_version", Value::U32(QUANT_VERSION));
+    kv.0
+}
+
 fn u32v(cfg: &Json, k: &str) -> Option<Value> {
     int(cfg, k).map(|v| Value::U32(v as u32))
 }
@@ -279,15 +303,15 @@ fn card_kvs(base: Option<&str>, tags: &[String], params: u64, kv: &mut Kvs) {
             repo_url = Some(id.to_string());
             let hf = regex::Regex::new(r"^https?://huggingface.co/([^/]+/[^/]+)$").expect("a valid regex");
             if let Some(c) = hf.captures(id) {
-                let (full, o, v) = model_id_components(&c[1], params);
-                (name, org, version) = (Some(full), o, v);
+                let p = model_id_components(&c[1], params as i64);
+                (name, org, version) = (Some(p.full), p.org, p.version);
             }
         } else {
-            let (full, o, v) = model_id_components(id, params);
-            if let Some(o) = &o {
-                repo_url = Some(format!("https://huggingface.co/{o}/{full}"));
+            let p = model_id_components(id, params as i64);
+            if let Some(o) = &p.org {
+                repo_url = Some(format!("https://huggingface.co/{o}/{}", p.full));
             }
-            (name, org, version) = (Some(full), o, v);
+            (name, org, version) = (Some(p.full), p.org, p.version);
         }
         if let Some(n) = name {
             kv.put(key("name"), Value::String(id_to_title(&n)));
@@ -344,12 +368,29 @@ fn py_title(w: &str) -> String {
     out
 }
 
-/// What gguf-py's `Metadata.get_model_id_components` makes of a model id, as far as a base-model
-/// entry uses it: the name part, the organization (`None` for `./` paths), the version.
-pub(crate) fn model_id_components(id: &str, total_params: u64) -> (String, Option<String>, Option<String>) {
+/// What gguf-py's `Metadata.get_model_id_components` makes of a model id.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct IdParts {
+    /// The name part (after `org/`).
+    pub full: String,
+    /// The organization (`None` for `./` paths).
+    pub org: Option<String>,
+    pub basename: Option<String>,
+    pub finetune: Option<String>,
+    pub version: Option<String>,
+    pub size_label: Option<String>,
+}
+
+/// gguf-py's `Metadata.get_model_id_components`, for a model whose parameter count is
+/// `total_params` (negative for a LoRA adapter, as gguf-py counts it: then a smaller size
+/// label is still one, and a `lora` part is the type, not a finetune).
+pub(crate) fn model_id_components(id: &str, total_params: i64) -> IdParts {
     use regex::Regex;
     if id.contains(' ') {
-        return (id.to_string(), None, None);
+        return IdParts {
+            full: id.to_string(),
+            ..IdParts::default()
+        };
     }
     let (org, full) = match id.split_once('/') {
         Some((o, f)) => (Some(o.to_string()), f.to_string()),
@@ -395,7 +436,14 @@ pub(crate) fn model_id_components(id: &str, total_params: u64) -> (String, Optio
                 if let Ok(v) = num.parse::<f64>() {
                     let label = v * 1000f64.powi(unit);
                     let total = total_params as f64;
-                    if (label - total).abs() > (7 * total_params / 8) as f64 {
+                    // A label far from the model's size is a context length (for an adapter:
+                    // only a label below an eighth of the layers it covers).
+                    let context = if total_params < 0 {
+                        label < (total_params.unsigned_abs() / 8) as f64
+                    } else {
+                        (label - total).abs() > (7 * total_params / 8) as f64
+                    };
+                    if context {
                         t.finetune = true;
                         let last = p.len() - 1;
                         p[last] = p[last].to_ascii_lowercase();
@@ -407,7 +455,11 @@ pub(crate) fn model_id_components(id: &str, total_params: u64) -> (String, Optio
             }
             *part = p.into_iter().collect();
         } else if i > 0 && finetune_re.is_match(part) {
-            t.finetune = true;
+            if total_params < 0 && part.eq_ignore_ascii_case("lora") {
+                t.other = true;
+            } else {
+                t.finetune = true;
+            }
         }
     }
     let empty = |t: &T| !(t.version || t.other || t.size || t.finetune || t.basename);
@@ -438,13 +490,51 @@ pub(crate) fn model_id_components(id: &str, total_params: u64) -> (String, Optio
             break;
         }
     }
-    let version: Vec<&str> = parts
-        .iter()
-        .zip(&types)
-        .filter(|(_, t)| t.version && !t.basename)
-        .map(|(p, _)| p.as_str())
-        .collect();
-    (full, org, (!version.is_empty()).then(|| version.join("-")))
+    let join = |keep: &dyn Fn(&T) -> bool| -> Option<String> {
+        let mut seen: Vec<&str> = Vec::new();
+        for (p, t) in parts.iter().zip(&types) {
+            if keep(t) {
+                seen.push(p);
+            }
+        }
+        (!seen.is_empty()).then(|| seen.join("-"))
+    };
+    let mut sizes: Vec<&str> = Vec::new();
+    for (p, t) in parts.iter().zip(&types) {
+        if t.size && !sizes.contains(&p.as_str()) {
+            sizes.push(p);
+        }
+    }
+    let size_label = (!sizes.is_empty()).then(|| sizes.join("-"));
+    let finetune = join(&|t| t.finetune);
+    let version = join(&|t| t.version && !t.basename);
+    let ambiguous = size_label.is_none() && finetune.is_none() && version.is_none();
+    IdParts {
+        basename: if ambiguous { None } else { join(&|t| t.basename) },
+        full,
+        org,
+        finetune,
+        version,
+        size_label,
+    }
+}
+
+/// gguf-py's `naming_convention`: the file name the converter gives its output by default.
+pub(crate) fn naming_convention(name: &str, p: &IdParts, output_type: &str, kind: Option<&str>) -> String {
+    let dash = |s: &str| s.trim().replace(' ', "-");
+    let stem = dash(p.basename.as_deref().unwrap_or(name)).replace('/', "-");
+    let mut out = stem;
+    for part in [&p.size_label, &p.finetune, &p.version].into_iter().flatten() {
+        out.push('-');
+        out.push_str(&dash(part));
+    }
+    out.push('-');
+    out.push_str(&dash(output_type).to_uppercase());
+    if let Some(k) = kind {
+        out.push('-');
+        out.push_str(&dash(k));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -468,7 +558,10 @@ mod tests {
         assert_eq!(id_to_title("base_nf4"), "Base_Nf4");
         assert_eq!(id_to_title("Llama-3.2-1B-Instruct"), "Llama 3.2 1B Instruct");
         assert_eq!(id_to_title("qwen2.5-v1.0-chat"), "Qwen2.5 v1.0 Chat");
-        let c = |id: &str| model_id_components(id, 4_800_000);
+        let c = |id: &str| {
+            let p = model_id_components(id, 4_800_000);
+            (p.full, p.org, p.version)
+        };
         assert_eq!(c("mistralai/Mistral-7B-v0.1"), ("Mistral-7B-v0.1".into(), Some("mistralai".into()), Some("v0.1".into())));
         assert_eq!(c("../base_bf16"), ("base_bf16".into(), None, None));
         assert_eq!(c("a model"), ("a model".into(), None, None));

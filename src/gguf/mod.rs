@@ -17,6 +17,7 @@ use crate::format::gguf::{GgmlType, Value};
 use crate::format::gguf_rules::FileType;
 
 pub(crate) use arch::Arch;
+pub(crate) use meta::{id_to_title, model_id_components, naming_convention, IdParts};
 
 /// An HF tensor as the converter names and transforms it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,6 +73,21 @@ impl Model {
             name,
             generation,
             vocab,
+            card: None,
+        })
+    }
+
+    /// The base model as `convert_lora_to_gguf.py --base` reads it: its config alone (an adapter
+    /// GGUF carries no tokenizer); `name` is `general.name`.
+    pub fn for_adapter(config: &Json, config_path: &Path, name: String) -> Result<Self> {
+        let arch = Arch::from_config(config, config_path)?;
+        Ok(Model {
+            arch,
+            config: arch::hparams(arch, config),
+            dir: config_path.parent().unwrap_or(Path::new(".")).to_path_buf(),
+            name,
+            generation: None,
+            vocab: Vec::new(),
             card: None,
         })
     }
@@ -138,6 +154,12 @@ impl Model {
     /// The file's metadata in the converter's order, for file type `ft` and `params` weights.
     pub fn kvs(&self, ft: FileType, params: u64) -> Vec<(String, Value)> {
         meta::kvs(self, ft, params)
+    }
+
+    /// A LoRA adapter GGUF's metadata, in `convert_lora_to_gguf.py`'s order: what gguf-py
+    /// makes of the adapter folder's name (`parts`), and the adapter's `lora_alpha`.
+    pub fn lora_kvs(&self, parts: &IdParts, alpha: f32) -> Vec<(String, Value)> {
+        meta::lora_kvs(self, parts, alpha)
     }
 }
 

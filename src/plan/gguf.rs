@@ -21,29 +21,29 @@ use crate::job::{GgufTarget, Job, OutputFormat, SaveMethod, ShardOrder};
 use crate::writer::output::PlannedFile;
 
 /// A tensor as the converter writes it, before a file type is chosen.
-struct Converted {
+pub(super) struct Converted {
     /// GGUF name.
-    name: String,
+    pub(super) name: String,
     /// Shape, rows first.
-    shape: Vec<u64>,
+    pub(super) shape: Vec<u64>,
     /// Where its values come from (a merge op, or bytes made here).
-    op: Op,
+    pub(super) op: Op,
     /// Merged dtype (`None` for a generated F32 tensor).
-    merged: Option<FloatDtype>,
+    pub(super) merged: Option<FloatDtype>,
     /// Permute with this many heads.
-    heads: Option<u64>,
+    pub(super) heads: Option<u64>,
     /// Gemma's norm offset.
-    add_one: bool,
+    pub(super) add_one: bool,
     /// Elements.
-    params: u64,
+    pub(super) params: u64,
 }
 
 /// A file's tensor: index into the converted list, its encoding, and the 16-bit type its values
 /// are rounded through first (llama-quantize's input).
-type FileTensor = (usize, Encoding, Option<GgmlType>);
+pub(super) type FileTensor = (usize, Encoding, Option<GgmlType>);
 
 /// A file's metadata, in order.
-type Metadata = Vec<(String, gguf_file::Value)>;
+pub(super) type Metadata = Vec<(String, gguf_file::Value)>;
 
 /// The ggml type of a float dtype.
 fn float_ggml(d: FloatDtype) -> GgmlType {
@@ -93,15 +93,48 @@ pub(crate) fn plan_gguf(ck: &Checkpoint, adapter: &Adapter, job: &Job, model: &M
     };
     let merged = plan_merged(ck, adapter, &job16)?;
     let converted = convert(&merged, model)?;
-    let mut tensors: Vec<OutTensor> = Vec::new();
-    let mut shards: Vec<PlannedFile> = Vec::new();
-    // Files whose tensors come in the same order (the converter's, or llama-quantize's) are
-    // written in lockstep: the first of each order leads, and one read of the inputs serves all.
-    let mut leads: Vec<(Vec<usize>, usize)> = Vec::new();
-    let mut twins: Vec<Vec<usize>> = Vec::new();
+    let mut files = Vec::with_capacity(spec.targets.len());
     for &target in &spec.targets {
         let ft = file_type(target, merged.model_dtype);
         let (kvs, file_tensors) = file_plan(&converted, model, ft, spec.intermediate)?;
+        files.push((file_name(model.name(), ft), kvs, file_tensors));
+    }
+    let (tensors, shards, twins) = assemble(&converted, files)?;
+    let total_size = tensors.iter().map(|t| t.nbytes).sum();
+    let total_parameters = converted.iter().map(|c| c.params).sum();
+    Ok(Plan {
+        job: job.clone(),
+        tensors,
+        shards,
+        index_name: None,
+        total_size,
+        total_parameters,
+        model_dtype: merged.model_dtype,
+        counts: merged.counts,
+        warnings: merged.warnings,
+        config_updates: merged.config_updates,
+        quant_groups: Vec::new(),
+        layout_args: merged.layout_args,
+        twins,
+    })
+}
+
+/// A GGUF plan's tensors, files and twins (`Plan::twins`).
+pub(super) type Assembled = (Vec<OutTensor>, Vec<PlannedFile>, Vec<Vec<usize>>);
+
+/// Lays out every file (head, offsets) and ties files to one read of the inputs: files whose
+/// tensors come in the same order (the converter's, or llama-quantize's) are written in
+/// lockstep, the first of each order leading; a file in another order still follows the first
+/// lead, each of its tensors written at its place as it comes.
+pub(super) fn assemble(
+    converted: &[Converted],
+    files: Vec<(String, Metadata, Vec<FileTensor>)>,
+) -> Result<Assembled> {
+    let mut tensors: Vec<OutTensor> = Vec::new();
+    let mut shards: Vec<PlannedFile> = Vec::new();
+    let mut leads: Vec<(Vec<usize>, usize)> = Vec::new();
+    let mut twins: Vec<Vec<usize>> = Vec::new();
+    for (file_name, kvs, file_tensors) in files {
         let specs: Vec<gguf_file::Tensor> = file_tensors
             .iter()
             .map(|(i, enc, _)| gguf_file::Tensor {
@@ -113,9 +146,6 @@ pub(crate) fn plan_gguf(ck: &Checkpoint, adapter: &Adapter, job: &Job, model: &M
         let (head, offsets, len) = gguf_file::lay_out(&kvs, &specs)?;
         let si = shards.len();
         let order: Vec<usize> = file_tensors.iter().map(|(i, _, _)| *i).collect();
-        // Same order as a lead: written in lockstep with it. Another order (the converter's
-        // and llama-quantize's differ): still made from the first lead's read, each tensor
-        // written at its place as it comes.
         let (follows, scattered) = match leads.iter().find(|(o, _)| *o == order) {
             Some((_, lead)) => (Some(*lead), false),
             None => (leads.first().map(|(_, lead)| *lead), !leads.is_empty()),
@@ -173,7 +203,7 @@ pub(crate) fn plan_gguf(ck: &Checkpoint, adapter: &Adapter, job: &Job, model: &M
             }
         }
         shards.push(PlannedFile {
-            file_name: file_name(model.name(), ft),
+            file_name,
             tensors: members,
             head,
             file_len: len,
@@ -182,23 +212,7 @@ pub(crate) fn plan_gguf(ck: &Checkpoint, adapter: &Adapter, job: &Job, model: &M
             scattered,
         });
     }
-    let total_size = tensors.iter().map(|t| t.nbytes).sum();
-    let total_parameters = converted.iter().map(|c| c.params).sum();
-    Ok(Plan {
-        job: job.clone(),
-        tensors,
-        shards,
-        index_name: None,
-        total_size,
-        total_parameters,
-        model_dtype: merged.model_dtype,
-        counts: merged.counts,
-        warnings: merged.warnings,
-        config_updates: merged.config_updates,
-        quant_groups: Vec::new(),
-        layout_args: merged.layout_args,
-        twins,
-    })
+    Ok((tensors, shards, twins))
 }
 
 /// The converter's tensors in its order: generated ones first, then the merged checkpoint's

@@ -10,6 +10,7 @@
 mod adapter;
 mod describe;
 mod gguf;
+mod gguf_lora;
 mod layout;
 mod matching;
 mod merge;
@@ -20,6 +21,7 @@ mod types;
 pub use adapter::plan_adapter;
 pub use describe::describe;
 pub(crate) use gguf::plan_gguf;
+pub(crate) use gguf_lora::plan_lora_gguf;
 pub use merge::plan_merged;
 pub use quantized::{find_quantized, is_quant_helper};
 pub use types::*;

@@ -43,7 +43,10 @@ pub(super) fn finish(around: &Around<'_>, report: &SaveReport, t0: Instant) -> R
     let job = &plan.job;
     let mut files = Vec::new();
     let base_name = adapter.config.base_model_name_or_path.clone();
+    let lora_gguf = job.method == SaveMethod::Lora && job.gguf().is_some();
     match job.method {
+        // An adapter GGUF stands alone: llama.cpp reads it with the base's GGUF.
+        SaveMethod::Lora if lora_gguf => {}
         SaveMethod::Lora => {
             meta::write_file(dir, "adapter_config.json", &adapter.config_bytes)?;
             files.push("adapter_config.json".into());
@@ -88,7 +91,7 @@ pub(super) fn finish(around: &Around<'_>, report: &SaveReport, t0: Instant) -> R
             }
         }
     }
-    if job.method != SaveMethod::Gguf {
+    if job.method != SaveMethod::Gguf && !lora_gguf {
         // A GGUF holds its tokenizer; the other outputs load it from these files.
         let tok = meta::tokenizer_files(&adapter.dir, base_dir)?;
         files.extend(meta::write_tokenizer(&tok, dir, job.padding_side)?);
@@ -117,11 +120,15 @@ pub(super) fn finish(around: &Around<'_>, report: &SaveReport, t0: Instant) -> R
 }
 
 /// The inputs and options that decide the output bytes (the run's fingerprint).
-pub(super) fn run_key(job: &Job, adapter: &Adapter, ck: Option<&Checkpoint>) -> Result<RunKey> {
+pub(super) fn run_key(job: &Job, adapter: &Adapter, ck: Option<&Checkpoint>, base_dir: Option<&Path>) -> Result<RunKey> {
     let mut inputs = vec![
         adapter.weights_path().to_path_buf(),
         adapter.dir.join("adapter_config.json"),
     ];
+    // An adapter GGUF reads the base's config (its architecture and heads).
+    if let (None, Some(_), Some(d)) = (ck, job.gguf(), base_dir) {
+        inputs.push(d.join("config.json"));
+    }
     if let Some(c) = ck {
         inputs.extend(c.files());
         let cfg = c.dir.join("config.json");

@@ -23,7 +23,7 @@ use crate::gguf::Model;
 use crate::job::{Job, SaveMethod};
 use crate::options::SaveOptions;
 use crate::pipeline::{ExecConfig, Inputs, ShardResult, StageTimes};
-use crate::plan::{describe, plan_adapter, plan_gguf, plan_merged, Plan};
+use crate::plan::{describe, plan_adapter, plan_gguf, plan_lora_gguf, plan_merged, Plan};
 use crate::progress::ProgressHook;
 use crate::resolve::{resolve_adapter, resolve_base};
 use crate::writer::existing::{self, Existing};
@@ -43,9 +43,10 @@ pub fn save(opts: &SaveOptions) -> Result<SaveReport> {
     let mut plan = match &found.base {
         Some(ck) if job.method == SaveMethod::Gguf => plan_gguf(ck, &found.adapter, &job, &gguf_model(opts, &found, ck)?)?,
         Some(ck) => plan_merged(ck, &found.adapter, &job)?,
+        None if job.gguf().is_some() => plan_lora_gguf(&found.adapter, &job, &lora_model(opts, &found)?)?,
         None => plan_adapter(&found.adapter, &job),
     };
-    let run = finish::run_key(&job, &found.adapter, found.base.as_ref())?;
+    let run = finish::run_key(&job, &found.adapter, found.base.as_ref(), found.base_dir.as_deref())?;
     let free = crate::sys::free_space(&opts.out);
     let mut report = SaveReport::planned(opts, &plan, found.base_dir.clone(), free);
     report.plan_text = describe(&plan, &opts.out, free);
@@ -224,6 +225,23 @@ fn gguf_model(opts: &SaveOptions, found: &Found, ck: &Checkpoint) -> Result<Mode
 
 /// The base model's name: the last part of the adapter's `base_model_name_or_path`, else of the
 /// base directory.
+/// The base as `convert_lora_to_gguf.py --base` reads it for an adapter GGUF: its config.json
+/// only. The name is `--model-name`, else what gguf-py makes of the adapter folder's name.
+fn lora_model(opts: &SaveOptions, found: &Found) -> Result<Model> {
+    let dir = found.base_dir.as_deref().ok_or_else(|| Error::Usage(
+        "--quantization-method with --save-method lora: the base model's config.json is needed (give --base)".into(),
+    ))?;
+    let cfg_path = dir.join("config.json");
+    let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
+    let config: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::json(&cfg_path, e))?;
+    let folder = found.adapter.dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let name = match opts.model_name.clone() {
+        Some(n) => n,
+        None => crate::gguf::id_to_title(&crate::gguf::model_id_components(&folder, 0).full),
+    };
+    Model::for_adapter(&config, &cfg_path, name)
+}
+
 fn base_name(found: &Found, ck: &Checkpoint) -> String {
     let from_id = found
         .adapter
