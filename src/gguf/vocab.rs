@@ -23,9 +23,10 @@
 //! `tokenizer.json` with no `tokenizer.model`), Mistral's `tekken.json`/consolidated format, slow
 //! BPE tokenizers (`vocab.json` + `merges.txt` without `tokenizer.json`), HybridDNA.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::{Map, Value as Json};
@@ -81,6 +82,7 @@ pub(crate) fn tokenizer_kvs(dir: &Path, arch: Arch, config: &Json) -> Result<Vec
 fn tokenizer_kvs_with(dir: &Path, arch: Arch, config: &Json, pre: Option<&str>) -> Result<Vec<(String, Value)>> {
     let hp = Hparams::new(config);
     let mut kvs = Kvs::default();
+    let _memo = ParsedScope;
     match arch {
         Arch::Llama | Arch::Mistral => llama_set_vocab(&mut kvs, dir, &hp, pre)?,
         Arch::Qwen2 => {
@@ -149,6 +151,35 @@ fn read_json(path: &Path) -> Result<Option<Json>> {
     serde_json::from_slice(&bytes)
         .map(Some)
         .map_err(|e| Error::json(path, e))
+}
+
+thread_local! {
+    /// tokenizer.json as parsed once for one `tokenizer_kvs` call (a Llama-3 one is 9 MB, and
+    /// three steps of the converter read it).
+    static PARSED: std::cell::RefCell<Option<(PathBuf, Option<Rc<Json>>)>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Forgets the parsed tokenizer.json when dropped: the memo lives for one `tokenizer_kvs` call.
+struct ParsedScope;
+
+impl Drop for ParsedScope {
+    fn drop(&mut self) {
+        PARSED.with(|p| p.borrow_mut().take());
+    }
+}
+
+/// `read_json` of a tokenizer.json, parsed once per `tokenizer_kvs` call; an object or `None`.
+fn shared_object(path: &Path) -> Result<Option<Rc<Json>>> {
+    if let Some(hit) = PARSED.with(|p| p.borrow().as_ref().filter(|(at, _)| at == path).map(|(_, j)| j.clone())) {
+        return Ok(hit);
+    }
+    let parsed = match read_json(path)? {
+        None => None,
+        Some(j @ Json::Object(_)) => Some(Rc::new(j)),
+        Some(_) => return Err(Error::json(path, "not a JSON object")),
+    };
+    PARSED.with(|p| *p.borrow_mut() = Some((path.to_path_buf(), parsed.clone())));
+    Ok(parsed)
 }
 
 fn read_object(path: &Path) -> Result<Option<Map<String, Json>>> {
@@ -296,7 +327,7 @@ fn llama_set_vocab(kvs: &mut Kvs, dir: &Path, hp: &Hparams, pre: Option<&str>) -
         // `_set_vocab_llama_hf` (LlamaHfVocab) takes a SentencePiece-style BPE tokenizer.json;
         // it raises FileNotFoundError/TypeError (→ GPT-2 BPE) for anything else.
         let tj_path = dir.join("tokenizer.json");
-        let tj = read_object(&tj_path)?.ok_or_else(|| Error::NotFound { path: tj_path.clone() })?;
+        let tj = shared_object(&tj_path)?.ok_or_else(|| Error::NotFound { path: tj_path.clone() })?;
         let model = tj.get("model").ok_or_else(|| Error::json(&tj_path, "no `model`"))?;
         let is_bpe = model.get("type").and_then(Json::as_str) == Some("BPE");
         let ignore_merges = truthy(model.get("ignore_merges"));
@@ -395,7 +426,7 @@ fn phi3_set_vocab(kvs: &mut Kvs, dir: &Path, hp: &Hparams, pre: Option<&str>) ->
         )?;
     }
     let tj_path = dir.join("tokenizer.json");
-    if let Some(tj) = read_object(&tj_path)? {
+    if let Some(tj) = shared_object(&tj_path)? {
         let added = match tj.get("added_tokens") {
             None => Vec::new(),
             Some(Json::Array(a)) => a.clone(),
@@ -1301,18 +1332,19 @@ fn set_vocab_gpt2(kvs: &mut Kvs, dir: &Path, hp: &Hparams, pre: Option<&str>) ->
 
         let added = tk.tok.get_added_tokens_decoder();
         let added_contents: HashSet<&str> = added.values().map(|t| t.content.as_str()).collect();
-        let mut reverse: BTreeMap<u32, &str> = BTreeMap::new();
+        // Every id below vocab_size (the largest is, checked above).
+        let mut reverse: Vec<Option<&str>> = vec![None; vocab_size];
         for (t, &id) in &vocab {
-            let slot = reverse.entry(id).or_insert(t.as_str());
+            let slot = &mut reverse[id as usize];
             // Two strings on one id (an added token over a model token): prefer the added one.
-            if added.get(&id).is_some_and(|a| a.content == *t) {
-                *slot = t.as_str();
+            if slot.is_none() || added.get(&id).is_some_and(|a| a.content == *t) {
+                *slot = Some(t.as_str());
             }
         }
         let mut tokens = Vec::with_capacity(vocab_size);
         let mut types = Vec::with_capacity(vocab_size);
-        for i in 0..vocab_size {
-            let Some(tok) = u32::try_from(i).ok().and_then(|i| reverse.get(&i)) else {
+        for (i, tok) in reverse.iter().enumerate() {
+            let Some(tok) = tok else {
                 tokens.push(format!("[PAD{i}]"));
                 types.push(UNUSED);
                 continue;
@@ -1476,9 +1508,9 @@ impl SpecialVocab {
     /// `_try_load_from_tokenizer_json`, statement for statement.
     fn load_tokenizer_json(&mut self, dir: &Path) -> Result<()> {
         let tj_path = dir.join("tokenizer.json");
-        let tokenizer = read_json(&tj_path)?;
+        let tokenizer = shared_object(&tj_path)?;
         let mut added_tokens: Vec<Json> = Vec::new();
-        if let Some(tj) = &tokenizer {
+        if let Some(tj) = tokenizer.as_deref() {
             if self.load_merges {
                 if let Some(Json::Array(merges)) = tj.get("model").and_then(|m| m.get("merges")) {
                     self.merges = convert_merges(merges)
@@ -1495,7 +1527,7 @@ impl SpecialVocab {
         let tc_path = dir.join("tokenizer_config.json");
         let mut tc = read_object(&tc_path)?;
         let tc_truthy = tc.as_ref().is_some_and(|m| !m.is_empty());
-        if let Some(tj) = tokenizer.as_ref().filter(|t| truthy(Some(t))) {
+        if let Some(tj) = tokenizer.as_deref().filter(|t| truthy(Some(t))) {
             let get = |tc: &Option<Map<String, Json>>, k: &str| tc.as_ref().and_then(|m| m.get(k)).cloned();
             let mut special_bos = get(&tc, "bos_token");
             let mut special_cls = get(&tc, "cls_token");
