@@ -114,7 +114,8 @@ pub struct StageTimes {
     pub compute_s: f64,
     /// Packer busy seconds (writing + hashing + syncing).
     pub pack_s: f64,
-    /// Seconds to start the compute backend, before the stages run (set by `save`). For CUDA:
+    /// Seconds the compute backend took to start (set by `save`; it starts on its own thread
+    /// while the inputs are planned, so most of it is hidden). For CUDA:
     /// the context, the staging buffers and loading the kernels: 0.2-0.3 s on an H100 from the
     /// embedded cubin, 2-3 s more when the driver must JIT-compile the PTX and its cache lacks it
     /// (BENCHMARKS.md, session 7).
