@@ -21,7 +21,7 @@ use super::kquant_avx2::Avx2;
 use super::kquant_avx512::Avx512;
 use super::kquant_lanes::{Portable, Search};
 use super::kquants::{
-    q2_k_block_with, q3_k_block, q4_k_block_with, q4_k_pair_with, q5_k_block_with, q5_k_pair_with, q6_k_block_with,
+    q2_k_block_with, q3_k_block, q4_k_block_with, q4_k_pair_with, q4_k_quad_with, q5_k_block_with, q5_k_pair_with, q5_k_quad_with, q6_k_block_with,
     QK_K,
 };
 use super::legacy_quants::{q4_0_block, q4_1_block, q5_0_block, q5_1_block, q8_0_c_block, QK};
@@ -106,6 +106,27 @@ fn pairs<const B: usize>(
     }
 }
 
+/// Super-blocks four at a time where the searches run that wide, then [`pairs`].
+#[inline(always)]
+fn quads<const B: usize>(
+    x: &[f32],
+    out: &mut [u8],
+    one: impl Fn(&[f32; QK_K], &mut [u8; B]),
+    two: impl Fn([&[f32; QK_K]; 2], [&mut [u8; B]; 2]),
+    four: impl Fn([&[f32; QK_K]; 4], [&mut [u8; B]; 4]),
+) {
+    let xs = x.as_chunks::<QK_K>().0;
+    let os = out.as_chunks_mut::<B>().0;
+    let quads = xs.len().min(os.len()) / 4;
+    let (os4, rest) = os.split_at_mut(4 * quads);
+    for (x4, o4) in xs.chunks_exact(4).zip(os4.chunks_exact_mut(4)) {
+        let [oa, ob, oc, od] = o4 else { continue };
+        four([&x4[0], &x4[1], &x4[2], &x4[3]], [oa, ob, oc, od]);
+    }
+    let tail = xs[4 * quads..].as_flattened();
+    pairs::<B>(tail, rest.as_flattened_mut(), one, two);
+}
+
 /// Encodes one row with the given instruction set (which this CPU must run: see
 /// [`Isa::available`]). `out` must be exactly `enc.row_bytes(x.len())` long.
 pub fn encode_row_with(isa: Isa, enc: Encoding, x: &[f32], out: &mut [u8]) {
@@ -154,6 +175,12 @@ fn row_body<S: Search>(enc: Encoding, x: &[f32], out: &mut [u8]) {
         (T::Q5_1, _) => blocks::<QK, 24>(x, out, q5_1_block),
         (T::Q2K, _) => blocks::<QK_K, 84>(x, out, q2_k_block_with::<S>),
         (T::Q3K, _) => blocks::<QK_K, 110>(x, out, q3_k_block),
+        (T::Q4K, _) if S::WIDER => {
+            quads::<144>(x, out, q4_k_block_with::<S>, q4_k_pair_with::<S>, q4_k_quad_with::<S>)
+        }
+        (T::Q5K, _) if S::WIDER => {
+            quads::<176>(x, out, q5_k_block_with::<S>, q5_k_pair_with::<S>, q5_k_quad_with::<S>)
+        }
         (T::Q4K, _) if S::WIDE => pairs::<144>(x, out, q4_k_block_with::<S>, q4_k_pair_with::<S>),
         (T::Q5K, _) if S::WIDE => pairs::<176>(x, out, q5_k_block_with::<S>, q5_k_pair_with::<S>),
         (T::Q4K, _) => blocks::<QK_K, 144>(x, out, q4_k_block_with::<S>),

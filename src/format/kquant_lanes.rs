@@ -287,6 +287,38 @@ pub(crate) trait Search {
         (scale, min)
     }
 
+    /// Whether thirty-two lanes run interleaved (then Q4_K/Q5_K blocks go four at a time).
+    const WIDER: bool = false;
+
+    /// [`qkx2`] on thirty-two lanes: two sixteen-lane calls unless the implementation
+    /// interleaves them.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn qkx2_32<const M: usize>(
+        xt: &[[f32; 32]; M],
+        wt: &[[f32; 32]; M],
+        nmax: i32,
+        rmin: f32,
+        rdelta: f32,
+        nstep: i32,
+        use_mad: bool,
+        l: &mut [[u8; 32]; M],
+    ) -> ([f32; 32], [f32; 32]) {
+        let (mut scale, mut min) = ([0f32; 32], [0f32; 32]);
+        for h in 0..2 {
+            let x16: [[f32; 16]; M] = std::array::from_fn(|i| std::array::from_fn(|k| xt[i][16 * h + k]));
+            let w16: [[f32; 16]; M] = std::array::from_fn(|i| std::array::from_fn(|k| wt[i][16 * h + k]));
+            let mut l16 = [[0u8; 16]; M];
+            let (s, m) = Self::qkx2_16(&x16, &w16, nmax, rmin, rdelta, nstep, use_mad, &mut l16);
+            scale[16 * h..16 * h + 16].copy_from_slice(&s);
+            min[16 * h..16 * h + 16].copy_from_slice(&m);
+            for (row, r16) in l.iter_mut().zip(&l16) {
+                row[16 * h..16 * h + 16].copy_from_slice(r16);
+            }
+        }
+        (scale, min)
+    }
+
     /// [`qx`] on sixteen lanes: two eight-lane calls unless the implementation has wider ones.
     #[inline(always)]
     fn qx_16<const M: usize>(xt: &[[f32; 16]; M], nmax: i32, l: &mut [[i8; 16]; M]) -> [f32; 16] {

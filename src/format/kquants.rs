@@ -121,6 +121,29 @@ fn search16<S: Search>(x0: &[f32; QK_K], x1: &[f32; QK_K], nmax: i32, rmin: f32,
     [part(0), part(1)]
 }
 
+/// Four blocks' searches side by side: lanes 8b..8b+8 block b's sub-blocks (two AVX-512
+/// instructions, interleaved).
+#[inline(always)]
+fn search32<S: Search>(x: [&[f32; QK_K]; 4], nmax: i32, rmin: f32, nstep: i32) -> [Searched; 4] {
+    let t: [[[f32; 8]; 32]; 4] = x.map(|b| lanes::transpose(b));
+    let w: [[[f32; 8]; 32]; 4] = x.map(|b| weights8(b));
+    let join = |a: &[[[f32; 8]; 32]; 4]| -> [[f32; 32]; 32] {
+        std::array::from_fn(|i| std::array::from_fn(|k| a[k / 8][i][k % 8]))
+    };
+    let mut lt = [[0u8; 32]; 32];
+    let (s, m) = S::qkx2_32(&join(&t), &join(&w), nmax, rmin, 0.1, nstep, false, &mut lt);
+    std::array::from_fn(|h| {
+        let mut l = [0u8; QK_K];
+        for (i, row) in lt.iter().enumerate() {
+            for j in 0..8 {
+                l[32 * j + i] = row[8 * h + j];
+            }
+        }
+        let pick = |v: &[f32; 32]| -> [f32; 8] { std::array::from_fn(|k| v[8 * h + k]) };
+        (pick(&s), pick(&m), l)
+    })
+}
+
 /// The part Q4_K and Q5_K share (`quantize_row_q4_K_ref` / `_q5_K_ref`) after the searches:
 /// the sub-blocks' scales and mins quantized to 6 bits and packed into 12 bytes, and the codes
 /// recomputed from the packed values. Returns f16 `d`, f16 `dmin`, the packed scales, the codes.
@@ -190,6 +213,15 @@ pub(crate) fn q4_k_pair_with<S: Search>(x: [&[f32; QK_K]; 2], out: [&mut [u8; Q4
     q4_k_pack(x[1], s1, o1);
 }
 
+/// Four Q4_K blocks whose searches run side by side.
+#[inline(always)]
+pub(crate) fn q4_k_quad_with<S: Search>(x: [&[f32; QK_K]; 4], out: [&mut [u8; Q4_K_BYTES]; 4]) {
+    let searched = search32::<S>(x, 15, -1.0, 20);
+    for ((x, s), o) in x.into_iter().zip(searched).zip(out) {
+        q4_k_pack(x, s, o);
+    }
+}
+
 #[inline(always)]
 fn q4_k_pack(x: &[f32; QK_K], searched: Searched, out: &mut [u8; Q4_K_BYTES]) {
     let (d, dmin, sc, l) = scale_min_codes(x, 15, searched);
@@ -225,6 +257,15 @@ pub(crate) fn q5_k_pair_with<S: Search>(x: [&[f32; QK_K]; 2], out: [&mut [u8; Q5
     let [o0, o1] = out;
     q5_k_pack(x[0], s0, o0);
     q5_k_pack(x[1], s1, o1);
+}
+
+/// Four Q5_K blocks whose searches run side by side.
+#[inline(always)]
+pub(crate) fn q5_k_quad_with<S: Search>(x: [&[f32; QK_K]; 4], out: [&mut [u8; Q5_K_BYTES]; 4]) {
+    let searched = search32::<S>(x, 31, -0.5, 15);
+    for ((x, s), o) in x.into_iter().zip(searched).zip(out) {
+        q5_k_pack(x, s, o);
+    }
 }
 
 #[inline(always)]
