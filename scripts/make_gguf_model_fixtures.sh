@@ -20,6 +20,8 @@
 #   3. make_gguf_model_fixtures.py (refenv): bases, adapters, PEFT merges
 #   4. make_gguf_model_refs.py   (llama.cpp venv): converter + llama-quantize on each merged folder; refs/ per set
 #   5. MANIFEST.json
+#   6. make_gguf_lora_refs.py   (llama.cpp venv): convert_lora_to_gguf.py on each set's adapter; refs_lora/ per set
+#                                and LORA_REFS.json
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/.." && pwd)"
@@ -99,3 +101,6 @@ with open(os.path.join(out, "MANIFEST.json"), "w") as f:
 print("MANIFEST:", {s: len(v["refs"]) for s, v in sets.items()})
 EOF
 du -sh "$OUT" "$OUT"/*
+
+# 6. LoRA adapter GGUFs (convert_lora_to_gguf.py on the adapters above)
+"$LLAMACPP_PY" "$HERE/make_gguf_lora_refs.py" "$OUT" "$WORK/lora-refs"
