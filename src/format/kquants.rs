@@ -137,16 +137,17 @@ fn search32<S: Search>(x: [&[f32; QK_K]; 4], nmax: i32, rmin: f32, nstep: i32) -
     }
     let mut lt = [[0u8; 32]; 32];
     let (s, m) = S::qkx2_32(&xt, &wt, nmax, rmin, 0.1, nstep, false, &mut lt);
-    std::array::from_fn(|h| {
-        let mut l = [0u8; QK_K];
+    let mut out = [([0f32; 8], [0f32; 8], [0u8; QK_K]); 4];
+    for (h, (sh, mh, l)) in out.iter_mut().enumerate() {
         for (i, row) in lt.iter().enumerate() {
             for j in 0..8 {
                 l[32 * j + i] = row[8 * h + j];
             }
         }
-        let pick = |v: &[f32; 32]| -> [f32; 8] { std::array::from_fn(|k| v[8 * h + k]) };
-        (pick(&s), pick(&m), l)
-    })
+        sh.copy_from_slice(&s[8 * h..8 * h + 8]);
+        mh.copy_from_slice(&m[8 * h..8 * h + 8]);
+    }
+    out
 }
 
 /// The part Q4_K and Q5_K share (`quantize_row_q4_K_ref` / `_q5_K_ref`) after the searches:
