@@ -21,7 +21,7 @@ use super::kquant_avx2::Avx2;
 use super::kquant_avx512::Avx512;
 use super::kquant_lanes::{Portable, Search};
 use super::kquants::{
-    q2_k_block_with, q3_k_block, q4_k_block_with, q4_k_pair_with, q4_k_quad_with, q5_k_block_with, q5_k_pair_with, q5_k_quad_with, q6_k_block_with,
+    q2_k_block_with, q3_k_block, q4_k_block_with, q4_k_pair_with, q4_k_quad_with, q5_k_block_with, q5_k_pair_with, q5_k_quad_with, q6_k_block_with, q6_k_pair_with,
     QK_K,
 };
 use super::legacy_quants::{q4_0_block, q4_1_block, q5_0_block, q5_1_block, q8_0_c_block, QK};
@@ -185,6 +185,7 @@ fn row_body<S: Search>(enc: Encoding, x: &[f32], out: &mut [u8]) {
         (T::Q5K, _) if S::WIDE => pairs::<176>(x, out, q5_k_block_with::<S>, q5_k_pair_with::<S>),
         (T::Q4K, _) => blocks::<QK_K, 144>(x, out, q4_k_block_with::<S>),
         (T::Q5K, _) => blocks::<QK_K, 176>(x, out, q5_k_block_with::<S>),
+        (T::Q6K, _) if S::WIDER => pairs::<210>(x, out, q6_k_block_with::<S>, q6_k_pair_with::<S>),
         (T::Q6K, _) => blocks::<QK_K, 210>(x, out, q6_k_block_with::<S>),
         (T::Q8_1 | T::Q8K, _) => unreachable!("planned encodings are checked with Encoding::supported"),
     }

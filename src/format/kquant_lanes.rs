@@ -319,6 +319,22 @@ pub(crate) trait Search {
         (scale, min)
     }
 
+    /// [`qx`] on thirty-two lanes: two sixteen-lane calls unless the implementation
+    /// interleaves them.
+    #[inline(always)]
+    fn qx_32<const M: usize>(xt: &[[f32; 32]; M], nmax: i32, l: &mut [[i8; 32]; M]) -> [f32; 32] {
+        let mut scale = [0f32; 32];
+        for h in 0..2 {
+            let x16: [[f32; 16]; M] = std::array::from_fn(|i| std::array::from_fn(|k| xt[i][16 * h + k]));
+            let mut l16 = [[0i8; 16]; M];
+            scale[16 * h..16 * h + 16].copy_from_slice(&Self::qx_16(&x16, nmax, &mut l16));
+            for (row, r16) in l.iter_mut().zip(&l16) {
+                row[16 * h..16 * h + 16].copy_from_slice(r16);
+            }
+        }
+        scale
+    }
+
     /// [`qx`] on sixteen lanes: two eight-lane calls unless the implementation has wider ones.
     #[inline(always)]
     fn qx_16<const M: usize>(xt: &[[f32; 16]; M], nmax: i32, l: &mut [[i8; 16]; M]) -> [f32; 16] {

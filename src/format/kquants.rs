@@ -529,6 +529,37 @@ pub(crate) fn q6_k_block_with<S: Search>(x: &[f32; QK_K], out: &mut [u8; Q6_K_BY
             l[16 * j + i] = *q;
         }
     }
+    q6_k_pack(x, scales, l, out);
+}
+
+/// Two Q6_K blocks whose searches run side by side (thirty-two lanes).
+#[inline(always)]
+pub(crate) fn q6_k_pair_with<S: Search>(x: [&[f32; QK_K]; 2], out: [&mut [u8; Q6_K_BYTES]; 2]) {
+    let mut xt = [[0f32; 32]; 16];
+    for (b, xb) in x.iter().enumerate() {
+        let t: [[f32; 16]; 16] = lanes::transpose(&xb[..]);
+        for i in 0..16 {
+            xt[i][16 * b..16 * b + 16].copy_from_slice(&t[i]);
+        }
+    }
+    let mut lt = [[0i8; 32]; 16];
+    let scales = S::qx_32(&xt, 32, &mut lt);
+    for (h, (xb, o)) in x.into_iter().zip(out).enumerate() {
+        let mut l = [0i8; QK_K];
+        for (i, row) in lt.iter().enumerate() {
+            for j in 0..16 {
+                l[16 * j + i] = row[16 * h + j];
+            }
+        }
+        let mut sc = [0f32; 16];
+        sc.copy_from_slice(&scales[16 * h..16 * h + 16]);
+        q6_k_pack(xb, sc, l, o);
+    }
+}
+
+/// Q6_K after the searches: the scales to 8 bits, the codes again from them, packed.
+#[inline(always)]
+fn q6_k_pack(x: &[f32; QK_K], scales: [f32; 16], mut l: [i8; QK_K], out: &mut [u8; Q6_K_BYTES]) {
     let mut max_scale = 0.0f32;
     let mut max_abs_scale = 0.0f32;
     for &scale in &scales {
