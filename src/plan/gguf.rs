@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::merge::plan_merged;
-use super::types::{rows_cols, BaseSrc, GgufEnc, Op, OutTensor, Plan};
+use super::types::{rows_cols, BaseSrc, GgufEnc, LayoutArgs, Op, OutTensor, Plan};
 use crate::checkpoint::{Adapter, Checkpoint};
 use crate::error::{Error, Result};
 use crate::format::dtype::{float_of, st_dtype, FloatDtype};
@@ -99,24 +99,36 @@ pub(crate) fn plan_gguf(ck: &Checkpoint, adapter: &Adapter, job: &Job, model: &M
         let (kvs, file_tensors) = file_plan(&converted, model, ft, spec.intermediate)?;
         files.push((file_name(model.name(), ft), kvs, file_tensors));
     }
-    let (tensors, shards, twins) = assemble(&converted, files)?;
-    let total_size = tensors.iter().map(|t| t.nbytes).sum();
-    let total_parameters = converted.iter().map(|c| c.params).sum();
-    Ok(Plan {
+    let assembled = assemble(&converted, files)?;
+    Ok(gguf_plan(job, &converted, assembled, Some(merged)))
+}
+
+/// The plan of GGUF files: their tensors and layout, with the counts, warnings and layout
+/// arguments of `merged` (the merge's plan; `None` for an adapter GGUF, which merges nothing).
+pub(super) fn gguf_plan(job: &Job, converted: &[Converted], (tensors, shards, twins): Assembled, merged: Option<Plan>) -> Plan {
+    let mut plan = Plan {
         job: job.clone(),
+        total_size: tensors.iter().map(|t| t.nbytes).sum(),
+        total_parameters: converted.iter().map(|c| c.params).sum(),
         tensors,
         shards,
         index_name: None,
-        total_size,
-        total_parameters,
-        model_dtype: merged.model_dtype,
-        counts: merged.counts,
-        warnings: merged.warnings,
-        config_updates: merged.config_updates,
+        model_dtype: None,
+        counts: Default::default(),
+        warnings: Vec::new(),
+        config_updates: serde_json::Map::new(),
         quant_groups: Vec::new(),
-        layout_args: merged.layout_args,
+        layout_args: LayoutArgs::new(0, ShardOrder::Natural, "adapter_model", None),
         twins,
-    })
+    };
+    if let Some(m) = merged {
+        plan.model_dtype = m.model_dtype;
+        plan.counts = m.counts;
+        plan.warnings = m.warnings;
+        plan.config_updates = m.config_updates;
+        plan.layout_args = m.layout_args;
+    }
+    plan
 }
 
 /// A GGUF plan's tensors, files and twins (`Plan::twins`).

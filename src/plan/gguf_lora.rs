@@ -7,8 +7,8 @@
 
 use std::collections::HashMap;
 
-use super::gguf::{assemble, Converted, FileTensor};
-use super::types::{BaseSrc, FileRef, LayoutArgs, Op, Plan, Src};
+use super::gguf::{assemble, gguf_plan, Converted, FileTensor};
+use super::types::{BaseSrc, FileRef, Op, Plan, Src};
 use crate::checkpoint::adapter::{parse_key, AdapterTensorKind};
 use crate::checkpoint::Adapter;
 use crate::error::{Error, Result};
@@ -16,7 +16,7 @@ use crate::format::dtype::float_of;
 use crate::format::ggml_rows::{Encoding, Writer};
 use crate::format::safetensors::TensorInfo;
 use crate::gguf::{model_id_components, naming_convention, Model};
-use crate::job::{GgufTarget, Job, ShardOrder};
+use crate::job::{GgufTarget, Job};
 
 /// Plans every LoRA GGUF file the job asks for. `model` is the base as the converter reads it
 /// (config only); refuses, by name, what the converter would refuse and what llama.cpp would
@@ -157,22 +157,6 @@ pub(crate) fn plan_lora_gguf(adapter: &Adapter, job: &Job, model: &Model) -> Res
         let name = format!("{}.gguf", naming_convention(model.name(), &parts, ft.name(), Some("LoRA")));
         files.push((name, kvs, file_tensors));
     }
-    let (tensors, shards, twins) = assemble(&converted, files)?;
-    let total_size = tensors.iter().map(|t| t.nbytes).sum();
-    let total_parameters = converted.iter().map(|c| c.params).sum();
-    Ok(Plan {
-        job: job.clone(),
-        tensors,
-        shards,
-        index_name: None,
-        total_size,
-        total_parameters,
-        model_dtype: None,
-        counts: Default::default(),
-        warnings: Vec::new(),
-        config_updates: serde_json::Map::new(),
-        quant_groups: Vec::new(),
-        layout_args: LayoutArgs::new(0, ShardOrder::Natural, "adapter_model", None),
-        twins,
-    })
+    let assembled = assemble(&converted, files)?;
+    Ok(gguf_plan(job, &converted, assembled, None))
 }

@@ -236,9 +236,14 @@ impl<'a> OutputFile<'a> {
     ) -> Result<Self> {
         let mut writer = ShardWriter::create_with(&dir.join(name), true, Some(recycle))?;
         writer.set_clone(opts.copy_file_range);
+        Self::start(name, Sink::Stream(writer), head, len, opts)
+    }
+
+    /// The file with its sink, its head written.
+    fn start(name: &str, sink: Sink, head: &[u8], len: u64, opts: OutputOptions<'a>) -> Result<Self> {
         let mut f = OutputFile {
             name: name.to_string(),
-            sink: Sink::Stream(writer),
+            sink,
             digests: Digests::new(opts.sha256),
             pos: 0,
             len,
@@ -267,20 +272,8 @@ impl<'a> OutputFile<'a> {
             .open(&path)
             .map_err(|e| Error::io(&path, e))?;
         file.set_len(len).map_err(|e| Error::io(&path, e))?;
-        let mut f = OutputFile {
-            name: name.to_string(),
-            sink: Sink::Scattered {
-                file,
-                path,
-                want: head.len() as u64 + data,
-            },
-            digests: Digests::new(opts.sha256),
-            pos: 0,
-            len,
-            opts,
-        };
-        f.put(0, head)?;
-        Ok(f)
+        let want = head.len() as u64 + data;
+        Self::start(name, Sink::Scattered { file, path, want }, head, len, opts)
     }
 
     fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<bool> {
