@@ -1147,6 +1147,92 @@ fn special_content(v: &Json) -> Option<&str> {
     }
 }
 
+/// A tokenizer.json whose model is a plain BPE, built the way the `tokenizers` crate's own
+/// deserializer builds it (`TokenizerVisitor` and `BPEVisitor`, 0.22), but from the JSON already
+/// parsed: that deserializer first buffers the whole model (vocab and merges) as serde content,
+/// a third of a Llama-3 export's start-up. `None`: not that shape (no `"type": "BPE"`, a value of
+/// an unexpected type, another version); the caller deserializes it as before.
+fn bpe_tokenizer(j: &Json) -> Option<std::result::Result<tokenizers::Tokenizer, String>> {
+    use tokenizers::models::bpe::{Vocab, BPE};
+    use tokenizers::{DecoderWrapper, ModelWrapper, NormalizerWrapper, PostProcessorWrapper, PreTokenizerWrapper};
+    let m = j.get("model")?.as_object()?;
+    if m.get("type")?.as_str()? != "BPE" || j.get("version").is_some_and(|v| v.as_str() != Some("1.0")) {
+        return None;
+    }
+    let mut b = BPE::builder();
+    let present = |k: &str| m.get(k).filter(|v| !v.is_null());
+    if let Some(v) = present("dropout") {
+        b = b.dropout(v.as_f64()? as f32);
+    }
+    if let Some(v) = present("unk_token") {
+        b = b.unk_token(v.as_str()?.to_owned());
+    }
+    if let Some(v) = present("continuing_subword_prefix") {
+        b = b.continuing_subword_prefix(v.as_str()?.to_owned());
+    }
+    if let Some(v) = present("end_of_word_suffix") {
+        b = b.end_of_word_suffix(v.as_str()?.to_owned());
+    }
+    if let Some(v) = present("fuse_unk") {
+        b = b.fuse_unk(v.as_bool()?);
+    }
+    if let Some(v) = present("byte_fallback") {
+        b = b.byte_fallback(v.as_bool()?);
+    }
+    if let Some(v) = present("ignore_merges") {
+        b = b.ignore_merges(v.as_bool()?);
+    }
+    let mut vocab = Vocab::default();
+    for (k, v) in m.get("vocab")?.as_object()? {
+        vocab.insert(k.clone(), u32::try_from(v.as_u64()?).ok()?);
+    }
+    let raw = m.get("merges")?.as_array()?;
+    let mut merges = Vec::with_capacity(raw.len());
+    if raw.iter().all(Json::is_array) {
+        for pair in raw {
+            match pair.as_array()?.as_slice() {
+                [a, b] => merges.push((a.as_str()?.to_owned(), b.as_str()?.to_owned())),
+                _ => return None,
+            }
+        }
+    } else {
+        // The legacy "a b" lines (`convert_merges_to_hashmap`).
+        for (rank, line) in raw.iter().map(Json::as_str).collect::<Option<Vec<_>>>()?.into_iter().filter(|l| !l.starts_with("#version")).enumerate() {
+            let parts: Vec<&str> = line.split(' ').collect();
+            let [a, b] = parts.as_slice() else {
+                return Some(Err(format!("merges line {} is not two tokens", rank + 1)));
+            };
+            merges.push(((*a).to_owned(), (*b).to_owned()));
+        }
+    }
+    let bpe = match b.vocab_and_merges(vocab, merges).build() {
+        Ok(bpe) => bpe,
+        Err(e) => return Some(Err(e.to_string())),
+    };
+    fn part<T: serde::de::DeserializeOwned>(j: &Json, k: &str) -> Option<Option<T>> {
+        match j.get(k) {
+            None | Some(Json::Null) => Some(None),
+            Some(v) => T::deserialize(v).ok().map(Some),
+        }
+    }
+    let built = tokenizers::TokenizerBuilder::<ModelWrapper, NormalizerWrapper, PreTokenizerWrapper, PostProcessorWrapper, DecoderWrapper>::new()
+        .with_model(ModelWrapper::BPE(bpe))
+        .with_normalizer(part(j, "normalizer")?)
+        .with_pre_tokenizer(part(j, "pre_tokenizer")?)
+        .with_post_processor(part(j, "post_processor")?)
+        .with_decoder(part(j, "decoder")?)
+        .with_truncation(part(j, "truncation")?)
+        .with_padding(part(j, "padding")?)
+        .build();
+    let mut tok = match built {
+        Ok(t) => t,
+        Err(e) => return Some(Err(e.to_string())),
+    };
+    let added: Vec<tokenizers::AddedToken> = part(j, "added_tokens")?.unwrap_or_default();
+    tok.add_tokens(&added);
+    Some(Ok(tokenizers::Tokenizer::from(tok)))
+}
+
 impl HfTokenizer {
     fn load(dir: &Path, model_type: Option<&str>) -> Result<Self> {
         let path = dir.join("tokenizer.json");
@@ -1159,7 +1245,11 @@ impl HfTokenizer {
         // Built from the JSON already parsed for the converter's other reads (measured: 0.1 s
         // less than parsing the 9 MB text again for a Llama-3 tokenizer).
         let mut tok: tokenizers::Tokenizer = match shared_object(&path)? {
-            Some(j) => serde::Deserialize::deserialize(&*j).map_err(|e: serde_json::Error| Error::json(&path, e))?,
+            Some(j) => match bpe_tokenizer(&j) {
+                Some(Ok(t)) => t,
+                Some(Err(e)) => return Err(unsupported(&path, format!("cannot build its BPE model: {e}"))),
+                None => serde::Deserialize::deserialize(&*j).map_err(|e: serde_json::Error| Error::json(&path, e))?,
+            },
             None => return Err(Error::NotFound { path }),
         };
         let config = read_object(&dir.join("tokenizer_config.json"))?.unwrap_or_default();
@@ -1883,6 +1973,43 @@ mod tests {
     use super::*;
 
     const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/gguf_vocab");
+
+    /// The BPE tokenizers built from the parsed JSON are the `tokenizers` crate's own: the same
+    /// vocabulary, added tokens and encodings (the check text, special tokens, odd text) for
+    /// every tokenizer.json among the fixtures (Llama-3, Qwen2, the small BPE, a Llama-2 one).
+    #[test]
+    fn bpe_tokenizers_built_from_json_equal_the_crates_own() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        let files = [
+            "gguf_models/llama3_bpe/base_bf16/tokenizer.json",
+            "gguf_models/qwen2/base_bf16/tokenizer.json",
+            "gguf_vocab/bpe/tokenizer.json",
+            "llama/base_bf16/tokenizer.json",
+        ];
+        let mut direct_built = 0;
+        for f in files {
+            let text = std::fs::read_to_string(root.join(f)).expect("fixture");
+            let j: Json = serde_json::from_str(&text).expect("json");
+            let theirs: tokenizers::Tokenizer = serde_json::from_str(&text).expect("tokenizers");
+            let Some(ours) = bpe_tokenizer(&j) else {
+                continue;
+            };
+            direct_built += 1;
+            let ours = ours.expect("built");
+            assert_eq!(ours.get_vocab(true), theirs.get_vocab(true), "{f}");
+            assert_eq!(ours.get_added_tokens_decoder(), theirs.get_added_tokens_decoder(), "{f}");
+            let specials: String = theirs.get_added_tokens_decoder().values().map(|t| t.content.clone()).collect();
+            for t in [CHKTXT, "Hello  world!\n\tcaf\u{e9} 12345 <|begin_of_text|> x", specials.as_str(), ""] {
+                for add in [false, true] {
+                    let a = ours.encode(t, add).expect("encode");
+                    let b = theirs.encode(t, add).expect("encode");
+                    assert_eq!(a.get_ids(), b.get_ids(), "{f}: {t:?}");
+                    assert_eq!(ours.decode(a.get_ids(), false).ok(), theirs.decode(b.get_ids(), false).ok(), "{f}");
+                }
+            }
+        }
+        assert!(direct_built >= 3, "only {direct_built} fixtures had a plain BPE model");
+    }
 
     /// The `tokenizer.*` KVs of a converter output, in order.
     fn reference(gguf: &Path) -> Vec<(String, Value)> {
