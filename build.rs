@@ -1,4 +1,4 @@
-//! With the `cuda` feature: assembles `kernels/lora_merge.ptx` and `kernels/quant4.ptx` into sm_80 and sm_90 cubins with
+//! With the `cuda` feature: assembles `kernels/lora_merge.ptx`, `quant4.ptx` and `kquant.ptx` into sm_80 and sm_90 cubins with
 //! `ptxas` when one is found, so the GPU backend can load machine code instead of asking the
 //! driver to JIT-compile the PTX on first use (2-3 s on an H100, paid on every run where the
 //! driver's cache does not persist, such as a fresh container; BENCHMARKS.md, session 7).
@@ -18,7 +18,11 @@ use std::process::Command;
 const ARCHS: [u32; 2] = [80, 90];
 
 /// The kernel files assembled, and the constant each one's cubins get in `cubins.rs`.
-const KERNELS: [(&str, &str); 2] = [("lora_merge", "CUBINS"), ("quant4", "QUANT4_CUBINS")];
+const KERNELS: [(&str, &str); 3] = [
+    ("lora_merge", "CUBINS"),
+    ("quant4", "QUANT4_CUBINS"),
+    ("kquant", "KQUANT_CUBINS"),
+];
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");

@@ -2,7 +2,8 @@
 # Assembles every kernels/*.ptx with ptxas for sm_80 and sm_90, so a broken kernel fails CI on a
 # machine with no GPU. ptxas comes from NVIDIA's `nvidia-cuda-nvcc` wheel on PyPI (pip download +
 # unzip; cached under target/ptxas). Also: the files are ASCII (the driver's JIT refused a
-# non-ASCII comment) and lora_merge.ptx equals what kernels/unroll.py writes.
+# non-ASCII comment) and lora_merge.ptx and kquant.ptx equal what kernels/unroll.py and
+# kernels/kquant.py write.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 NVCC_WHEEL_VERSION="${NVCC_WHEEL_VERSION:-13.5.37}"
@@ -18,6 +19,7 @@ if [ ! -x "$ptxas" ]; then
 fi
 "$ptxas" --version | tail -n 1
 python3 kernels/unroll.py --check
+python3 kernels/kquant.py --check
 for f in kernels/*.ptx; do
     if LC_ALL=C grep -n '[^[:print:][:space:]]' "$f"; then
         echo "ptxas-check: $f: non-ASCII bytes (the driver's JIT may refuse them)" >&2

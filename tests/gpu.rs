@@ -1217,3 +1217,104 @@ fn no_gpu_auto_falls_back_with_one_notice_and_cuda_fails_clearly() {
     assert!(stderr.starts_with(needle), "{stderr}");
     assert!(!tmp.path().join("cuda").exists());
 }
+
+/// Blocks of 256 values that reach every branch of the k-quant searches: ordinary weights,
+/// sub-blocks whose scale rounds to 0 next to large ones (the codes of the search are kept),
+/// zero, constant and all-positive blocks, near-zero and subnormal values, exact ties, huge
+/// values.
+fn kquant_blocks(g: &mut Rng, n: usize) -> Vec<f32> {
+    let mut v = Vec::with_capacity(n * 256);
+    for b in 0..n {
+        let kind = b % 12;
+        for i in 0..256 {
+            let j = i / 32;
+            let x = match kind {
+                0 => g.f32(0.1),
+                1 => g.f32(1.0) * 10f32.powi(-j * 2),
+                2 => 0.0,
+                3 if i % 37 == 0 => g.f32(1e-18),
+                3 => f32::from_bits((g.next() >> 50) as u32) * if i % 2 == 0 { 1.0 } else { -1.0 },
+                4 if j == 5 => g.f32(0.02),
+                4 => 0.0,
+                5 => g.f32(0.1).abs() + 0.01,
+                6 => -0.75,
+                7 => g.f32(3e4),
+                8 => (g.f32(0.1) + g.f32(0.1) + g.f32(0.1)) * 0.3,
+                9 => ((g.next() % 33) as f32 - 16.0) * 0.125,
+                10 if i % 16 == 0 => g.f32(1.0),
+                10 => g.f32(1e-6),
+                _ => g.f32(1e30),
+            };
+            v.push(x);
+        }
+    }
+    v
+}
+
+#[test]
+fn gpu_kquants_equal_cpu_bytes() {
+    use loraweld::format::dtype::{bf16_to_f32, f16_to_f32};
+    use loraweld::format::ggml::{bf16_bits, f16_bits};
+    use loraweld::format::ggml_rows::{encode_rows, Encoding, Writer};
+    use loraweld::format::gguf::GgmlType;
+    on_every_backend!(|backends| {
+        assert_eq!(
+            backends.gpu.device_kquants(),
+            [GgmlType::Q4K, GgmlType::Q5K, GgmlType::Q6K]
+        );
+        let mut g = Rng(19);
+        // Over three of the launcher's chunks, so both slots and a partial chunk run.
+        for (nb, cols) in [(1200usize, 1024usize), (3 * 8192 + 20, 256 * 5)] {
+            let nb = nb / (cols / 256) * (cols / 256);
+            let vals = kquant_blocks(&mut g, nb);
+            for ty in [GgmlType::Q4K, GgmlType::Q5K, GgmlType::Q6K] {
+                for f16 in [false, true] {
+                    let enc = Encoding {
+                        ty,
+                        writer: Writer::Quantizer,
+                    };
+                    let rounded: Vec<f32> = vals
+                        .iter()
+                        .map(|x| {
+                            if f16 {
+                                f16_to_f32(f16_bits(*x))
+                            } else {
+                                bf16_to_f32(bf16_bits(*x))
+                            }
+                        })
+                        .collect();
+                    let bytes = enc.row_bytes(cols as u64).unwrap() as usize * (vals.len() / cols);
+                    let mut want = vec![0u8; bytes];
+                    encode_rows(enc, &rounded, cols, &mut want);
+                    let half: Vec<u8> = vals
+                        .iter()
+                        .flat_map(|x| if f16 { f16_bits(*x) } else { bf16_bits(*x) }.to_le_bytes())
+                        .collect();
+                    let mut got = vec![0xAAu8; bytes];
+                    let res = match backends.gpu.kquant(ty, &half, f16, &mut got) {
+                        Ok(()) => {
+                            let bpb = bytes / (vals.len() / 256);
+                            let bad: Vec<usize> = (0..vals.len() / 256)
+                                .filter(|b| got[b * bpb..(b + 1) * bpb] != want[b * bpb..(b + 1) * bpb])
+                                .collect();
+                            if bad.is_empty() {
+                                Ok(())
+                            } else {
+                                let b = bad[0];
+                                Err(format!(
+                                    "{ty:?} f16={f16} {nb} blocks: {} blocks differ, first {b} (kind {}): gpu {:02x?} cpu {:02x?}",
+                                    bad.len(),
+                                    b % 12,
+                                    &got[b * bpb..b * bpb + 24],
+                                    &want[b * bpb..b * bpb + 24]
+                                ))
+                            }
+                        }
+                        Err(e) => Err(format!("{ty:?} f16={f16} {nb} blocks: the kernel call failed: {e}")),
+                    };
+                    backends.check(res);
+                }
+            }
+        }
+    });
+}

@@ -379,6 +379,8 @@ impl SaveArgs {
                 }
             )));
         }
+        // The command ends when the save does.
+        o.process_exits_after = true;
         o.hub = HubConfig::from_env(self.hub.token.as_deref());
         o.hub.progress = o.progress.clone();
         match &self.push_to_hub {

@@ -14,7 +14,7 @@
 //! The `cust` side is split by job; each file imports only from those listed before it:
 //! `device` (driver errors, device 0), `module` (loading the PTX or its cubin), `kernels` (which
 //! entry point takes a tile, its arguments, its launch shape), `slots` (streams, pinned and
-//! device staging), `launch` (the row-chunk launcher), `backend` ([`CudaBackend`]). `bench`, the
+//! device staging), `launch` (the row-chunk launcher), `kquant` (GGUF k-quant blocks), `backend` ([`CudaBackend`]). `bench`, the
 //! kernel timing harness of examples/gpu-bench.rs, is built only with the `internals` feature.
 
 #[cfg(feature = "cuda")]
@@ -34,6 +34,10 @@ mod slots;
 #[cfg(feature = "cuda")]
 #[expect(unsafe_code)]
 mod launch;
+
+#[cfg(feature = "cuda")]
+#[expect(unsafe_code)]
+mod kquant;
 
 #[cfg(feature = "cuda")]
 #[expect(unsafe_code)]

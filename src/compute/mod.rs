@@ -20,6 +20,7 @@ pub mod start;
 use crate::error::Result;
 use crate::format::bnb::QuantView;
 use crate::format::dtype::FloatDtype;
+use crate::format::gguf::GgmlType;
 pub use crate::writer::shard::PinRelease;
 
 /// Where the base rows of a tile come from.
@@ -109,6 +110,17 @@ pub trait Backend: Send + Sync {
     ) -> Result<Option<bool>> {
         Ok(None)
     }
+    /// The GGUF block types this backend quantizes itself with [`Backend::kquant`] (none by
+    /// default: the caller encodes on the host).
+    fn device_kquants(&self) -> &'static [GgmlType] {
+        &[]
+    }
+    /// Encodes `half` (little-endian f16 when `f16`, else bf16: llama-quantize's intermediate
+    /// GGUF; whole 256-value super-blocks) as `ty`, one of [`Backend::device_kquants`], into
+    /// `out`: bit for bit [`crate::format::ggml_rows::encode_rows`] of those values.
+    fn kquant(&self, ty: GgmlType, _half: &[u8], _f16: bool, _out: &mut [u8]) -> Result<()> {
+        Err(crate::error::Error::Internal(format!("{} has no {ty:?} kernel", self.name())))
+    }
     /// A thread pool for the host's work around the merge (the 4-bit requantization of
     /// `merged_4bit`), sized by `--threads`; `None`: do it on the calling thread.
     fn host_pool(&self) -> Option<&rayon::ThreadPool> {
@@ -155,6 +167,9 @@ pub struct GpuTimes {
     pub wait_s: f64,
     /// Host: copying results out of pinned staging into the caller's buffer.
     pub copy_out_s: f64,
+    /// Host: the GGUF k-quants on the device, from the first copy in to the last copy out
+    /// (their copies count in `h2d_bytes` and `d2h_bytes`, their chunks in `chunks`).
+    pub kquant_s: f64,
     /// Bytes copied to the device (`lora_A` included).
     pub h2d_bytes: u64,
     /// Bytes copied back.

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::format::dtype::FloatDtype;
 use crate::format::dtype::{bf16_to_f32, decode_into, encode_into, f16_to_f32, float_of, round_through};
 use crate::format::ggml::{bf16_bits, f16_bits};
-use crate::format::ggml_rows::encode_rows;
+use crate::format::ggml_rows::{encode_rows, Writer};
 use crate::format::gguf::GgmlType;
 use crate::plan::{BaseSrc, Extra, FactorSrc, FileRef, GgufEnc, LoraSrc, Op, Plan, Src};
 use crate::writer::shard::{lead_for, AlignedBuf};
@@ -106,6 +106,9 @@ pub(crate) struct Computer<'a, 'p> {
     /// A GGUF tile's merged 16-bit values, and the same as f32.
     pub(super) gguf_bytes: Vec<u8>,
     pub(super) gguf_vals: Vec<f32>,
+    /// `gguf_bytes` are the tile's values, rows permuted, in this 16-bit type (the device
+    /// k-quant path); `gguf_vals` is then filled only when a file needs f32.
+    pub(super) gguf_half: Option<FloatDtype>,
 }
 
 impl<'a, 'p> Computer<'a, 'p> {
@@ -122,6 +125,7 @@ impl<'a, 'p> Computer<'a, 'p> {
             prev: None,
             gguf_bytes: Vec::new(),
             gguf_vals: Vec::new(),
+            gguf_half: None,
         }
     }
 
@@ -223,6 +227,9 @@ impl<'a, 'p> Computer<'a, 'p> {
     /// as `merged_16bit` writes them, then as the converter treats them (rows permuted, values
     /// shifted). Returns "all finite" of the merged values. [`Self::gguf_encode`] makes the bytes
     /// of each file that wants them.
+    ///
+    /// With a backend that quantizes k-quants on the device, 16-bit values stay 16-bit bytes
+    /// (`self.gguf_bytes`, rows permuted) and become f32 only if a file needs them on the host.
     pub(super) fn gguf_values(
         &mut self,
         key: usize,
@@ -232,39 +239,61 @@ impl<'a, 'p> Computer<'a, 'p> {
         rows_per_head: u64,
     ) -> Result<bool> {
         let n = tile.rows * tile.cols;
-        let mut vals = std::mem::take(&mut self.gguf_vals);
-        vals.resize(n, 0.0);
-        let pool = self.backend.host_pool();
-        let decode = |bytes: &[u8], dt: FloatDtype, vals: &mut [f32]| {
-            let step = 1 << 16;
-            on_pool(pool, || {
-                vals.par_chunks_mut(step)
-                    .zip(bytes.par_chunks(step * dt.size()))
-                    .for_each(|(v, b)| decode_into(b, dt, v))
-            })
-        };
-        let finite = match op {
+        let copy = match op {
             // A tensor the merge leaves alone (its bytes are what merged_16bit copies): its
             // values straight from the input, as a copy does not look at them.
             Op::Compute {
                 base: base @ BaseSrc::Float(_, dt),
                 lora: None,
                 extra: None,
-            } if *dt == g.merged => {
+            } if *dt == g.merged => Some(base),
+            _ => None,
+        };
+        let as_half = !g.add_one && g.merged != FloatDtype::F32 && !self.backend.device_kquants().is_empty();
+        self.gguf_half = None;
+        if as_half {
+            let mut merged = std::mem::take(&mut self.gguf_bytes);
+            merged.resize(n * 2, 0);
+            let finite = match copy {
+                Some(base) => {
+                    self.load(key, op);
+                    let (rows, release) = self.base_rows(base, tile.cols, tile.row0, tile.rows);
+                    release.populate();
+                    if let BaseRows::Float { bytes, .. } = rows {
+                        merged.copy_from_slice(bytes);
+                    }
+                    release.run();
+                    Ok(true)
+                }
+                None => self.encoded(key, op, tile, g.merged, &mut merged),
+            };
+            if g.heads.is_some() {
+                permute_heads(&mut merged, tile.cols * 2, rows_per_head as usize);
+            }
+            self.gguf_bytes = merged;
+            self.gguf_half = Some(g.merged);
+            self.gguf_vals.clear();
+            return finite;
+        }
+        let mut vals = std::mem::take(&mut self.gguf_vals);
+        vals.resize(n, 0.0);
+        let pool = self.backend.host_pool();
+        let finite = match copy {
+            Some(base) => {
                 self.load(key, op);
                 let (rows, release) = self.base_rows(base, tile.cols, tile.row0, tile.rows);
                 release.populate();
                 if let BaseRows::Float { bytes, dtype } = rows {
-                    decode(bytes, dtype, &mut vals);
+                    par_decode(pool, bytes, dtype, &mut vals);
                 }
                 release.run();
                 true
             }
-            _ => {
+            None => {
                 let mut merged = std::mem::take(&mut self.gguf_bytes);
                 merged.resize(n * g.merged.size(), 0);
                 let finite = self.encoded(key, op, tile, g.merged, &mut merged);
-                decode(&merged, g.merged, &mut vals);
+                par_decode(pool, &merged, g.merged, &mut vals);
                 self.gguf_bytes = merged;
                 finite?
             }
@@ -292,11 +321,40 @@ impl<'a, 'p> Computer<'a, 'p> {
     }
 
     /// The bytes of one file's encoding of the values [`Self::gguf_values`] made: rounded through
-    /// the intermediate GGUF's type where llama-quantize reads one, then encoded, row-parallel.
-    pub(super) fn gguf_encode(&self, g: &GgufEnc, cols: usize, out: &mut [u8]) {
+    /// the intermediate GGUF's type where llama-quantize reads one, then encoded, row-parallel
+    /// on the host, or a k-quant on the device when the backend has one.
+    pub(super) fn gguf_encode(&mut self, g: &GgufEnc, cols: usize, out: &mut [u8]) -> Result<()> {
         let (enc, through) = (g.enc, g.through);
+        let pool = self.backend.host_pool();
+        if let Some(dt) = self.gguf_half {
+            let device = enc.writer == Writer::Quantizer && self.backend.device_kquants().contains(&enc.ty);
+            // The intermediate is the merged dtype itself (`through` is then left out).
+            if device && through.is_none() {
+                return self.backend.kquant(enc.ty, &self.gguf_bytes, dt == FloatDtype::F16, out);
+            }
+            if self.gguf_vals.is_empty() && !self.gguf_bytes.is_empty() {
+                let mut vals = std::mem::take(&mut self.gguf_vals);
+                vals.resize(self.gguf_bytes.len() / 2, 0.0);
+                par_decode(pool, &self.gguf_bytes, dt, &mut vals);
+                self.gguf_vals = vals;
+            }
+            if let (true, Some(t @ (GgmlType::F16 | GgmlType::Bf16))) = (device, through) {
+                // The other 16-bit type (llama-quantize's f16 route from a bf16 checkpoint).
+                let vals = &self.gguf_vals;
+                let mut half = vec![0u8; vals.len() * 2];
+                on_pool(pool, || {
+                    half.par_chunks_mut(1 << 17).zip(vals.par_chunks(1 << 16)).for_each(|(h, v)| {
+                        for (h, x) in h.chunks_exact_mut(2).zip(v) {
+                            let b = if t == GgmlType::F16 { f16_bits(*x) } else { bf16_bits(*x) };
+                            h.copy_from_slice(&b.to_le_bytes());
+                        }
+                    })
+                });
+                return self.backend.kquant(enc.ty, &half, t == GgmlType::F16, out);
+            }
+        }
         let vals = &self.gguf_vals;
-        on_pool(self.backend.host_pool(), || match through {
+        on_pool(pool, || match through {
             None => encode_rows(enc, vals, cols, out),
             Some(t) => {
                 // Row groups of about 64k values, each rounded into its own scratch.
@@ -316,7 +374,8 @@ impl<'a, 'p> Computer<'a, 'p> {
                         encode_rows(enc, &rounded, cols, o);
                     })
             }
-        })
+        });
+        Ok(())
     }
 
     /// Rows of a general-path `op` (DoRA and friends) before any output rounding, rounded
@@ -386,13 +445,13 @@ pub(super) fn fast_tile<'f>(
 /// Undoes HF's rotary row order in place, head by head (`vals` holds whole heads of
 /// `rows_per_head` rows): the converter's `permute`, `w.reshape(heads, 2, hr / 2, cols)
 /// .swapaxes(1, 2)`, so row `j·2 + t` of a head comes from row `t·hr/2 + j`.
-pub(super) fn permute_heads(vals: &mut [f32], cols: usize, rows_per_head: usize) {
+pub(super) fn permute_heads<T: Copy + Default>(vals: &mut [T], cols: usize, rows_per_head: usize) {
     let half = rows_per_head / 2;
     let head = rows_per_head * cols;
     if half == 0 || head == 0 {
         return;
     }
-    let mut tmp = vec![0f32; head];
+    let mut tmp = vec![T::default(); head];
     for h in vals.chunks_exact_mut(head) {
         for j in 0..half {
             for t in 0..2 {
@@ -403,6 +462,16 @@ pub(super) fn permute_heads(vals: &mut [f32], cols: usize, rows_per_head: usize)
         }
         h.copy_from_slice(&tmp);
     }
+}
+
+/// Decodes 16/32-bit bytes into f32 values, in parallel on `pool`.
+fn par_decode(pool: Option<&rayon::ThreadPool>, bytes: &[u8], dt: FloatDtype, vals: &mut [f32]) {
+    let step = 1 << 16;
+    on_pool(pool, || {
+        vals.par_chunks_mut(step)
+            .zip(bytes.par_chunks(step * dt.size()))
+            .for_each(|(v, b)| decode_into(b, dt, v))
+    })
 }
 
 /// Runs `f` on `pool` (the backend's host pool, so rayon work inside it uses `--threads`
@@ -545,7 +614,7 @@ pub(super) fn compute_stage<'a>(
                             return Ok(busy);
                         };
                         let t1 = Instant::now();
-                        c.gguf_encode(gw, rows_of.cols, &mut buf.as_mut_slice()[lead..lead + len]);
+                        c.gguf_encode(gw, rows_of.cols, &mut buf.as_mut_slice()[lead..lead + len])?;
                         busy += t1.elapsed();
                         send!(Packed::Aligned {
                             shard: tw.shard,

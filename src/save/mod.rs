@@ -124,6 +124,10 @@ pub fn save(opts: &SaveOptions) -> Result<SaveReport> {
         gpu: backend.gpu_times(),
         ..stages
     };
+    if opts.process_exits_after {
+        // The process ends right after: the OS reclaims the backend (a GPU context) faster.
+        std::mem::forget(backend);
+    }
     let around = finish::Around {
         run: &run,
         adapter: &found.adapter,

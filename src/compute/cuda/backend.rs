@@ -5,6 +5,7 @@
 
 use std::ffi::c_void;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use cust::context::{Context, CurrentContext};
 use cust::device::Device;
@@ -13,13 +14,15 @@ use cust::sys as cu;
 use super::device::{cu_err, open_device};
 use super::kernels::{resident_blocks, KernelSpec, LEAN_KERNELS};
 use super::launch::{ChunkArgs, Dest, Gpu, QuantChunk};
-use super::module::{load_merge_module, load_quant_module};
+use super::kquant::KQUANTS;
+use super::module::{load_kquant_module, load_merge_module, load_quant_module};
 use super::slots::{event, Clock, Slot};
 use crate::compute::cpu::CpuBackend;
 use crate::compute::{Backend, BaseRows, GpuTimes, MergeTile, PinRelease, QuantSpec};
 use crate::error::{Error, Result};
 use crate::format::bnb::block_row_step;
 use crate::format::bnb::QuantType;
+use crate::format::gguf::GgmlType;
 use crate::sys::MemoryBudget;
 
 /// The GPU merge backend. See the module docs.
@@ -55,6 +58,7 @@ impl CudaBackend {
         let none = |why: String| Error::NoCudaDevice { why };
         let (module, image) = load_merge_module(jit).map_err(|e| none(e.to_string()))?;
         let (quant, _) = load_quant_module(jit).map_err(|e| none(e.to_string()))?;
+        let (kquant, _) = load_kquant_module(jit).map_err(|e| none(e.to_string()))?;
         let mut lean_resident = [0u32; 4];
         for (slot, name) in lean_resident.iter_mut().zip(LEAN_KERNELS) {
             let func = module
@@ -87,6 +91,7 @@ impl CudaBackend {
                 dev_a: None,
                 module,
                 quant,
+                kquant,
                 lean_resident,
                 times: GpuTimes::default(),
                 clock: Clock {
@@ -280,6 +285,28 @@ impl Backend for CudaBackend {
         };
         self.run_locked(tile, &spec, Dest::Quant { codes, absmax }, Some(q))
             .map(Some)
+    }
+
+    fn device_kquants(&self) -> &'static [GgmlType] {
+        KQUANTS
+    }
+
+    fn kquant(&self, ty: GgmlType, half: &[u8], f16: bool, out: &mut [u8]) -> Result<()> {
+        if half.is_empty() {
+            return Ok(());
+        }
+        let mut gpu = self
+            .gpu
+            .lock()
+            .map_err(|_| Error::Internal("the cuda state was poisoned by a panic".into()))?;
+        CurrentContext::set_current(&gpu.ctx).map_err(cu_err("cuCtxSetCurrent"))?;
+        let t = Instant::now();
+        let res = gpu.kquant(ty, half, f16, out, &self.copier);
+        if res.is_err() {
+            gpu.abandon();
+        }
+        gpu.times.kquant_s += t.elapsed().as_secs_f64();
+        res
     }
 
     fn gpu_times(&self) -> Option<GpuTimes> {

@@ -66,6 +66,8 @@ pub(super) struct Gpu {
     pub(super) module: Module,
     /// `kernels/quant4.ptx`.
     pub(super) quant: Module,
+    /// `kernels/kquant.ptx`.
+    pub(super) kquant: Module,
     /// [`resident_blocks`](super::kernels::resident_blocks) of each of [`LEAN_KERNELS`], in that order.
     pub(super) lean_resident: [u32; 4],
     /// Where the time went so far.

@@ -17,6 +17,9 @@ pub(super) mod cubins {
 /// The requantization of `merged_4bit` (bitsandbytes 4-bit blocks), run after a merge kernel.
 const QUANT_PTX: &str = include_str!("../../../kernels/quant4.ptx");
 
+/// llama-quantize's Q4_K, Q5_K and Q6_K blocks (GGUF outputs).
+const KQUANT_PTX: &str = include_str!("../../../kernels/kquant.ptx");
+
 /// Which of the embedded cubins (their `sm` numbers, `archs`) a GPU of compute capability
 /// `major.minor` runs: the same major and the highest minor not above its own, since a cubin runs
 /// on later minors of its major (sm_80 on an RTX 3090's 8.6 or an RTX 4090's 8.9). `None`: no
@@ -41,6 +44,11 @@ pub(super) fn load_merge_module(jit: bool) -> Result<(Module, String)> {
 /// The requantization kernel (`kernels/quant4.ptx`), loaded like the merge kernels.
 pub(super) fn load_quant_module(jit: bool) -> Result<(Module, String)> {
     load_module("kernels/quant4.ptx", QUANT_PTX, cubins::QUANT4_CUBINS, jit)
+}
+
+/// The k-quant kernels (`kernels/kquant.ptx`), loaded like the merge kernels.
+pub(super) fn load_kquant_module(jit: bool) -> Result<(Module, String)> {
+    load_module("kernels/kquant.ptx", KQUANT_PTX, cubins::KQUANT_CUBINS, jit)
 }
 
 /// Loads `ptx` (from `file`) or the cubin of it for this GPU; see [`load_merge_module`].
