@@ -1263,8 +1263,9 @@ fn gpu_kquants_equal_cpu_bytes() {
             [GgmlType::Q4K, GgmlType::Q5K, GgmlType::Q6K]
         );
         let mut g = Rng(19);
-        // Over three of the launcher's chunks, so both slots and a partial chunk run.
-        for (nb, cols) in [(1200usize, 1024usize), (3 * 8192 + 20, 256 * 5)] {
+        // The second set is two of the launcher's chunks (32768 blocks) and part of a third, so
+        // both slots and a partial chunk run.
+        for (nb, cols) in [(1200usize, 1024usize), (2 * 32768 + 20, 256 * 5)] {
             let nb = nb / (cols / 256) * (cols / 256);
             let vals = kquant_blocks(&mut g, nb);
             for ty in [GgmlType::Q4K, GgmlType::Q5K, GgmlType::Q6K] {
