@@ -90,6 +90,13 @@ def nearest(e, dst, src, tmp):
     e(f"    selp.b32        {dst}, 0, {dst}, %p9;")
 
 
+def code(e, src, lo, hi):
+    """%q0 = nearest_int(src) clamped to [lo, hi] (src is clobbered)."""
+    nearest(e, "%q0", src, src)
+    e(f"    max.s32         %q0, %q0, {lo};")
+    e(f"    min.s32         %q0, %q0, {hi};")
+
+
 def load_values(e, x, base, n, kind_pred):
     """x[0..n] (f32 registers) = the n 16-bit values at [base], widened (bf16 or f16)."""
     f16 = e.label("F16")
@@ -221,9 +228,7 @@ def qkx2_entry(e, name, nmax, rmin, nstep, bytes_per_block):
     for i in range(32):
         e(f"    sub.rn.f32      %f1, %x{i}, %f2;")
         e("    mul.rn.f32      %f1, %f6, %f1;")
-        nearest(e, "%q0", "%f1", "%f1")
-        e("    max.s32         %q0, %q0, 0;")
-        e(f"    min.s32         %q0, %q0, {nmax};")
+        code(e, "%f1", 0, nmax)
         e("    cvt.rn.f32.s32  %f1, %q0;")
         e("    mul.rn.f32      %f1, %f7, %f1;")
         e("    add.rn.f32      %f1, %f1, %f2;")
@@ -249,9 +254,7 @@ def qkx2_entry(e, name, nmax, rmin, nstep, bytes_per_block):
     for i in range(32):
         e(f"    sub.rn.f32      %f1, %x{i}, %f2;")
         e("    mul.rn.f32      %f1, %f12, %f1;")
-        nearest(e, "%q0", "%f1", "%f1")
-        e("    max.s32         %q0, %q0, 0;")
-        e(f"    min.s32         %q0, %q0, {nmax};")
+        code(e, "%f1", 0, nmax)
         e(f"    cvt.rn.f32.s32  %l{i}, %q0;")
         e(f"    mul.rn.f32      %f1, %w{i}, %l{i};")
         e("    add.rn.f32      %f13, %f13, %f1;")
@@ -375,9 +378,7 @@ def qkx2_entry(e, name, nmax, rmin, nstep, bytes_per_block):
         for i in range(32):
             e(f"    add.rn.f32      %f1, %x{i}, %f26;")
             e("    div.rn.f32      %f1, %f1, %f25;")
-            nearest(e, "%q0", "%f1", "%f1")
-            e("    max.s32         %q0, %q0, 0;")
-            e(f"    min.s32         %q0, %q0, {nmax};")
+            code(e, "%f1", 0, nmax)
             e(f"    st.local.u8     [%rd7+{32 * j + i}], %q0;")
         e(f"    bra.uni         {stored};")
         e(f"{own}:")
@@ -385,9 +386,7 @@ def qkx2_entry(e, name, nmax, rmin, nstep, bytes_per_block):
         for i in range(32):
             e(f"    sub.rn.f32      %f1, %x{i}, %f28;")
             e("    mul.rn.f32      %f1, %f27, %f1;")
-            nearest(e, "%q0", "%f1", "%f1")
-            e("    max.s32         %q0, %q0, 0;")
-            e(f"    min.s32         %q0, %q0, {nmax};")
+            code(e, "%f1", 0, nmax)
             e(f"    st.local.u8     [%rd7+{32 * j + i}], %q0;")
         e(f"{stored}:")
     e("")
@@ -474,9 +473,7 @@ def q6k_entry(e):
         e("    mov.f32         %f14, 0f00000000;")
         for i in range(16):
             e(f"    mul.rn.f32      %f1, {iscale}, %x{i};")
-            nearest(e, "%q0", "%f1", "%f1")
-            e("    max.s32         %q0, %q0, -32;")
-            e("    min.s32         %q0, %q0, 31;")
+            code(e, "%f1", -32, 31)
             e(f"    cvt.rn.f32.s32  %l{i}, %q0;")
             e(f"    mul.rn.f32      %f1, %w{i}, %x{i};")
             e(f"    mul.rn.f32      %f1, %f1, %l{i};")
@@ -568,9 +565,7 @@ def q6k_entry(e):
         e(f"    @%p1 bra        {own};")
         for i in range(16):
             e(f"    div.rn.f32      %f1, %x{i}, %f25;")
-            nearest(e, "%q0", "%f1", "%f1")
-            e("    max.s32         %q0, %q0, -32;")
-            e("    min.s32         %q0, %q0, 31;")
+            code(e, "%f1", -32, 31)
             e("    add.s32         %q0, %q0, 32;")
             e(f"    st.local.u8     [%rd7+{16 * j + i}], %q0;")
         e(f"    bra.uni         {stored};")
@@ -582,9 +577,7 @@ def q6k_entry(e):
         e("    setp.ne.u32     %p2, %q5, 0;                 // a zero sub-block: codes 0")
         for i in range(16):
             e(f"    mul.rn.f32      %f1, %f27, %x{i};")
-            nearest(e, "%q0", "%f1", "%f1")
-            e("    max.s32         %q0, %q0, -32;")
-            e("    min.s32         %q0, %q0, 31;")
+            code(e, "%f1", -32, 31)
             e("    add.s32         %q0, %q0, 32;")
             e("    selp.b32        %q0, 0, %q0, %p2;")
             e(f"    st.local.u8     [%rd7+{16 * j + i}], %q0;")

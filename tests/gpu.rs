@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::gen::{kquant_blocks, Rng};
 use crate::util::{assert_same_output, weights_diff, SHARDED_MODEL_FILES};
 
 use loraweld::compute::cpu::CpuBackend;
@@ -156,22 +157,6 @@ impl Backends {
             failures.len(),
             failures.join("\n")
         );
-    }
-}
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E3779B97F4A7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [-scale/2, scale/2).
-    fn f32(&mut self, scale: f32) -> f32 {
-        ((self.next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * scale
     }
 }
 
@@ -1216,39 +1201,6 @@ fn no_gpu_auto_falls_back_with_one_notice_and_cuda_fails_clearly() {
     };
     assert!(stderr.starts_with(needle), "{stderr}");
     assert!(!tmp.path().join("cuda").exists());
-}
-
-/// Blocks of 256 values that reach every branch of the k-quant searches: ordinary weights,
-/// sub-blocks whose scale rounds to 0 next to large ones (the codes of the search are kept),
-/// zero, constant and all-positive blocks, near-zero and subnormal values, exact ties, huge
-/// values.
-fn kquant_blocks(g: &mut Rng, n: usize) -> Vec<f32> {
-    let mut v = Vec::with_capacity(n * 256);
-    for b in 0..n {
-        let kind = b % 12;
-        for i in 0..256 {
-            let j = i / 32;
-            let x = match kind {
-                0 => g.f32(0.1),
-                1 => g.f32(1.0) * 10f32.powi(-j * 2),
-                2 => 0.0,
-                3 if i % 37 == 0 => g.f32(1e-18),
-                3 => f32::from_bits((g.next() >> 50) as u32) * if i % 2 == 0 { 1.0 } else { -1.0 },
-                4 if j == 5 => g.f32(0.02),
-                4 => 0.0,
-                5 => g.f32(0.1).abs() + 0.01,
-                6 => -0.75,
-                7 => g.f32(3e4),
-                8 => (g.f32(0.1) + g.f32(0.1) + g.f32(0.1)) * 0.3,
-                9 => ((g.next() % 33) as f32 - 16.0) * 0.125,
-                10 if i % 16 == 0 => g.f32(1.0),
-                10 => g.f32(1e-6),
-                _ => g.f32(1e30),
-            };
-            v.push(x);
-        }
-    }
-    v
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! The one integration-test binary. It runs the real `loraweld` binary on copies of the golden
 //! fixtures made by transformers + PEFT + bitsandbytes (tests/fixtures/llama, see its README).
 
+/// Deterministic test data (splitmix64, the k-quant edge-case blocks).
+mod gen;
 mod util;
 
 /// Bad input: one clear line, exit code 2, nothing written.

@@ -1,8 +1,8 @@
 //! The k-quant launcher: GGUF rows quantized as Q4_K, Q5_K or Q6_K by `kernels/kquant.ptx`, bit
 //! for bit the CPU's `src/format/kquants.rs`. The values come as llama-quantize's 16-bit
-//! intermediate holds them and go through the two slots in chunks: while the GPU copies in, quantizes and copies out one chunk, the host stages the next
-//! and copies the previous one's blocks out. Every `unsafe` block here is a driver call (FFI);
-//! each says why it is sound.
+//! intermediate holds them and go through the two slots in chunks: while the GPU copies in,
+//! quantizes and copies out one chunk, the host stages the next and copies the previous one's
+//! blocks out. Every `unsafe` block here is a driver call (FFI); each says why it is sound.
 
 use std::ffi::c_void;
 
@@ -33,12 +33,6 @@ fn kquant_entry(ty: GgmlType) -> Option<(&'static str, usize)> {
         GgmlType::Q6K => Some(("kquant_q6_k", 210)),
         _ => None,
     }
-}
-
-/// A chunk in flight on a slot: where its blocks go in the caller's output.
-struct InFlight {
-    out_start: usize,
-    out_len: usize,
 }
 
 fn check(rc: cu::CUresult, op: &str) -> Result<()> {
@@ -80,20 +74,21 @@ impl Gpu {
         let func = kquant
             .get_function(entry)
             .map_err(cu_err(format!("cuModuleGetFunction {entry}")))?;
-        let out = out_ptr(out);
-        let mut in_flight: [Option<InFlight>; 2] = [None, None];
-        for (j, v) in half.chunks(CHUNK_BLOCKS * QK_K * 2).enumerate() {
+        // Each slot's chunk in flight: the part of `out` its blocks go to.
+        let mut in_flight: [Option<&mut [u8]>; 2] = [None, None];
+        let chunks = half.chunks(CHUNK_BLOCKS * QK_K * 2).zip(out.chunks_mut(CHUNK_BLOCKS * bpb));
+        for (j, (v, o)) in chunks.enumerate() {
             let s = j % 2;
-            drain(&mut slots[s], &mut in_flight[s], out, pool)?;
+            drain(&mut slots[s], &mut in_flight[s], pool)?;
             let slot = &mut slots[s];
             let blocks = v.len() / (2 * QK_K);
-            let (in_len, out_len) = (v.len(), blocks * bpb);
+            let (in_len, out_len) = (v.len(), o.len());
             let host_in = host_buf(&mut slot.host_in, in_len)?;
             par_copy(pool, &mut host_in[..in_len], v);
             let src = host_in.as_ptr();
             let dev_in = dev_buf(&mut slot.dev_in, in_len)?.as_device_ptr().as_raw();
             let dev_out = dev_buf(&mut slot.dev_out, out_len)?.as_device_ptr().as_raw();
-            host_buf(&mut slot.host_out, out_len)?;
+            let dst = host_buf(&mut slot.host_out, out_len)?.as_mut_ptr();
             let stream = slot.stream.as_inner();
             // SAFETY: FFI; an async copy of `in_len` pinned bytes into a device buffer of at
             // least that size, on this slot's stream, which has nothing else queued (drained
@@ -114,7 +109,6 @@ impl Gpu {
             // `dev_in` holds `blocks * 256` 16-bit values and `dev_out` has room for `blocks`
             // blocks of `bpb` bytes; threads past `blocks` return at once.
             unsafe { slot.stream.launch(&func, grid, THREADS, 0, &args) }.map_err(cu_err(format!("launch {entry}")))?;
-            let dst = slot.host_out.as_mut().map(|h| h.as_mut_ptr()).unwrap_or(std::ptr::null_mut());
             // SAFETY: FFI; an async copy of `out_len` device bytes into the slot's pinned output
             // staging (sized above), read only after the stream is synchronized in the drain.
             check(
@@ -124,46 +118,24 @@ impl Gpu {
             times.h2d_bytes += in_len as u64;
             times.d2h_bytes += out_len as u64;
             times.chunks += 1;
-            in_flight[s] = Some(InFlight {
-                out_start: j * CHUNK_BLOCKS * bpb,
-                out_len,
-            });
+            in_flight[s] = Some(o);
         }
         for (slot, f) in slots.iter_mut().zip(&mut in_flight) {
-            drain(slot, f, out, pool)?;
+            drain(slot, f, pool)?;
         }
         Ok(())
     }
 }
 
-/// Waits for a slot's k-quant chunk, if any, and copies its blocks into the output.
-fn drain(slot: &mut Slot, f: &mut Option<InFlight>, out: OutPtr, pool: &rayon::ThreadPool) -> Result<()> {
-        let Some(p) = f.take() else { return Ok(()) };
-        slot.stream.synchronize().map_err(cu_err("cuStreamSynchronize"))?;
-        let host = slot
-            .host_out
-            .as_ref()
-            .ok_or_else(|| Error::Internal("cuda: no pinned k-quant staging".into()))?;
-        if p.out_start + p.out_len > out.len {
-            return Err(Error::Internal("k-quant chunk past its output".into()));
-        }
-        // SAFETY: `out` is the caller's `&mut [u8]` of `out.len` bytes, alive for the whole
-        // `kquant` call, and this range of it (checked above) is written by this chunk alone.
-        let dst = unsafe { std::slice::from_raw_parts_mut(out.ptr.add(p.out_start), p.out_len) };
-        par_copy(pool, dst, &host[..p.out_len]);
-        Ok(())
-}
-
-/// The caller's output, held as a pointer while chunks of it are being filled.
-#[derive(Clone, Copy)]
-struct OutPtr {
-    ptr: *mut u8,
-    len: usize,
-}
-
-fn out_ptr(out: &mut [u8]) -> OutPtr {
-    OutPtr {
-        ptr: out.as_mut_ptr(),
-        len: out.len(),
-    }
+/// Waits for a slot's k-quant chunk, if any, and copies its blocks into their part of the output.
+fn drain(slot: &mut Slot, f: &mut Option<&mut [u8]>, pool: &rayon::ThreadPool) -> Result<()> {
+    let Some(dst) = f.take() else { return Ok(()) };
+    slot.stream.synchronize().map_err(cu_err("cuStreamSynchronize"))?;
+    let host = slot
+        .host_out
+        .as_ref()
+        .ok_or_else(|| Error::Internal("cuda: no pinned k-quant staging".into()))?;
+    let n = dst.len();
+    par_copy(pool, dst, &host[..n]);
+    Ok(())
 }
